@@ -1,0 +1,117 @@
+# safealign: `make help` lists the targets.
+# Every target below is a real file or a stamp written last, so `make` reruns only what is stale.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+
+NAME        ?=                      # experiment = recipes/$(NAME).yaml -> experiments/$(NAME)/
+EXPERIMENTS ?= experiments
+PYTHON      ?= python3              # interpreter that creates the venv (>= 3.10)
+VENV        ?= .venv
+TORCH       ?= torch==2.13.0        # CPU wheel here; on a GPU machine set TORCH_INDEX for a CUDA build
+TORCH_INDEX ?=                      # e.g. https://download.pytorch.org/whl/cu128 (empty: default index)
+export SAFEALIGN_CACHE ?= $(CURDIR)/.cache
+export AXOLOTL_DO_NOT_TRACK := 1    # axolotl's exit-time telemetry hangs without a network
+export WANDB_MODE ?= disabled
+export TOKENIZERS_PARALLELISM := false
+export PYTHONWARNINGS ?= ignore::FutureWarning
+
+PY         := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+SA         := $(PY) -m safealign
+PKG        := safealign
+TINY_MODEL := $(SAFEALIGN_CACHE)/models/tiny-local/.done
+SHIPPED    := data/sg_safety
+
+##@ Main
+.PHONY: help
+help: ## list targets
+	@awk 'BEGIN{FS=":.*## "} /^##@/{printf "\n%s\n", substr($$0,5)} /^[a-zA-Z_%-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo; echo "  e.g. make exp NAME=sft_kto     (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"
+
+.PHONY: setup
+setup: $(VENV_STAMP) ## create .venv with the locked pin set (torch: $(TORCH))
+
+$(VENV_STAMP): pyproject.toml requirements.lock
+	@echo "== setup: $(VENV) ($(TORCH))"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==25.3
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(PY) -m pip install -q -r requirements.lock "$(TORCH)"
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+.PHONY: tiny-model
+tiny-model: $(TINY_MODEL) ## build the embedded tiny-local base model (cached in $(SAFEALIGN_CACHE))
+
+$(TINY_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
+	@echo "== tiny-model: building $(dir $@)"
+	$(SA) tiny-model --out $(dir $@) --data $(SHIPPED)/train.jsonl
+
+.PHONY: data
+data: ## regenerate the shipped dataset from tools/make_sg_safety.py (deterministic)
+	$(PYTHON) tools/make_sg_safety.py
+
+##@ Experiments (NAME=<recipe>)
+ifneq ($(NAME),)
+EXP := $(EXPERIMENTS)/$(NAME)
+RECIPE := recipes/$(NAME).yaml
+
+# stages.mk (STAGES, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE) is generated from the recipe
+# by `safealign resolve`, which also validates it: a bad recipe stops here, writing nothing.
+$(EXP)/stages.mk: $(RECIPE) $(PKG)/recipe.py $(PKG)/cli.py | $(VENV_STAMP)
+	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP)
+-include $(EXP)/stages.mk
+
+ifeq ($(OFFLINE),1)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+endif
+
+$(EXP)/data/.done: $(EXP)/config/data.json $(DATA_DEP) $(PKG)/data.py | $(VENV_STAMP)
+	@$(SA) stage data --exp $(EXP)
+
+# One rule per training stage; its templates are templates/<tool>/<stage>.*.j2.
+define TRAIN_RULE
+$(EXP)/$(1)/.done: $(EXP)/config/$(1).json $(EXP)/data/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*.j2) \
+		$(PKG)/stages.py $(PKG)/models.py $(PKG)/callbacks.py | $(VENV_STAMP)
+	@$(SA) stage $(1) --exp $(EXP)
+endef
+$(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
+
+$(EXP)/eval/.done: $(EXP)/config/eval.json $(foreach s,$(STAGES),$(EXP)/$(s)/.done) $(PKG)/evaluate.py $(BASE_DEP) | $(VENV_STAMP)
+	@$(SA) stage eval --exp $(EXP)
+
+.PHONY: exp
+exp: $(EXP)/eval/.done ## run experiment NAME end to end (set-up included)
+	@echo "[$(NAME)] done: $(EXP)/"; cat $(EXP)/eval/summary.txt
+
+.PHONY: clean-exp
+clean-exp: ## delete experiments/NAME (asks first)
+	@read -p "delete $(EXP)? [y/N] " a && [ "$$a" = y ] && rm -rf $(EXP)
+else
+exp clean-exp:
+	@echo "usage: make $@ NAME=<recipe>   (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"; exit 2
+endif
+
+##@ Checks
+.PHONY: test
+test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make test-slow)
+	$(PY) -m pytest -q
+
+.PHONY: test-slow
+test-slow: $(VENV_STAMP) ## also run the slow end-to-end tests
+	$(PY) -m pytest -q -m "slow or not slow"
+
+.PHONY: validate
+validate: $(VENV_STAMP) ## validate every recipe in recipes/
+	$(SA) validate recipes/*.yaml
+
+.PHONY: bench
+bench: $(VENV_STAMP) $(TINY_MODEL) ## time each stage of `make exp NAME=sft_kto` from scratch (prints figures)
+	$(PY) tools/bench_exp.py --name sft_kto
+
+.PHONY: lock
+lock: ## rewrite requirements.lock from the current venv (after a deliberate upgrade)
+	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|safealign)==' > requirements.lock

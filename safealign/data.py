@@ -1,0 +1,196 @@
+"""The canonical safety dataset and the dataset build stage.
+
+Canonical schema (docs/data.md), one JSON object per line:
+
+    id        str   unique within the file
+    prompt    str   the user's request
+    safe      bool  whether the prompt is safe to answer
+    category  str   e.g. a LionGuard category (hateful, harassment, ...) or a safe topic
+    chosen    str   the preferred response (a refusal for unsafe prompts, an answer for safe)
+    rejected  str   the compliant response to an unsafe prompt; null/absent for safe prompts
+    subset    str   optional tag reported separately in evaluation (e.g. out_of_template)
+
+The build turns it into what each stage needs:
+    sft.jsonl  {"messages": [user, assistant(chosen)]}                 every train row
+    kto.jsonl  {"prompt": [user], "completion": [assistant], "label"}  unsafe -> refusal (True)
+               and compliance (False); safe -> answer (True), labels interleaved
+    dpo.jsonl  {"prompt": [user], "chosen": [..], "rejected": [..]}    unsafe rows (paired) only
+    test.jsonl the held-out canonical rows, for evaluation
+    counts.json rows per split, label and category
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+FIELDS = {"id": str, "prompt": str, "safe": bool, "category": str, "chosen": str,
+          "rejected": (str, type(None)), "subset": (str, type(None))}
+REQUIRED = ("id", "prompt", "safe", "category", "chosen")
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    pass
+
+
+def _tname(t) -> str:
+    return " or ".join(x.__name__.replace("NoneType", "null") for x in (t if isinstance(t, tuple) else (t,)))
+
+
+def validate_row(row, where: str) -> dict:
+    """Check one canonical row; `where` is 'file:line' for the error message."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key in REQUIRED:
+        if key not in row:
+            raise DataError(f"{where}: field '{key}' is missing (required: {', '.join(REQUIRED)})")
+    for key, value in row.items():
+        if key not in FIELDS:
+            raise DataError(f"{where}: field '{key}' is not in the schema ({', '.join(FIELDS)})")
+        want = FIELDS[key]
+        if not isinstance(value, want):
+            raise DataError(f"{where}: field '{key}' must be {_tname(want)}, got {type(value).__name__} ({value!r})")
+    for key in ("id", "prompt", "chosen", "category"):
+        if not row[key].strip():
+            raise DataError(f"{where}: field '{key}' is empty")
+    if not row["safe"] and not (row.get("rejected") or "").strip():
+        raise DataError(f"{where}: field 'rejected' is required for an unsafe prompt (safe: false)")
+    return row
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows, ids = [], {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            validate_row(row, where)
+            if row["id"] in ids:
+                raise DataError(f"{where}: field 'id' {row['id']!r} repeats line {ids[row['id']]}")
+            ids[row["id"]] = n
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def load_canonical(source: str, root: Path = Path(".")) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Rows per split and a description of where each split came from.
+
+    `source` is a local folder holding train.jsonl and test.jsonl, or an HF dataset id whose
+    train and test splits follow the canonical schema.
+    """
+    local = Path(source) if Path(source).is_absolute() else root / source
+    if local.exists():
+        missing = [s for s in SPLITS if not (local / f"{s}.jsonl").exists()]
+        if missing:
+            raise DataError(f"{local}: missing {', '.join(m + '.jsonl' for m in missing)}")
+        return ({s: read_jsonl(local / f"{s}.jsonl") for s in SPLITS},
+                {s: str(local / f"{s}.jsonl") for s in SPLITS})
+    if source.startswith((".", "/")) or source.endswith(".jsonl"):
+        raise DataError(f"data.source: {source}: no such folder")
+    import datasets  # a hub id: the same validation, row by row
+
+    ds = datasets.load_dataset(source)
+    out = {}
+    for split in SPLITS:
+        if split not in ds:
+            raise DataError(f"data.source: {source}: dataset has no '{split}' split (has {', '.join(ds)})")
+        out[split] = [validate_row(dict(r), f"{source}[{split}] row {i + 1}") for i, r in enumerate(ds[split])]
+    return out, {s: f"hf://{source}[{s}]" for s in SPLITS}
+
+
+def _user(text):
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+def interleave(desirable: list, undesirable: list) -> list:
+    """Merge two lists keeping their ratio even along the result (Bresenham-style).
+
+    trl estimates KTO's KL reference point by pairing each prompt with another row's
+    completion in the same batch; long runs of one label would bias that estimate.
+    """
+    out, i, j = [], 0, 0
+    total = len(desirable) + len(undesirable)
+    for k in range(1, total + 1):
+        want_u = round(k * len(undesirable) / total) if total else 0
+        if j < want_u and j < len(undesirable):
+            out.append(undesirable[j]); j += 1
+        elif i < len(desirable):
+            out.append(desirable[i]); i += 1
+        else:
+            out.append(undesirable[j]); j += 1
+    return out
+
+
+def build_stage_rows(train: list[dict], seed: int, kto_paired_only: bool = False) -> dict[str, list[dict]]:
+    """Pure: canonical train rows -> rows per stage format."""
+    rng = random.Random(seed)
+    rows = list(train)
+    rng.shuffle(rows)
+    sft = [{"messages": _user(r["prompt"]) + _assistant(r["chosen"]), "id": r["id"]} for r in rows]
+    desirable, undesirable = [], []
+    for r in rows:
+        if r["safe"] and kto_paired_only:
+            continue
+        desirable.append({"prompt": _user(r["prompt"]), "completion": _assistant(r["chosen"]),
+                          "label": True, "id": r["id"]})
+        if not r["safe"]:
+            undesirable.append({"prompt": _user(r["prompt"]), "completion": _assistant(r["rejected"]),
+                                "label": False, "id": r["id"]})
+    rng.shuffle(desirable)
+    rng.shuffle(undesirable)
+    kto = interleave(desirable, undesirable)
+    dpo = [{"prompt": _user(r["prompt"]), "chosen": _assistant(r["chosen"]),
+            "rejected": _assistant(r["rejected"]), "id": r["id"]} for r in rows if r.get("rejected")]
+    return {"sft": sft, "kto": kto, "dpo": dpo}
+
+
+def counts(splits: dict[str, list[dict]], stage_rows: dict[str, list[dict]]) -> dict:
+    out = {}
+    for split, rows in splits.items():
+        out[split] = {
+            "rows": len(rows),
+            "safe": sum(r["safe"] for r in rows),
+            "unsafe": sum(not r["safe"] for r in rows),
+            "by_category": dict(sorted(Counter(r["category"] for r in rows).items())),
+            "by_subset": dict(sorted(Counter(r.get("subset") or "-" for r in rows).items())),
+        }
+    kto = stage_rows["kto"]
+    out["stages"] = {
+        "sft": {"rows": len(stage_rows["sft"])},
+        "kto": {"rows": len(kto), "desirable": sum(r["label"] for r in kto),
+                "undesirable": sum(not r["label"] for r in kto)},
+        "dpo": {"rows": len(stage_rows["dpo"])},
+    }
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def build(source: str, seed: int, out_dir: Path, kto_paired_only: bool = False, root: Path = Path(".")) -> dict:
+    """Validate the canonical data and write every stage's files into `out_dir`."""
+    splits, origin = load_canonical(source, root)
+    stage_rows = build_stage_rows(splits["train"], seed, kto_paired_only)
+    for name, rows in stage_rows.items():
+        write_jsonl(out_dir / f"{name}.jsonl", rows)
+    write_jsonl(out_dir / "test.jsonl", splits["test"])
+    c = counts(splits, stage_rows)
+    c["source"] = origin
+    (out_dir / "counts.json").write_text(json.dumps(c, indent=2) + "\n")
+    return c

@@ -1,0 +1,90 @@
+"""Where models come from, how they load, and how a LoRA adapter is merged.
+
+A recipe's `base_model` is a hub id, a local path, or `tiny-local`: the embedded model that
+`make tiny-model` builds into the cache. All three go through the same `from_pretrained`
+calls; `tiny-local` only decides the path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TINY = "tiny-local"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SAFEALIGN_CACHE", ".cache")).resolve()
+
+
+def tiny_path() -> Path:
+    return cache_dir() / "models" / TINY
+
+
+def resolve(name: str) -> str:
+    """Recipe name -> what `from_pretrained` takes (a local path or a hub id)."""
+    if name == TINY:
+        path = tiny_path()
+        if not (path / ".done").exists():
+            raise FileNotFoundError(f"base_model: {TINY}: not built at {path}; run `make tiny-model`")
+        return str(path)
+    if name.startswith((".", "/", "~")) or os.path.sep in name and Path(name).exists():
+        path = Path(name).expanduser().resolve()
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"base_model: {name}: no config.json in {path}")
+        return str(path)
+    return name  # a hub id: downloaded (or read from the HF cache) by from_pretrained
+
+
+def is_local(name: str) -> bool:
+    return name == TINY or name.startswith((".", "/", "~")) or Path(name).exists()
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def use_bf16(setting) -> bool:
+    """`bf16: auto` -> True where the GPU supports bfloat16, False on CPU."""
+    if setting == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool(setting)
+
+
+def pick_dtype(setting):
+    import torch
+
+    return torch.bfloat16 if use_bf16(setting) else torch.float32
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token is None:  # Llama-3 ships no pad token; eos would mask real ends
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype=None, device: str | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device)
+
+
+def merge_lora(base: str, adapter_dir: Path, out_dir: Path, dtype=None) -> None:
+    """Fold a LoRA adapter into its base weights and save a plain model plus tokenizer."""
+    from peft import PeftModel
+
+    model = load_model(base, dtype=dtype, device="cpu")
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tok_src = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base
+    load_tokenizer(str(tok_src)).save_pretrained(out_dir)

@@ -1,0 +1,247 @@
+"""Recipes: load a YAML recipe, validate it against one schema, fill defaults, resolve.
+
+The schema is the set of dataclasses below; each field's comment is its documentation.
+Validation collects every problem before anything runs and names the file, the line, the
+key and what was expected, e.g.
+
+    recipes/sft_kto.yaml:21: kto.bta: unknown key (did you mean 'beta'?)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+STAGE_KINDS = ("sft", "kto", "dpo")
+AUTO = "auto"
+
+
+class RecipeError(ValueError):
+    """A recipe failed validation; `problems` lists every message."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# ----------------------------------------------------------------------------- schema
+@dataclass
+class DataCfg:
+    source: str = "data/sg_safety"  # local folder (train.jsonl, test.jsonl) or an HF dataset id
+    kto_paired_only: bool = False  # True: KTO sees unsafe prompts only ("symmetric"); False: safe rows too
+
+
+@dataclass
+class LoraCfg:
+    lora_r: int = 16  # adapter rank: higher learns more, costs memory and overfits small data
+    lora_alpha: int = 32  # scale = alpha / r
+    lora_dropout: float = 0.05
+    lora_target_modules: Union[str, list] = "all-linear"  # "all-linear" or a list of module names
+
+
+@dataclass
+class TrainCfg(LoraCfg):
+    learning_rate: float = 2e-4  # LoRA tolerates far higher rates than full fine-tuning
+    lr_scheduler: str = "cosine"  # any transformers scheduler name
+    warmup_ratio: float = 0.1
+    num_epochs: float = 1.0  # ignored when max_steps > 0
+    max_steps: int = -1  # > 0 caps training at this many optimiser steps (tiny runs, smoke tests)
+    micro_batch_size: int = 8  # per-device batch; raise until memory runs out
+    gradient_accumulation_steps: int = 1  # effective batch = micro_batch_size x this x devices
+    max_length: int = 512  # prompt + completion tokens; longer rows are truncated
+    logging_steps: int = 1
+    weight_decay: float = 0.0
+    optimizer: str = "adamw_torch"
+    gradient_checkpointing: bool = False  # saves activation memory for ~30% more compute
+    bf16: Union[bool, str] = AUTO  # auto: bf16 where the GPU supports it, fp32 on CPU
+    full_finetune: bool = False  # True: train all weights instead of a LoRA adapter (no merge step)
+
+
+@dataclass
+class SftCfg(TrainCfg):
+    train_on_inputs: bool = False  # False: loss on assistant turns only
+    sample_packing: bool = False  # packs short rows together: faster on GPU, needs flash-attention
+
+
+@dataclass
+class KtoCfg(TrainCfg):
+    learning_rate: float = 5e-5
+    beta: float = 0.1  # strength of the implicit KL constraint to the reference (SFT) model
+    desirable_weight: float = 1.0  # lambda_D; KTO paper: keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3]
+    undesirable_weight: float = 1.0  # lambda_U
+    precompute_ref_log_probs: bool = False  # True: one pass of the reference up front, no reference model in memory
+
+
+@dataclass
+class DpoCfg(TrainCfg):
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    loss_type: list = field(default_factory=lambda: ["sigmoid"])  # trl loss names, e.g. [sigmoid, sft]
+    loss_weights: Optional[list] = None  # one weight per loss_type entry
+    precompute_ref_log_probs: bool = False
+
+
+@dataclass
+class EvalCfg:
+    max_new_tokens: int = 64  # generation budget per answer
+    batch_size: int = 16  # prompts generated together
+    limit: int = 0  # > 0: only the first N held-out prompts (smoke tests)
+
+
+@dataclass
+class Recipe:
+    seed: int = 42  # one seed for data shuffling, LoRA init and training order
+    base_model: str = "tiny-local"  # hub id, local path, or tiny-local (the embedded model)
+    stages: list = field(default_factory=lambda: ["sft", "kto"])  # run in order; each trains on the previous one's merged model
+    data: DataCfg = field(default_factory=DataCfg)
+    sft: SftCfg = field(default_factory=SftCfg)
+    kto: KtoCfg = field(default_factory=KtoCfg)
+    dpo: DpoCfg = field(default_factory=DpoCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    description: str = ""
+
+
+# ----------------------------------------------------------------------------- loading
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML mapping tree to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = path + (str(k.value),)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is list:
+        return isinstance(value, list)
+    return isinstance(value, tp)
+
+
+def _build(cls, raw: Any, path: tuple, where, problems: list[str]):
+    if not isinstance(raw, dict):
+        problems.append(f"{where(path)}: expected a mapping of keys, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        kpath = path + (str(key),)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+            problems.append(f"{where(kpath)}: unknown key{hint}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, kpath, where, problems)
+        elif not _matches(value, tp):
+            problems.append(f"{where(kpath)}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+        else:
+            kwargs[key] = float(value) if tp is float else value
+    return cls(**kwargs)
+
+
+def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
+    if not r.stages:
+        problems.append(f"{where(('stages',))}: at least one stage is needed")
+    for i, s in enumerate(r.stages):
+        if s not in STAGE_KINDS:
+            close = difflib.get_close_matches(str(s), STAGE_KINDS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"expected one of {', '.join(STAGE_KINDS)}"
+            problems.append(f"{where(('stages',))}: stage {i + 1} {s!r} is not a stage kind ({hint})")
+    if len(set(r.stages)) != len(r.stages):
+        problems.append(f"{where(('stages',))}: each stage kind may appear once, got {r.stages}")
+    for name in ("sft", "kto", "dpo"):
+        cfg = getattr(r, name)
+        for key in ("learning_rate", "micro_batch_size", "max_length", "lora_r"):
+            if getattr(cfg, key) <= 0:
+                problems.append(f"{where((name, key))}: must be > 0, got {getattr(cfg, key)}")
+        if not 0 <= cfg.warmup_ratio < 1:
+            problems.append(f"{where((name, 'warmup_ratio'))}: must be in [0, 1), got {cfg.warmup_ratio}")
+        if cfg.bf16 not in (True, False, AUTO):
+            problems.append(f"{where((name, 'bf16'))}: expected true, false or 'auto', got {cfg.bf16!r}")
+    if "kto" in r.stages and r.kto.micro_batch_size * r.kto.gradient_accumulation_steps < 2:
+        problems.append(f"{where(('kto', 'micro_batch_size'))}: KTO estimates its KL reference point from "
+                        "mismatched pairs within a batch; micro_batch_size must be >= 2")
+    if r.dpo.loss_weights is not None and len(r.dpo.loss_weights) != len(r.dpo.loss_type):
+        problems.append(f"{where(('dpo', 'loss_weights'))}: {len(r.dpo.loss_weights)} weights for "
+                        f"{len(r.dpo.loss_type)} loss types")
+
+
+def parse(text: str, source: str = "<recipe>") -> Recipe:
+    """Validate recipe YAML text; raise RecipeError listing every problem."""
+    lines = _key_lines(text)
+
+    def where(path: tuple) -> str:
+        for n in range(len(path), 0, -1):
+            if path[:n] in lines:
+                return f"{source}:{lines[path[:n]]}: {'.'.join(path)}"
+        return f"{source}: {'.'.join(path)}"
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark else ""
+        raise RecipeError([f"{source}{at}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    if raw is None:
+        raw = {}
+    problems: list[str] = []
+    recipe = _build(Recipe, raw, (), lambda p: where(p) if p else source, problems)
+    if not problems:
+        _check_semantics(recipe, where, problems)
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def load(path: Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
+        close = difflib.get_close_matches(path.stem, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
+        raise RecipeError([f"{path}: no such recipe{hint}"])
+    return parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)

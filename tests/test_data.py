@@ -1,0 +1,119 @@
+"""Canonical data validation and the dataset build stage (no model needed)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safealign import data
+from safealign.data import DataError
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "data" / "sg_safety"
+ROW = {"id": "a", "prompt": "how to scam", "safe": False, "category": "public_harm",
+       "chosen": "Sorry, I cannot help.", "rejected": "Can lah, [removed]."}
+
+
+def write(tmp_path, rows) -> Path:
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return p
+
+
+def test_shipped_dataset_is_what_the_generator_makes():
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_sg_safety.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_shipped_dataset_shape():
+    splits, _ = data.load_canonical(str(SHIPPED))
+    train, test = splits["train"], splits["test"]
+    assert 300 <= len(train) + len(test) <= 1000
+    cats = {r["category"] for r in train if not r["safe"]}
+    assert cats == {"hateful", "harassment", "public_harm", "self_harm", "sexual", "toxic", "violent"}
+    assert any(r["safe"] for r in train) and any(not r["safe"] for r in train)
+    assert {r["subset"] for r in test} == {"in_template", "out_of_template"}
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}, "held-out prompts leak into train"
+    for r in train + test:  # sanitised compliance: no step carries real detail
+        assert r["safe"] or "removed]" in r["rejected"]
+
+
+@pytest.mark.parametrize("edit,expect", [
+    (lambda r: r.pop("prompt"), "field 'prompt' is missing"),
+    (lambda r: r.update(safe="no"), "field 'safe' must be bool, got str ('no')"),
+    (lambda r: r.update(category=3), "field 'category' must be str, got int (3)"),
+    (lambda r: r.update(rejected=None), "field 'rejected' is required for an unsafe prompt"),
+    (lambda r: r.update(chosen="  "), "field 'chosen' is empty"),
+    (lambda r: r.update(extra=1), "field 'extra' is not in the schema"),
+])
+def test_bad_row_names_file_line_field(tmp_path, edit, expect):
+    bad = dict(ROW, id="b")
+    edit(bad)
+    p = write(tmp_path, [ROW, bad])
+    with pytest.raises(DataError) as e:
+        data.read_jsonl(p)
+    assert str(e.value).startswith(f"{p}:2: ")
+    assert expect in str(e.value)
+
+
+def test_bad_json_and_duplicate_ids(tmp_path):
+    p = write(tmp_path, [ROW, "{not json"])
+    with pytest.raises(DataError, match=r"train.jsonl:2: not valid JSON"):
+        data.read_jsonl(p)
+    p = write(tmp_path, [ROW, ROW])
+    with pytest.raises(DataError, match=r"train.jsonl:2: field 'id' 'a' repeats line 1"):
+        data.read_jsonl(p)
+
+
+def test_safe_row_needs_no_rejected(tmp_path):
+    safe = {"id": "s", "prompt": "MRT?", "safe": True, "category": "transport", "chosen": "Take the MRT."}
+    assert data.read_jsonl(write(tmp_path, [safe]))[0]["safe"] is True
+
+
+def test_missing_folder_is_clear(tmp_path):
+    with pytest.raises(DataError, match="missing test.jsonl"):
+        (tmp_path / "d").mkdir(), (tmp_path / "d" / "train.jsonl").write_text(json.dumps(ROW) + "\n")
+        data.load_canonical(str(tmp_path / "d"))
+    with pytest.raises(DataError, match="no such folder"):
+        data.load_canonical("./nope")
+
+
+def test_stage_rows():
+    train = data.read_jsonl(SHIPPED / "train.jsonl")
+    n_unsafe = sum(not r["safe"] for r in train)
+    rows = data.build_stage_rows(train, seed=1)
+    assert len(rows["sft"]) == len(train)
+    assert rows["sft"][0]["messages"][0]["role"] == "user" and rows["sft"][0]["messages"][1]["role"] == "assistant"
+    kto = rows["kto"]
+    assert sum(r["label"] for r in kto) == len(train) and sum(not r["label"] for r in kto) == n_unsafe
+    assert len(rows["dpo"]) == n_unsafe
+    # labels are interleaved: every window of 8 consecutive rows holds both labels
+    assert all(len({r["label"] for r in kto[i:i + 8]}) == 2 for i in range(len(kto) - 8))
+    assert rows == data.build_stage_rows(train, seed=1), "deterministic from the seed"
+    assert rows["kto"] != data.build_stage_rows(train, seed=2)["kto"]
+
+
+def test_kto_paired_only_drops_safe_rows():
+    train = data.read_jsonl(SHIPPED / "train.jsonl")
+    kto = data.build_stage_rows(train, seed=1, kto_paired_only=True)["kto"]
+    n_unsafe = sum(not r["safe"] for r in train)
+    assert sum(r["label"] for r in kto) == n_unsafe == sum(not r["label"] for r in kto)
+
+
+def test_interleave_keeps_ratio():
+    out = data.interleave(list("DDDDDD"), list("uuu"))
+    assert sorted(out) == sorted("DDDDDDuuu") and "uu" not in "".join(out)
+    assert data.interleave([], ["u"]) == ["u"] and data.interleave(["D"], []) == ["D"]
+
+
+def test_build_writes_counts(tmp_path):
+    c = data.build(str(SHIPPED), 42, tmp_path)
+    for name in ("sft", "kto", "dpo", "test"):
+        assert (tmp_path / f"{name}.jsonl").exists()
+    saved = json.loads((tmp_path / "counts.json").read_text())
+    assert saved == c
+    assert c["train"]["rows"] == c["train"]["safe"] + c["train"]["unsafe"]
+    assert sum(c["train"]["by_category"].values()) == c["train"]["rows"]
+    assert c["stages"]["kto"]["undesirable"] == c["train"]["unsafe"]

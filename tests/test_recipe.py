@@ -1,0 +1,103 @@
+"""Recipe validation: every shipped recipe is valid; bad recipes name file, line, key."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safealign import recipe
+from safealign.recipe import RecipeError
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = (REPO / "recipes" / "sft_kto.yaml").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_validate(path):
+    r = recipe.load(path)
+    assert r.stages
+    assert path.read_text().startswith(f"# make exp NAME={path.stem}\n"), "a recipe opens with its command"
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(RecipeError) as e:
+        recipe.parse(text, "r.yaml")
+    return e.value.problems
+
+
+def test_unknown_key_names_line_and_suggests():
+    text = GOOD.replace("  beta: 0.1", "  bta: 0.1")
+    line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("  bta:"))) + 1
+    (msg,) = problems(text)
+    assert msg == f"r.yaml:{line}: kto.bta: unknown key (did you mean 'beta'?)"
+
+
+def test_unknown_top_level_key():
+    (msg,) = problems("seed: 1\nbase_modle: x\n")
+    assert msg.startswith("r.yaml:2: base_modle: unknown key (did you mean 'base_model'?)")
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("seed: '42'\n", "r.yaml:1: seed: expected int, got str ('42')"),
+    ("seed: true\n", "r.yaml:1: seed: expected int, got bool (True)"),
+    ("kto:\n  beta: high\n", "r.yaml:2: kto.beta: expected float, got str ('high')"),
+    ("data:\n  kto_paired_only: 'yes'\n", "r.yaml:2: data.kto_paired_only: expected bool, got str ('yes')"),
+    ("sft: 3\n", "r.yaml:1: sft: expected a mapping of keys, got int"),
+    ("stages: [sft, kt0]\n", "stage 2 'kt0' is not a stage kind (did you mean 'kto'?)"),
+    ("stages: []\n", "at least one stage is needed"),
+    ("stages: [sft, sft]\n", "each stage kind may appear once"),
+    ("kto:\n  micro_batch_size: 1\n", "r.yaml:2: kto.micro_batch_size: KTO estimates its KL reference point"),
+    ("sft:\n  learning_rate: -1.0\n", "r.yaml:2: sft.learning_rate: must be > 0, got -1.0"),
+    ("kto:\n  warmup_ratio: 1.5\n", "r.yaml:2: kto.warmup_ratio: must be in [0, 1), got 1.5"),
+    ("sft:\n  bf16: maybe\n", "r.yaml:2: sft.bf16: expected true, false or 'auto', got 'maybe'"),
+    ("dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0]\n", "dpo.loss_weights: 1 weights for 2 loss types"),
+    ("seed: [1\n", "r.yaml:2: not valid YAML"),
+])
+def test_bad_recipes_give_specific_messages(text, expect):
+    msgs = problems(text)
+    assert any(expect in m for m in msgs), msgs
+
+
+def test_all_problems_reported_at_once():
+    assert len(problems("seed: x\nkto:\n  bta: 1\n  beta: no\n")) == 3
+
+
+def test_missing_recipe_suggests_name(tmp_path):
+    (tmp_path / "sft_kto.yaml").write_text("seed: 1\n")
+    with pytest.raises(RecipeError, match=r"no such recipe \(did you mean 'sft_kto'\?\)"):
+        recipe.load(tmp_path / "sft_kt.yaml")
+
+
+def test_defaults_fill_in():
+    r = recipe.parse("seed: 7\n")
+    assert r.seed == 7 and r.stages == ["sft", "kto"] and r.kto.beta == 0.1
+    assert isinstance(recipe.parse("kto:\n  beta: 1\n").kto.beta, float)
+
+
+def test_bad_recipe_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("  beta: 0.1", "  bta: 0.1"))
+    exp = tmp_path / "experiments" / "bad"
+    r = subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", str(bad), "--exp", str(exp)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2
+    assert "kto.bta: unknown key (did you mean 'beta'?)" in r.stderr
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_resolve_writes_slices_and_only_changed_ones(tmp_path):
+    exp = tmp_path / "exp"
+    src = tmp_path / "r.yaml"
+    src.write_text(GOOD)
+    run = lambda: subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", str(src),
+                                  "--exp", str(exp)], capture_output=True, text=True, cwd=REPO, check=True)
+    run()
+    mk = (exp / "stages.mk").read_text()
+    assert "STAGES := sft kto" in mk and "OFFLINE := 1" in mk and "INPUT_kto := $(EXP)/sft/.done" in mk
+    before = {p.name: p.stat().st_mtime_ns for p in (exp / "config").iterdir()}
+    src.write_text(GOOD.replace("  beta: 0.1", "  beta: 0.2"))
+    r = run()
+    after = {p.name: p.stat().st_mtime_ns for p in (exp / "config").iterdir()}
+    assert [n for n in before if before[n] != after[n]] == ["kto.json"]
+    assert "kto.beta: 0.1 -> 0.2" in r.stderr
+    assert len(list((exp / "history").glob("recipe.*.yaml"))) == 1
