@@ -5,14 +5,21 @@ SHELL := /bin/bash
 .DELETE_ON_ERROR:
 .DEFAULT_GOAL := help
 
-NAME        ?=                      # experiment = recipes/$(NAME).yaml -> experiments/$(NAME)/
+# Comments sit on their own lines: make keeps the spaces before a trailing comment in the value.
+# NAME: the experiment, recipes/$(NAME).yaml -> $(EXPERIMENTS)/$(NAME)/
+NAME        ?=
 EXPERIMENTS ?= experiments
-PYTHON      ?= python3              # interpreter that creates the venv (>= 3.10)
+RECIPES     ?= recipes
+# PYTHON creates the venv (>= 3.10)
+PYTHON      ?= python3
 VENV        ?= .venv
-TORCH       ?= torch==2.13.0        # CPU wheel here; on a GPU machine set TORCH_INDEX for a CUDA build
-TORCH_INDEX ?=                      # e.g. https://download.pytorch.org/whl/cu128 (empty: default index)
+# TORCH: the CPU wheel on this kind of machine; on a GPU machine set TORCH_INDEX for a CUDA build,
+# e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu128 (empty: the default index)
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 export SAFEALIGN_CACHE ?= $(CURDIR)/.cache
-export AXOLOTL_DO_NOT_TRACK := 1    # axolotl's exit-time telemetry hangs without a network
+# axolotl's exit-time telemetry upload hangs without a network
+export AXOLOTL_DO_NOT_TRACK := 1
 export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM := false
 export PYTHONWARNINGS ?= ignore::FutureWarning
@@ -31,7 +38,7 @@ help: ## list targets
 	@echo; echo "  e.g. make exp NAME=sft_kto     (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"
 
 .PHONY: setup
-setup: $(VENV_STAMP) ## create .venv with the locked pin set (torch: $(TORCH))
+setup: $(VENV_STAMP) ## create .venv with the locked pin set (TORCH, TORCH_INDEX pick the torch build)
 
 $(VENV_STAMP): pyproject.toml requirements.lock
 	@echo "== setup: $(VENV) ($(TORCH))"
@@ -43,7 +50,7 @@ $(VENV_STAMP): pyproject.toml requirements.lock
 	touch $@
 
 .PHONY: tiny-model
-tiny-model: $(TINY_MODEL) ## build the embedded tiny-local base model (cached in $(SAFEALIGN_CACHE))
+tiny-model: $(TINY_MODEL) ## build the embedded tiny-local base model (cached in .cache/)
 
 $(TINY_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
 	@echo "== tiny-model: building $(dir $@)"
@@ -56,13 +63,16 @@ data: ## regenerate the shipped dataset from tools/make_sg_safety.py (determinis
 ##@ Experiments (NAME=<recipe>)
 ifneq ($(NAME),)
 EXP := $(EXPERIMENTS)/$(NAME)
-RECIPE := recipes/$(NAME).yaml
+RECIPE := $(RECIPES)/$(NAME).yaml
+ifeq ($(wildcard $(RECIPE)),)
+$(error $(RECIPE): no such recipe (recipes: $(notdir $(basename $(wildcard $(RECIPES)/*.yaml)))))
+endif
 
 # stages.mk (STAGES, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE) is generated from the recipe
 # by `safealign resolve`, which also validates it: a bad recipe stops here, writing nothing.
 $(EXP)/stages.mk: $(RECIPE) $(PKG)/recipe.py $(PKG)/cli.py | $(VENV_STAMP)
 	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP)
--include $(EXP)/stages.mk
+include $(EXP)/stages.mk
 
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,17 @@ class Recipe:
 
 
 # ----------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: `learning_rate: 2e-5` is a number, as every trainer's docs write it
+    (PyYAML's YAML 1.1 rules would read it as the string '2e-5')."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def _key_lines(text: str) -> dict[tuple, int]:
     """Map each key path in a YAML mapping tree to its 1-based line number."""
     lines: dict[tuple, int] = {}
@@ -119,7 +131,7 @@ def _key_lines(text: str) -> dict[tuple, int]:
                 walk(v, p)
 
     try:
-        walk(yaml.compose(text), ())
+        walk(yaml.compose(text, Loader=_Loader), ())
     except yaml.YAMLError:
         pass
     return lines
@@ -217,7 +229,7 @@ def parse(text: str, source: str = "<recipe>") -> Recipe:
         return f"{source}: {'.'.join(path)}"
 
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}" if mark else ""

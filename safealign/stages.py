@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
 from safealign import REPO, fsutil, models, provenance
 from safealign import data as data_mod
@@ -34,10 +34,18 @@ class StageError(RuntimeError):
     pass
 
 
+def _tojson(value) -> str:
+    """JSON (hence YAML) literal; unlike jinja's own filter, an undefined value is an error."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    return json.dumps(value)
+
+
 def render(template: str, **context) -> str:
     """Render templates/<template> with StrictUndefined: a missing variable is an error."""
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = _tojson
     return env.get_template(template).render(**context)
 
 

@@ -58,6 +58,11 @@ def test_bad_recipes_give_specific_messages(text, expect):
     assert any(expect in m for m in msgs), msgs
 
 
+def test_exponent_floats_are_numbers():
+    r = recipe.parse("kto:\n  learning_rate: 5e-6\nsft:\n  learning_rate: 2E-4\n")
+    assert r.kto.learning_rate == 5e-6 and r.sft.learning_rate == 2e-4
+
+
 def test_all_problems_reported_at_once():
     assert len(problems("seed: x\nkto:\n  bta: 1\n  beta: no\n")) == 3
 
