@@ -70,9 +70,10 @@ endif
 
 # stages.mk (STAGES, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE) is generated from the recipe
 # by `safealign resolve`, which also validates it: a bad recipe stops here, writing nothing.
-$(EXP)/stages.mk: $(RECIPE) $(PKG)/recipe.py $(PKG)/cli.py | $(VENV_STAMP)
-	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP)
+# RECIPE_PARENT (a recipe the recipe extends) comes from stages.mk itself, hence include first.
 include $(EXP)/stages.mk
+$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PKG)/recipe.py $(PKG)/cli.py | $(VENV_STAMP)
+	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP)
 
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1

@@ -45,7 +45,7 @@ def stage_slices(r: recipe_mod.Recipe) -> dict[str, dict]:
     return slices
 
 
-def stages_mk(r: recipe_mod.Recipe, recipe_file: str) -> str:
+def stages_mk(r: recipe_mod.Recipe, recipe_file: str, parent: Path | None = None) -> str:
     from safealign import models
 
     data_src = Path(r.data.source)
@@ -54,7 +54,8 @@ def stages_mk(r: recipe_mod.Recipe, recipe_file: str) -> str:
              f"STAGES := {' '.join(r.stages)}",
              f"BASE_DEP := {'$(TINY_MODEL)' if r.base_model == models.TINY else ''}",
              f"DATA_DEP := {' '.join(str(data_src / f'{s}.jsonl') for s in ('train', 'test')) if local_data else ''}",
-             f"OFFLINE := {1 if models.is_local(r.base_model) and local_data else 0}"]
+             f"OFFLINE := {1 if models.is_local(r.base_model) and local_data else 0}",
+             f"RECIPE_PARENT := {parent or ''}"]
     for i, s in enumerate(r.stages):
         lines.append(f"INPUT_{s} := {'$(BASE_DEP)' if i == 0 else f'$(EXP)/{r.stages[i - 1]}/.done'}")
     return "\n".join(lines) + "\n"
@@ -63,7 +64,9 @@ def stages_mk(r: recipe_mod.Recipe, recipe_file: str) -> str:
 def cmd_resolve(a) -> int:
     r = recipe_mod.load(Path(a.recipe))  # raises before anything is written
     exp = Path(a.exp)
-    resolved = {"name": exp.name, "recipe_file": a.recipe, **recipe_mod.to_dict(r)}
+    parent = recipe_mod.parent_of(Path(a.recipe))
+    resolved = {"name": exp.name, "recipe_file": a.recipe, "extends": str(parent) if parent else None,
+                **recipe_mod.to_dict(r)}
     text = f"# Resolved from {a.recipe}; stages read this file, not the recipe.\n" + \
         yaml.safe_dump(resolved, sort_keys=False)
     old_path = exp / EXP_FILE
@@ -80,14 +83,14 @@ def cmd_resolve(a) -> int:
     fsutil.write_if_changed(old_path, text)
     for name, sl in stage_slices(r).items():
         fsutil.write_if_changed(exp / "config" / f"{name}.json", json.dumps(sl, indent=2, sort_keys=True) + "\n")
-    fsutil.write_text_atomic(exp / "stages.mk", stages_mk(r, a.recipe))
+    fsutil.write_text_atomic(exp / "stages.mk", stages_mk(r, a.recipe, parent))
     return 0
 
 
 def load_resolved(exp: Path) -> recipe_mod.Recipe:
     raw = yaml.safe_load((exp / EXP_FILE).read_text())
-    raw.pop("name", None)
-    raw.pop("recipe_file", None)
+    for key in ("name", "recipe_file", "extends"):
+        raw.pop(key, None)
     return recipe_mod.parse(yaml.safe_dump(raw), str(exp / EXP_FILE))
 
 

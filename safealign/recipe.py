@@ -76,6 +76,10 @@ class KtoCfg(TrainCfg):
     desirable_weight: float = 1.0  # lambda_D; KTO paper: keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3]
     undesirable_weight: float = 1.0  # lambda_U
     precompute_ref_log_probs: bool = False  # True: one pass of the reference up front, no reference model in memory
+    # The study's modifications (docs/kto_variants.md); all off = trl's KTOTrainer itself.
+    signed_kl: bool = False  # KTO-S: the KL reference point enters with the sign of the reward
+    nll_alpha: float = 0.0  # > 0 adds alpha * NLL of desirable completions (logged as nll_loss)
+    length_normalize: bool = False  # per-token mean log-probs; rewards shrink ~length-fold, so raise beta
 
 
 @dataclass
@@ -213,21 +217,14 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
     if "kto" in r.stages and r.kto.micro_batch_size * r.kto.gradient_accumulation_steps < 2:
         problems.append(f"{where(('kto', 'micro_batch_size'))}: KTO estimates its KL reference point from "
                         "mismatched pairs within a batch; micro_batch_size must be >= 2")
+    if r.kto.nll_alpha < 0:
+        problems.append(f"{where(('kto', 'nll_alpha'))}: must be >= 0, got {r.kto.nll_alpha}")
     if r.dpo.loss_weights is not None and len(r.dpo.loss_weights) != len(r.dpo.loss_type):
         problems.append(f"{where(('dpo', 'loss_weights'))}: {len(r.dpo.loss_weights)} weights for "
                         f"{len(r.dpo.loss_type)} loss types")
 
 
-def parse(text: str, source: str = "<recipe>") -> Recipe:
-    """Validate recipe YAML text; raise RecipeError listing every problem."""
-    lines = _key_lines(text)
-
-    def where(path: tuple) -> str:
-        for n in range(len(path), 0, -1):
-            if path[:n] in lines:
-                return f"{source}:{lines[path[:n]]}: {'.'.join(path)}"
-        return f"{source}: {'.'.join(path)}"
-
+def _read(text: str, source: str) -> tuple[dict, dict[tuple, int]]:
     try:
         raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
@@ -236,13 +233,73 @@ def parse(text: str, source: str = "<recipe>") -> Recipe:
         raise RecipeError([f"{source}{at}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
     if raw is None:
         raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{source}: expected a mapping of keys at the top, got {type(raw).__name__}"])
+    return raw, _key_lines(text)
+
+
+def _locator(files: list[tuple[str, dict]]):
+    """`where(path)` -> 'file:line: dotted.key', from the first file (child before parent) that has it."""
+    def where(path: tuple) -> str:
+        for n in range(len(path), 0, -1):
+            for source, lines in files:
+                if path[:n] in lines:
+                    return f"{source}:{lines[path[:n]]}: {'.'.join(path)}"
+        return f"{files[0][0]}: {'.'.join(path)}" if path else files[0][0]
+    return where
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def _validate(raw: dict, where) -> Recipe:
     problems: list[str] = []
-    recipe = _build(Recipe, raw, (), lambda p: where(p) if p else source, problems)
+    recipe = _build(Recipe, raw, (), where, problems)
     if not problems:
         _check_semantics(recipe, where, problems)
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None) -> Recipe:
+    """Validate recipe YAML text; raise RecipeError listing every problem.
+
+    `extends: <name>` (one level) starts from recipes_dir/<name>.yaml and overrides it key by
+    key; mappings merge, lists and values replace.
+    """
+    raw, lines = _read(text, source)
+    files = [(source, lines)]
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        where = _locator(files)
+        if not isinstance(parent, str) or recipes_dir is None:
+            raise RecipeError([f"{where(('extends',))}: expected the name of a recipe in the same folder"])
+        ppath = Path(recipes_dir) / f"{parent}.yaml"
+        if not ppath.exists():
+            known = sorted(p.stem for p in Path(recipes_dir).glob("*.yaml"))
+            close = difflib.get_close_matches(parent, known, n=1)
+            raise RecipeError([f"{where(('extends',))}: no recipe {ppath}"
+                               + (f" (did you mean '{close[0]}'?)" if close else "")])
+        praw, plines = _read(ppath.read_text(encoding="utf-8"), str(ppath))
+        if "extends" in praw:
+            raise RecipeError([f"{where(('extends',))}: {ppath} extends another recipe itself; "
+                               "only one level of reuse is allowed"])
+        _validate(praw, _locator([(str(ppath), plines)]))  # the parent's own problems, with its lines
+        raw = _merge(praw, raw)
+        files.append((str(ppath), plines))
+    return _validate(raw, _locator(files))
+
+
+def parent_of(path: Path) -> Path | None:
+    """The recipe file `path` extends, if any (for Make's prerequisites)."""
+    raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+    ext = raw.get("extends") if isinstance(raw, dict) else None
+    return Path(path).parent / f"{ext}.yaml" if isinstance(ext, str) else None
 
 
 def load(path: Path) -> Recipe:
@@ -252,7 +309,7 @@ def load(path: Path) -> Recipe:
         close = difflib.get_close_matches(path.stem, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
         raise RecipeError([f"{path}: no such recipe{hint}"])
-    return parse(path.read_text(encoding="utf-8"), str(path))
+    return parse(path.read_text(encoding="utf-8"), str(path), recipes_dir=path.parent)
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -106,3 +106,38 @@ def test_resolve_writes_slices_and_only_changed_ones(tmp_path):
     assert [n for n in before if before[n] != after[n]] == ["kto.json"]
     assert "kto.beta: 0.1 -> 0.2" in r.stderr
     assert len(list((exp / "history").glob("recipe.*.yaml"))) == 1
+
+
+def write_recipes(tmp_path, **files):
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    return tmp_path
+
+
+def test_extends_overrides_key_by_key(tmp_path):
+    d = write_recipes(tmp_path, base="seed: 5\nkto:\n  beta: 0.3\n  max_steps: 9\n",
+                      child="extends: base\nkto:\n  beta: 0.5\nstages: [kto]\n")
+    r = recipe.load(d / "child.yaml")
+    assert (r.seed, r.kto.beta, r.kto.max_steps, r.stages) == (5, 0.5, 9, ["kto"])
+
+
+def test_extends_errors(tmp_path):
+    d = write_recipes(tmp_path, a="seed: 1\n", b="extends: a\n", c="extends: b\n", e="extends: x\n",
+                      bad="kto:\n  bta: 1\n", f="extends: bad\n", g="extends: a\nkto:\n  bta: 1\n")
+    with pytest.raises(RecipeError, match="only one level of reuse"):
+        recipe.load(d / "c.yaml")
+    with pytest.raises(RecipeError, match=r"e.yaml:1: extends: no recipe .*x.yaml"):
+        recipe.load(d / "e.yaml")
+    with pytest.raises(RecipeError, match=r"bad.yaml:2: kto.bta: unknown key"):
+        recipe.load(d / "f.yaml")
+    with pytest.raises(RecipeError, match=r"g.yaml:3: kto.bta: unknown key"):
+        recipe.load(d / "g.yaml")
+
+
+def test_extending_recipe_reruns_when_parent_changes(tmp_path):
+    exp = tmp_path / "exp"
+    r = subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", "recipes/sft_kto_s.yaml",
+                        "--exp", str(exp)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "RECIPE_PARENT := recipes/sft_kto.yaml" in (exp / "stages.mk").read_text()
+    assert '"signed_kl": true' in (exp / "config" / "kto.json").read_text()
