@@ -86,7 +86,8 @@ $(EXP)/data/.done: $(EXP)/config/data.json $(DATA_DEP) $(PKG)/data.py | $(VENV_S
 # One rule per training stage; its templates are templates/<tool>/<stage>.*.j2.
 define TRAIN_RULE
 $(EXP)/$(1)/.done: $(EXP)/config/$(1).json $(EXP)/data/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*.j2) \
-		$(PKG)/stages.py $(PKG)/models.py $(PKG)/callbacks.py | $(VENV_STAMP)
+		$(PKG)/stages.py $(PKG)/models.py $(PKG)/callbacks.py $(PKG)/axolotl_plugin.py $(PKG)/kto.py $(PKG)/losses.py \
+		| $(VENV_STAMP)
 	@$(SA) stage $(1) --exp $(EXP)
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
