@@ -23,6 +23,8 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM := false
 export PYTHONWARNINGS ?= ignore::FutureWarning
+# recorded in each stage's provenance.json
+export SAFEALIGN_COMMAND = make $(MAKECMDGOALS) $(MAKEOVERRIDES)
 
 PY         := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
@@ -123,6 +125,10 @@ validate: $(VENV_STAMP) ## validate every recipe in recipes/
 .PHONY: bench
 bench: $(VENV_STAMP) $(TINY_MODEL) ## time each stage of `make exp NAME=sft_kto` from scratch (prints figures)
 	$(PY) tools/bench_exp.py --name sft_kto
+
+.PHONY: bench-kto
+bench-kto: $(VENV_STAMP) $(TINY_MODEL) ## sft_kto vs KTO-S, NLL, length-normalised: z0, rewards, loss per step
+	$(PY) tools/bench_kto.py $(if $(SET),--set $(SET))
 
 .PHONY: lock
 lock: ## rewrite requirements.lock from the current venv (after a deliberate upgrade)

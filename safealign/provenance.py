@@ -51,7 +51,7 @@ def collect(root: Path, seed: int, data_hashes: dict[str, str] | None = None, **
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-        "make_goals": os.environ.get("MAKECMDGOALS"),
+        "invoked_as": os.environ.get("SAFEALIGN_COMMAND"),
         "seed": seed,
         "git": git_state(root),
         "versions": versions(),

@@ -117,3 +117,24 @@ def test_build_writes_counts(tmp_path):
     assert c["train"]["rows"] == c["train"]["safe"] + c["train"]["unsafe"]
     assert sum(c["train"]["by_category"].values()) == c["train"]["rows"]
     assert c["stages"]["kto"]["undesirable"] == c["train"]["unsafe"]
+
+
+def test_hub_dataset_id_goes_through_the_same_validation(monkeypatch):
+    """A hub id reaches datasets.load_dataset (the network boundary, replaced here) and every
+    row is validated as for a local file, with the split and row in the message."""
+    import datasets
+
+    rows = data.read_jsonl(SHIPPED / "test.jsonl")
+    asked = []
+
+    def fake_load_dataset(name, *a, **kw):
+        asked.append(name)
+        bad = [dict(r) for r in rows]
+        bad[3] = {**bad[3], "category": None}
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list([dict(r) for r in rows]),
+                                     "test": datasets.Dataset.from_list(bad)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(DataError, match=r"org/sg-safety\[test\] row 4: field 'category' must be str, got NoneType"):
+        data.load_canonical("org/sg-safety")
+    assert asked == ["org/sg-safety"]

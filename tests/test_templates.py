@@ -79,4 +79,5 @@ def test_trl_accepts_rendered_kto_config():
     assert lora.r == SHIPPED.kto.lora_r and cfg["train_file"] == "/exp/data/kto.jsonl"
     script = stages.render("trl/kto.py.j2", **kto_ctx(SHIPPED))
     compile(script, "train_kto.py", "exec")
-    assert "KTOTrainer(" in script and "recipes/x.yaml" in script
+    assert "(KTOTrainer if variant.is_plain else SafeKTOTrainer)(" in script and "recipes/x.yaml" in script
+    assert "variant" in cfg and cfg["variant"] == {"signed_kl": False, "nll_alpha": 0.0, "length_normalize": False}

@@ -1,0 +1,32 @@
+"""Every shipped recipe runs end to end on tiny-local (slow: `make test-slow`; .ci/run runs them).
+
+sft_kto itself is covered, in more depth, by test_e2e.py.
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if p.stem != "sft_kto")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_runs_end_to_end(name, tmp_path):
+    r = subprocess.run(["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={tmp_path}"],
+                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / name
+    resolved = (exp / "recipe.yaml").read_text()
+    metrics = json.loads((exp / "eval" / "metrics.json").read_text())["models"]
+    stages = [s for s in ("sft", "kto", "dpo") if (exp / s / ".done").exists()]
+    assert set(metrics) == {"base", *stages}
+    for stage in stages:
+        log = [json.loads(l) for l in (exp / stage / "train_log.jsonl").read_text().splitlines()]
+        losses = [row["loss"] for row in log if "loss" in row]
+        assert losses and all(l == l for l in losses), f"{stage}: no loss or NaN"
+        if "nll_alpha: 0.2" in resolved and stage == "kto":
+            assert any("nll_loss" in row for row in log), "KTO+NLL logs nll_loss"
