@@ -64,50 +64,68 @@ data: ## regenerate the shipped dataset from tools/make_sg_safety.py (determinis
 
 ##@ Experiments (NAME=<recipe>)
 ifneq ($(NAME),)
-EXP := $(EXPERIMENTS)/$(NAME)
 RECIPE := $(RECIPES)/$(NAME).yaml
 ifeq ($(wildcard $(RECIPE)),)
 $(error $(RECIPE): no such recipe (recipes: $(notdir $(basename $(wildcard $(RECIPES)/*.yaml)))))
 endif
+# SET='kto.beta=0.2 kto.learning_rate=5e-6' overrides recipe keys; unless EXP_NAME is given,
+# the experiment gets a distinct name: sft_kto+kto.beta-0.2+kto.learning_rate-5e-6
+ifeq ($(origin EXP_NAME),undefined)
+EXP_NAME := $(shell $(PYTHON) tools/exp_name.py $(NAME) $(SET))
+endif
+EXP   := $(EXPERIMENTS)/$(EXP_NAME)
+# stages live once in STORE, content-addressed; experiments link to them (safealign/plan.py)
+STORE := $(EXPERIMENTS)/.stages
 
-# stages.mk (STAGES, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE) is generated from the recipe
-# by `safealign resolve`, which also validates it: a bad recipe stops here, writing nothing.
-# RECIPE_PARENT (a recipe the recipe extends) comes from stages.mk itself, hence include first.
+# stages.mk (STAGES, DIR_<stage>, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE, RECIPE_PARENT) is
+# generated from the recipe by `safealign resolve`, which validates it first: a bad recipe
+# stops here, writing nothing. It comes first because its RECIPE_PARENT is a prerequisite.
 include $(EXP)/stages.mk
-$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PKG)/recipe.py $(PKG)/cli.py | $(VENV_STAMP)
-	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP)
+$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PKG)/recipe.py $(PKG)/plan.py $(PKG)/cli.py | $(VENV_STAMP)
+	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SET),--set $(SET))
 
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 endif
 
-$(EXP)/data/.done: $(EXP)/config/data.json $(DATA_DEP) $(PKG)/data.py | $(VENV_STAMP)
+$(DIR_data)/.done: $(DATA_DEP) $(PKG)/data.py | $(VENV_STAMP)
 	@$(SA) stage data --exp $(EXP)
 
 # One rule per training stage; its templates are templates/<tool>/<stage>.*.j2.
 define TRAIN_RULE
-$(EXP)/$(1)/.done: $(EXP)/config/$(1).json $(EXP)/data/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*.j2) \
+$(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*.j2) \
 		$(PKG)/stages.py $(PKG)/models.py $(PKG)/callbacks.py $(PKG)/axolotl_plugin.py $(PKG)/kto.py $(PKG)/losses.py \
 		| $(VENV_STAMP)
 	@$(SA) stage $(1) --exp $(EXP)
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
 
-$(EXP)/eval/.done: $(EXP)/config/eval.json $(foreach s,$(STAGES),$(EXP)/$(s)/.done) $(PKG)/evaluate.py $(BASE_DEP) | $(VENV_STAMP)
+$(EXP)/eval/.done: $(EXP)/config/eval.json $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(PKG)/evaluate.py $(BASE_DEP) \
+		| $(VENV_STAMP)
 	@$(SA) stage eval --exp $(EXP)
 
 .PHONY: exp
-exp: $(EXP)/eval/.done ## run experiment NAME end to end (set-up included)
-	@echo "[$(NAME)] done: $(EXP)/"; cat $(EXP)/eval/summary.txt
+exp: $(EXP)/eval/.done ## run experiment NAME end to end (set-up included; SET=... overrides keys)
+	@echo "[$(EXP_NAME)] done: $(EXP)/"; cat $(EXP)/eval/summary.txt
+
+.PHONY: sweep
+sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4' (shared stages train once)
+	@$(PYTHON) tools/grid.py $(GRID) > /dev/null
+	@$(PYTHON) tools/grid.py $(GRID) | while read -r point; do \
+		$(MAKE) --no-print-directory exp NAME=$(NAME) SET="$$point" || exit 1; done
 
 .PHONY: clean-exp
-clean-exp: ## delete experiments/NAME (asks first)
+clean-exp: ## delete experiments/NAME (asks first; shared stages stay in the store)
 	@read -p "delete $(EXP)? [y/N] " a && [ "$$a" = y ] && rm -rf $(EXP)
 else
-exp clean-exp:
+exp clean-exp sweep:
 	@echo "usage: make $@ NAME=<recipe>   (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"; exit 2
 endif
+
+.PHONY: status
+status: ## every experiment's stages: done / shared / stale / failed / not run
+	@$(SA) status --experiments $(EXPERIMENTS)
 
 ##@ Checks
 .PHONY: test

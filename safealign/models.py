@@ -72,6 +72,9 @@ def load_tokenizer(name_or_path: str):
 def load_model(name_or_path: str, dtype=None, device: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per load clutters the stage output
 
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32)
     if device is None:

@@ -238,9 +238,12 @@ def _read(text: str, source: str) -> tuple[dict, dict[tuple, int]]:
     return raw, _key_lines(text)
 
 
-def _locator(files: list[tuple[str, dict]]):
-    """`where(path)` -> 'file:line: dotted.key', from the first file (child before parent) that has it."""
+def _locator(files: list[tuple[str, dict]], overridden: frozenset = frozenset()):
+    """`where(path)` -> 'file:line: dotted.key', from the first file (child before parent) that
+    has it; a key set on the command line (SET=...) is reported as such."""
     def where(path: tuple) -> str:
+        if path in overridden:
+            return f"SET {'.'.join(path)}"
         for n in range(len(path), 0, -1):
             for source, lines in files:
                 if path[:n] in lines:
@@ -266,12 +269,37 @@ def _validate(raw: dict, where) -> Recipe:
     return recipe
 
 
-def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None) -> Recipe:
+def parse_overrides(overrides: list[str]) -> tuple[dict, frozenset]:
+    """["kto.beta=0.2", "stages=[sft]"] -> nested dict (values read as YAML) and the key paths."""
+    out: dict = {}
+    paths = set()
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise RecipeError([f"SET {item!r}: expected key=value, e.g. kto.beta=0.2"])
+        path = tuple(key.split("."))
+        d = out
+        for part in path[:-1]:
+            d = d.setdefault(part, {})
+            if not isinstance(d, dict):
+                raise RecipeError([f"SET {item!r}: {part} is set to a value and a mapping at once"])
+        try:
+            d[path[-1]] = yaml.load(value, Loader=_Loader) if value.strip() else None
+        except yaml.YAMLError:
+            d[path[-1]] = value
+        for n in range(1, len(path) + 1):
+            paths.add(path[:n])
+    return out, frozenset(paths)
+
+
+def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None,
+          overrides: list[str] | None = None) -> Recipe:
     """Validate recipe YAML text; raise RecipeError listing every problem.
 
     `extends: <name>` (one level) starts from recipes_dir/<name>.yaml and overrides it key by
-    key; mappings merge, lists and values replace.
+    key; mappings merge, lists and values replace. `overrides` (Make's SET) apply last.
     """
+    set_raw, set_paths = parse_overrides(overrides or [])
     raw, lines = _read(text, source)
     files = [(source, lines)]
     parent = raw.pop("extends", None)
@@ -292,7 +320,7 @@ def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None) 
         _validate(praw, _locator([(str(ppath), plines)]))  # the parent's own problems, with its lines
         raw = _merge(praw, raw)
         files.append((str(ppath), plines))
-    return _validate(raw, _locator(files))
+    return _validate(_merge(raw, set_raw), _locator(files, set_paths))
 
 
 def parent_of(path: Path) -> Path | None:
@@ -302,14 +330,14 @@ def parent_of(path: Path) -> Path | None:
     return Path(path).parent / f"{ext}.yaml" if isinstance(ext, str) else None
 
 
-def load(path: Path) -> Recipe:
+def load(path: Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
         close = difflib.get_close_matches(path.stem, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
         raise RecipeError([f"{path}: no such recipe{hint}"])
-    return parse(path.read_text(encoding="utf-8"), str(path), recipes_dir=path.parent)
+    return parse(path.read_text(encoding="utf-8"), str(path), recipes_dir=path.parent, overrides=overrides)
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
-from safealign import REPO, fsutil, models, provenance
+from safealign import REPO, fsutil, models, plan, provenance
 from safealign import data as data_mod
 from safealign.recipe import Recipe
 
@@ -54,7 +54,7 @@ def input_model(recipe: Recipe, exp_dir: Path, stage: str) -> str:
     i = recipe.stages.index(stage)
     if i == 0:
         return models.resolve(recipe.base_model)
-    return str((exp_dir / recipe.stages[i - 1] / "merged").resolve())
+    return str((plan.store_dir(exp_dir, recipe.stages[i - 1]) / "merged").resolve())
 
 
 def child_env(stage_dir: Path) -> dict:
@@ -88,11 +88,12 @@ def run_logged(cmd: list[str], cwd: Path, log_path: Path) -> None:
 
 
 def _provenance(recipe: Recipe, exp_dir: Path, stage: str, **extra) -> dict:
-    counts = exp_dir / "data" / "counts.json"
-    hashes = {p.name: fsutil.sha256_file(p) for p in sorted((exp_dir / "data").glob("*.jsonl"))}
+    data_dir = plan.store_dir(exp_dir, "data")
+    counts = data_dir / "counts.json"
+    hashes = {p.name: fsutil.sha256_file(p) for p in sorted(data_dir.glob("*.jsonl"))}
     return provenance.collect(REPO, recipe.seed, hashes, stage=stage,
                               data_source=json.loads(counts.read_text())["source"] if counts.exists() else None,
-                              **extra)
+                              built_for=exp_dir.name, **extra)
 
 
 def _finish_training(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, base: str, t0: float) -> None:
@@ -115,7 +116,7 @@ def _finish_training(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, base:
 
 
 def run_data(recipe: Recipe, exp_dir: Path) -> None:
-    with fsutil.staged_dir(exp_dir / "data") as tmp:
+    with fsutil.staged_dir(plan.store_dir(exp_dir, "data")) as tmp:
         c = data_mod.build(recipe.data.source, recipe.seed, tmp, recipe.data.kto_paired_only, root=REPO)
         fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
             REPO, recipe.seed, {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items()
@@ -128,9 +129,9 @@ def run_data(recipe: Recipe, exp_dir: Path) -> None:
 def run_sft(recipe: Recipe, exp_dir: Path, recipe_path: str) -> None:
     t0 = time.time()
     base = input_model(recipe, exp_dir, "sft")
-    with fsutil.staged_dir(exp_dir / "sft") as tmp:
+    with fsutil.staged_dir(plan.store_dir(exp_dir, "sft")) as tmp:
         text = render("axolotl/sft.yaml.j2", recipe_path=recipe_path, base_model=base, seed=recipe.seed,
-                      data_dir=str((exp_dir / "data").resolve()), cfg=recipe.sft,
+                      data_dir=str(plan.store_dir(exp_dir, "data").resolve()), cfg=recipe.sft,
                       bf16=models.use_bf16(recipe.sft.bf16), cuda=models.has_cuda())
         (tmp / "axolotl.yaml").write_text(text)
         run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log")
@@ -142,9 +143,9 @@ def run_trl(recipe: Recipe, exp_dir: Path, stage: str, recipe_path: str) -> None
     t0 = time.time()
     base = input_model(recipe, exp_dir, stage)
     cfg = getattr(recipe, stage)
-    with fsutil.staged_dir(exp_dir / stage) as tmp:
+    with fsutil.staged_dir(plan.store_dir(exp_dir, stage)) as tmp:
         ctx = dict(recipe_path=recipe_path, model=base, seed=recipe.seed, cfg=cfg,
-                   data_dir=str((exp_dir / "data").resolve()),
+                   data_dir=str(plan.store_dir(exp_dir, "data").resolve()),
                    bf16=models.use_bf16(cfg.bf16))
         (tmp / f"train_{stage}.py").write_text(render(f"trl/{stage}.py.j2", **ctx))
         (tmp / f"{stage}.yaml").write_text(render(f"trl/{stage}.yaml.j2", **ctx))
@@ -158,8 +159,9 @@ def run_eval(recipe: Recipe, exp_dir: Path) -> None:
 
     with fsutil.staged_dir(exp_dir / "eval") as tmp:
         targets = {"base": models.resolve(recipe.base_model)}
-        targets.update({s: str((exp_dir / s / "merged").resolve()) for s in recipe.stages})
-        metrics = evaluate.run(targets, exp_dir / "data" / "test.jsonl", recipe.eval, tmp, seed=recipe.seed)
+        targets.update({s: str((plan.store_dir(exp_dir, s) / "merged").resolve()) for s in recipe.stages})
+        metrics = evaluate.run(targets, plan.store_dir(exp_dir, "data") / "test.jsonl", recipe.eval, tmp,
+                               seed=recipe.seed)
         fsutil.write_json_atomic(tmp / "provenance.json", _provenance(recipe, exp_dir, "eval", models=targets))
         table = evaluate.format_table(metrics)
         (tmp / "summary.txt").write_text(table + "\n")

@@ -45,8 +45,12 @@ def exp(root) -> Path:
     return root / "sft_kto"
 
 
+def store(exp: Path, stage: str) -> Path:
+    return exp.parent / ".stages" / json.loads((exp / "stages.json").read_text())[stage]["dir"]
+
+
 def test_folder_holds_everything(exp):
-    for rel in ["recipe.yaml", "stages.mk", "config/sft.json", "config/kto.json",
+    for rel in ["recipe.yaml", "stages.mk", "stages.json", "config/sft.json", "config/kto.json",
                 "data/counts.json", "data/sft.jsonl", "data/kto.jsonl", "data/test.jsonl", "data/provenance.json",
                 "sft/axolotl.yaml", "sft/train.log", "sft/train_log.jsonl", "sft/adapter/adapter_model.safetensors",
                 "sft/merged/config.json", "sft/provenance.json", "sft/summary.json",
@@ -56,7 +60,8 @@ def test_folder_holds_everything(exp):
         assert (exp / rel).exists(), rel
     for stage in ("data", "sft", "kto", "eval"):
         assert (exp / stage / ".done").exists()
-    assert not list(exp.glob("*.tmp"))
+    assert not list((exp.parent / ".stages").glob("*.tmp"))
+    assert (exp / "sft").is_symlink() and (exp / "sft").resolve() == store(exp, "sft").resolve()
     prov = json.loads((exp / "kto" / "provenance.json").read_text())
     assert prov["seed"] == 42 and prov["versions"]["trl"] == "1.9.0" and prov["versions"]["axolotl"] == "0.19.0"
     assert set(prov["git"]) == {"commit", "dirty"} and prov["data_sha256"]["kto.jsonl"]
@@ -106,25 +111,39 @@ def test_touching_kto_template_reruns_kto_and_eval_only(root):
     assert ran == ["kto", "eval"], r.stdout
 
 
+def test_other_experiments_reuse_the_sft_stage(root):
+    r = make("-n", "exp", "NAME=sft_dpo", f"EXPERIMENTS={root}")
+    ran = [s for s in ("data", "sft", "dpo", "eval") if f"safealign stage {s} " in r.stdout]
+    assert ran == ["dpo", "eval"], r.stdout
+    assert "reusing" in r.stderr and "sft-" in r.stderr
+    for beta in ("0.05", "0.2", "0.4"):
+        make(f"{root}/sft_kto+kto.beta-{beta}/stages.mk", "NAME=sft_kto", f"SET=kto.beta={beta}",
+             f"EXPERIMENTS={root}")
+    plans = [json.loads(p.read_text()) for p in root.glob("sft_kto*/stages.json")]
+    assert len(plans) == 4 and len({p["sft"]["dir"] for p in plans}) == 1 and len({p["kto"]["dir"] for p in plans}) == 4
+
+
 def test_killed_stage_is_never_done_and_rerun_is_deterministic(root, exp, tmp_path):
     copy_root = tmp_path / "experiments"
-    shutil.copytree(root, copy_root)  # copies keep mtimes: the copy is up to date
+    shutil.copytree(root, copy_root, symlinks=True)  # copies keep mtimes and links: the copy is up to date
     copy = copy_root / "sft_kto"
-    for stage in ("sft", "kto", "eval"):
-        shutil.rmtree(copy / stage)
-    target = f"{copy}/kto/.done"
+    for stage in ("sft", "kto"):
+        shutil.rmtree(store(copy, stage))
+    shutil.rmtree(copy / "eval")
+    target = f"{store(copy, 'kto')}/.done"
     proc = subprocess.Popen(["make", target, "NAME=sft_kto", f"EXPERIMENTS={copy_root}"], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log = copy / "sft.tmp" / "train_log.jsonl"
+    tmp_sft = Path(f"{store(copy, 'sft')}.tmp")
+    log = tmp_sft / "train_log.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
         time.sleep(0.5)
     assert proc.poll() is None, "SFT finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (copy / "sft" / ".done").exists() and not (copy / "sft.tmp" / ".done").exists()
+    assert not (copy / "sft" / ".done").exists() and not (tmp_sft / ".done").exists()
     assert make("-q", target, "NAME=sft_kto", f"EXPERIMENTS={copy_root}", check=False).returncode != 0
     make(target, "NAME=sft_kto", f"EXPERIMENTS={copy_root}")
-    assert not (copy / "sft.tmp").exists()
+    assert not tmp_sft.exists()
     for stage in ("sft", "kto"):
         assert losses(copy / stage) == losses(exp / stage), f"{stage}: same seed, different loss log"

@@ -1,4 +1,6 @@
 """Recipe validation: every shipped recipe is valid; bad recipes name file, line, key."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,22 +92,60 @@ def test_bad_recipe_writes_nothing(tmp_path):
     assert not (tmp_path / "experiments").exists()
 
 
-def test_resolve_writes_slices_and_only_changed_ones(tmp_path):
+def resolve(src, exp, *sets):
+    return subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", str(src), "--exp", str(exp),
+                           *(["--set", *sets] if sets else [])], capture_output=True, text=True, cwd=REPO)
+
+
+def test_resolve_writes_plan_links_and_only_changed_slices(tmp_path):
     exp = tmp_path / "exp"
     src = tmp_path / "r.yaml"
     src.write_text(GOOD)
-    run = lambda: subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", str(src),
-                                  "--exp", str(exp)], capture_output=True, text=True, cwd=REPO, check=True)
-    run()
+    assert resolve(src, exp).returncode == 0
     mk = (exp / "stages.mk").read_text()
-    assert "STAGES := sft kto" in mk and "OFFLINE := 1" in mk and "INPUT_kto := $(EXP)/sft/.done" in mk
+    assert "STAGES := sft kto" in mk and "OFFLINE := 1" in mk and "INPUT_kto := $(DIR_sft)/.done" in mk
+    plan = json.loads((exp / "stages.json").read_text())
+    assert set(plan) == {"data", "sft", "kto"} and f"DIR_kto := $(STORE)/{plan['kto']['dir']}" in mk
+    assert os.readlink(exp / "sft") == f"../.stages/{plan['sft']['dir']}"
     before = {p.name: p.stat().st_mtime_ns for p in (exp / "config").iterdir()}
     src.write_text(GOOD.replace("  beta: 0.1", "  beta: 0.2"))
-    r = run()
+    r = resolve(src, exp)
     after = {p.name: p.stat().st_mtime_ns for p in (exp / "config").iterdir()}
-    assert [n for n in before if before[n] != after[n]] == ["kto.json"]
+    assert sorted(n for n in before if before[n] != after[n]) == ["eval.json", "kto.json"]
     assert "kto.beta: 0.1 -> 0.2" in r.stderr
     assert len(list((exp / "history").glob("recipe.*.yaml"))) == 1
+    plan2 = json.loads((exp / "stages.json").read_text())
+    assert plan2["sft"] == plan["sft"] and plan2["data"] == plan["data"] and plan2["kto"] != plan["kto"]
+
+
+def test_identities_chain_through_inputs(tmp_path):
+    from safealign import plan
+
+    base = recipe.parse(GOOD)
+    p0 = plan.plan(base)
+    p_seed = plan.plan(recipe.parse(GOOD.replace("seed: 42", "seed: 43")))
+    assert all(p0[s]["dir"] != p_seed[s]["dir"] for s in p0), "the seed reaches every stage"
+    p_sft = plan.plan(recipe.parse(GOOD.replace("lora_r: 16                      # adapter rank", "lora_r: 8 #")))
+    assert p_sft["data"] == p0["data"] and p_sft["sft"] != p0["sft"] and p_sft["kto"] != p0["kto"], \
+        "a changed SFT changes every stage downstream of it"
+    p_kto_only = plan.plan(recipe.parse(GOOD.replace("stages: [sft, kto]", "stages: [kto]")))
+    assert p_kto_only["kto"] != p0["kto"], "KTO on the base model is not KTO on the SFT model"
+    sym = plan.plan(recipe.parse(GOOD.replace("kto_paired_only: false", "kto_paired_only: true")))
+    assert sym["data"] != p0["data"] and sym["sft"] != p0["sft"]
+
+
+def test_set_overrides(tmp_path):
+    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.beta=0.3", "stages=[sft]", "eval.limit=5"])
+    assert r.kto.beta == 0.3 and r.stages == ["sft"] and r.eval.limit == 5
+    with pytest.raises(RecipeError, match=r"SET kto.bta: unknown key \(did you mean 'beta'\?\)"):
+        recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.bta=0.3"])
+    with pytest.raises(RecipeError, match=r"SET kto.beta: expected float, got str"):
+        recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.beta=high"])
+    with pytest.raises(RecipeError, match="expected key=value"):
+        recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.beta"])
+    exp = tmp_path / "e"
+    assert resolve(REPO / "recipes" / "sft_kto.yaml", exp, "kto.beta=0.3").returncode == 0
+    assert "overrides:\n- kto.beta=0.3" in (exp / "recipe.yaml").read_text()
 
 
 def write_recipes(tmp_path, **files):
@@ -136,8 +176,7 @@ def test_extends_errors(tmp_path):
 
 def test_extending_recipe_reruns_when_parent_changes(tmp_path):
     exp = tmp_path / "exp"
-    r = subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", "recipes/sft_kto_s.yaml",
-                        "--exp", str(exp)], capture_output=True, text=True, cwd=REPO)
+    r = resolve("recipes/sft_kto_s.yaml", exp)
     assert r.returncode == 0, r.stderr
     assert "RECIPE_PARENT := recipes/sft_kto.yaml" in (exp / "stages.mk").read_text()
     assert '"signed_kl": true' in (exp / "config" / "kto.json").read_text()

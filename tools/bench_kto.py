@@ -3,9 +3,8 @@
 
     make bench-kto                    # or: .venv/bin/python tools/bench_kto.py [--set kto.undesirable_weight=0.25]
 
-All four run on the same data, seed and SFT model: sft_kto is run first, and its data and SFT
-stages are reused by the others after checking that their config slices are identical (only
-the KTO stage differs). Prints, per logged step, z0 (trl's `kl`), the mean reward on desirable
+All four run on the same data, seed and SFT model: the others reuse sft_kto's data and SFT
+stages from the stage store (checked), so only the KTO stage and evaluation differ. Prints, per logged step, z0 (trl's `kl`), the mean reward on desirable
 and undesirable rows and the loss, then a summary per variant.
 
 z0 is clamped at 0 and KTO-S equals KTO wherever z0 = 0, so the comparison only means something
@@ -76,22 +75,13 @@ def main() -> int:
     write_recipes(recipes, a.set)
     common = [f"EXPERIMENTS={root}", f"RECIPES={recipes}"]
     timings = {}
-    t0 = time.time()
-    make(f"{root}/sft_kto/kto/.done", "NAME=sft_kto", *common)
-    timings["sft_kto"] = time.time() - t0
-    ref = root / "sft_kto"
-    for name in VARIANTS[1:]:
-        exp = root / name
-        make(f"{exp}/stages.mk", f"NAME={name}", *common)
-        for stage in ("data", "sft"):
-            same = (exp / "config" / f"{stage}.json").read_text() == (ref / "config" / f"{stage}.json").read_text()
-            assert same, f"{name}: {stage} config differs from sft_kto's; cannot share it"
-            shutil.rmtree(exp / stage, ignore_errors=True)
-            shutil.copytree(ref / stage, exp / stage, symlinks=True)
-            (exp / stage / ".done").touch()
+    for name in VARIANTS:  # sft_kto first; the others reuse its data and SFT stages from the store
         t0 = time.time()
-        make(f"{exp}/kto/.done", f"NAME={name}", *common)
+        make("exp", f"NAME={name}", *common)
         timings[name] = time.time() - t0
+        plan = json.loads((root / name / "stages.json").read_text())
+        base = json.loads((root / "sft_kto" / "stages.json").read_text())
+        assert plan["sft"] == base["sft"] and plan["data"] == base["data"], f"{name} does not share sft_kto's SFT"
 
     logs = {n: log_rows(root / n / "kto") for n in VARIANTS}
     print(f"KTO variants on the same data, seed and SFT model; overrides: {' '.join(a.set) or 'none'}")
