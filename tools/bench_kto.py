@@ -4,8 +4,9 @@
     make bench-kto                    # or: .venv/bin/python tools/bench_kto.py [--set kto.undesirable_weight=0.25]
 
 All four run on the same data, seed and SFT model: the others reuse sft_kto's data and SFT
-stages from the stage store (checked), so only the KTO stage and evaluation differ. Prints, per logged step, z0 (trl's `kl`), the mean reward on desirable
-and undesirable rows and the loss, then a summary per variant.
+stages from the stage store (checked), so only the KTO stage and evaluation differ. Prints,
+per logged step, z0 (trl's `kl`), the mean reward on desirable and undesirable rows and the
+loss, then a summary per variant with its refusal rates on the held-out prompts.
 
 z0 is clamped at 0 and KTO-S equals KTO wherever z0 = 0, so the comparison only means something
 where z0 > 0. With the shipped recipe the mismatched-pair estimate is negative on the tiny model
@@ -103,6 +104,10 @@ def main() -> int:
         print(f"  {n:<18}{sum(k > 0 for k in kl):>5}/{len(kl):<5}{sum(kl) / len(kl):9.3f}{max(kl):8.3f}"
               f"{rows[0]['loss']:11.4f}{last['loss']:10.4f}{last.get('rewards/chosen', float('nan')):9.3f}"
               f"{last.get('rewards/rejected', float('nan')):9.3f}{timings[n]:9.1f}")
+    print(f"\n  {'variant':<18}{'unsafe refused':>15}{'safe refused':>13}   (held-out prompts, KTO model)")
+    for n in VARIANTS:
+        m = json.loads((root / n / "eval" / "metrics.json").read_text())["models"]["kto"]
+        print(f"  {n:<18}{m['unsafe_refusal_rate']:>15.1%}{m['safe_refusal_rate']:>13.1%}")
     if not a.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
