@@ -14,6 +14,7 @@ The build turns it into what each stage needs:
     sft.jsonl  {"messages": [user, assistant(chosen)]}                 every train row
     kto.jsonl  {"prompt": [user], "completion": [assistant], "label"}  unsafe -> refusal (True)
                and compliance (False); safe -> answer (True), labels interleaved
+    kto_paired.jsonl  the same from unsafe rows only ("symmetric" KTO)
     dpo.jsonl  {"prompt": [user], "chosen": [..], "rejected": [..]}    unsafe rows (paired) only
     test.jsonl the held-out canonical rows, for evaluation
     counts.json rows per split, label and category
@@ -134,15 +135,10 @@ def interleave(desirable: list, undesirable: list) -> list:
     return out
 
 
-def build_stage_rows(train: list[dict], seed: int, kto_paired_only: bool = False) -> dict[str, list[dict]]:
-    """Pure: canonical train rows -> rows per stage format."""
-    rng = random.Random(seed)
-    rows = list(train)
-    rng.shuffle(rows)
-    sft = [{"messages": _user(r["prompt"]) + _assistant(r["chosen"]), "id": r["id"]} for r in rows]
+def kto_rows(rows: list[dict], rng: random.Random, paired_only: bool) -> list[dict]:
     desirable, undesirable = [], []
     for r in rows:
-        if r["safe"] and kto_paired_only:
+        if r["safe"] and paired_only:
             continue
         desirable.append({"prompt": _user(r["prompt"]), "completion": _assistant(r["chosen"]),
                           "label": True, "id": r["id"]})
@@ -151,10 +147,20 @@ def build_stage_rows(train: list[dict], seed: int, kto_paired_only: bool = False
                                 "label": False, "id": r["id"]})
     rng.shuffle(desirable)
     rng.shuffle(undesirable)
-    kto = interleave(desirable, undesirable)
+    return interleave(desirable, undesirable)
+
+
+def build_stage_rows(train: list[dict], seed: int) -> dict[str, list[dict]]:
+    """Pure: canonical train rows -> rows per stage format (deterministic from the seed)."""
+    rng = random.Random(seed)
+    rows = list(train)
+    rng.shuffle(rows)
+    sft = [{"messages": _user(r["prompt"]) + _assistant(r["chosen"]), "id": r["id"]} for r in rows]
+    kto = kto_rows(rows, rng, paired_only=False)
+    kto_paired = kto_rows(rows, rng, paired_only=True)
     dpo = [{"prompt": _user(r["prompt"]), "chosen": _assistant(r["chosen"]),
             "rejected": _assistant(r["rejected"]), "id": r["id"]} for r in rows if r.get("rejected")]
-    return {"sft": sft, "kto": kto, "dpo": dpo}
+    return {"sft": sft, "kto": kto, "kto_paired": kto_paired, "dpo": dpo}
 
 
 def counts(splits: dict[str, list[dict]], stage_rows: dict[str, list[dict]]) -> dict:
@@ -167,13 +173,11 @@ def counts(splits: dict[str, list[dict]], stage_rows: dict[str, list[dict]]) -> 
             "by_category": dict(sorted(Counter(r["category"] for r in rows).items())),
             "by_subset": dict(sorted(Counter(r.get("subset") or "-" for r in rows).items())),
         }
-    kto = stage_rows["kto"]
-    out["stages"] = {
-        "sft": {"rows": len(stage_rows["sft"])},
-        "kto": {"rows": len(kto), "desirable": sum(r["label"] for r in kto),
-                "undesirable": sum(not r["label"] for r in kto)},
-        "dpo": {"rows": len(stage_rows["dpo"])},
-    }
+    out["stages"] = {"sft": {"rows": len(stage_rows["sft"])}, "dpo": {"rows": len(stage_rows["dpo"])}}
+    for name in ("kto", "kto_paired"):
+        rows = stage_rows[name]
+        out["stages"][name] = {"rows": len(rows), "desirable": sum(r["label"] for r in rows),
+                               "undesirable": sum(not r["label"] for r in rows)}
     return out
 
 
@@ -183,10 +187,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def build(source: str, seed: int, out_dir: Path, kto_paired_only: bool = False, root: Path = Path(".")) -> dict:
+def build(source: str, seed: int, out_dir: Path, root: Path = Path(".")) -> dict:
     """Validate the canonical data and write every stage's files into `out_dir`."""
     splits, origin = load_canonical(source, root)
-    stage_rows = build_stage_rows(splits["train"], seed, kto_paired_only)
+    stage_rows = build_stage_rows(splits["train"], seed)
     for name, rows in stage_rows.items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
     write_jsonl(out_dir / "test.jsonl", splits["test"])

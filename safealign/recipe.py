@@ -34,7 +34,6 @@ class RecipeError(ValueError):
 @dataclass
 class DataCfg:
     source: str = "data/sg_safety"  # local folder (train.jsonl, test.jsonl) or an HF dataset id
-    kto_paired_only: bool = False  # True: KTO sees unsafe prompts only ("symmetric"); False: safe rows too
 
 
 @dataclass
@@ -76,6 +75,7 @@ class KtoCfg(TrainCfg):
     desirable_weight: float = 1.0  # lambda_D; KTO paper: keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3]
     undesirable_weight: float = 1.0  # lambda_U
     precompute_ref_log_probs: bool = False  # True: one pass of the reference up front, no reference model in memory
+    paired_only: bool = False  # True: unsafe prompts only ("symmetric" KTO); False: safe (unpaired) rows too
     # The study's modifications (docs/kto_variants.md); all off = trl's KTOTrainer itself.
     signed_kl: bool = False  # KTO-S: the KL reference point enters with the sign of the reward
     nll_alpha: float = 0.0  # > 0 adds alpha * NLL of desirable completions (logged as nll_loss)

@@ -117,7 +117,7 @@ def _finish_training(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, base:
 
 def run_data(recipe: Recipe, exp_dir: Path) -> None:
     with fsutil.staged_dir(plan.store_dir(exp_dir, "data")) as tmp:
-        c = data_mod.build(recipe.data.source, recipe.seed, tmp, recipe.data.kto_paired_only, root=REPO)
+        c = data_mod.build(recipe.data.source, recipe.seed, tmp, root=REPO)
         fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
             REPO, recipe.seed, {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items()
                                 if not v.startswith("hf://")}, stage="data"))

@@ -95,9 +95,9 @@ def test_stage_rows():
     assert rows["kto"] != data.build_stage_rows(train, seed=2)["kto"]
 
 
-def test_kto_paired_only_drops_safe_rows():
+def test_kto_paired_drops_safe_rows():
     train = data.read_jsonl(SHIPPED / "train.jsonl")
-    kto = data.build_stage_rows(train, seed=1, kto_paired_only=True)["kto"]
+    kto = data.build_stage_rows(train, seed=1)["kto_paired"]
     n_unsafe = sum(not r["safe"] for r in train)
     assert sum(r["label"] for r in kto) == n_unsafe == sum(not r["label"] for r in kto)
 
@@ -110,7 +110,7 @@ def test_interleave_keeps_ratio():
 
 def test_build_writes_counts(tmp_path):
     c = data.build(str(SHIPPED), 42, tmp_path)
-    for name in ("sft", "kto", "dpo", "test"):
+    for name in ("sft", "kto", "kto_paired", "dpo", "test"):
         assert (tmp_path / f"{name}.jsonl").exists()
     saved = json.loads((tmp_path / "counts.json").read_text())
     assert saved == c

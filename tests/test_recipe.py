@@ -43,7 +43,7 @@ def test_unknown_top_level_key():
     ("seed: '42'\n", "r.yaml:1: seed: expected int, got str ('42')"),
     ("seed: true\n", "r.yaml:1: seed: expected int, got bool (True)"),
     ("kto:\n  beta: high\n", "r.yaml:2: kto.beta: expected float, got str ('high')"),
-    ("data:\n  kto_paired_only: 'yes'\n", "r.yaml:2: data.kto_paired_only: expected bool, got str ('yes')"),
+    ("kto:\n  paired_only: 'yes'\n", "r.yaml:2: kto.paired_only: expected bool, got str ('yes')"),
     ("sft: 3\n", "r.yaml:1: sft: expected a mapping of keys, got int"),
     ("stages: [sft, kt0]\n", "stage 2 'kt0' is not a stage kind (did you mean 'kto'?)"),
     ("stages: []\n", "at least one stage is needed"),
@@ -130,8 +130,9 @@ def test_identities_chain_through_inputs(tmp_path):
         "a changed SFT changes every stage downstream of it"
     p_kto_only = plan.plan(recipe.parse(GOOD.replace("stages: [sft, kto]", "stages: [kto]")))
     assert p_kto_only["kto"] != p0["kto"], "KTO on the base model is not KTO on the SFT model"
-    sym = plan.plan(recipe.parse(GOOD.replace("kto_paired_only: false", "kto_paired_only: true")))
-    assert sym["data"] != p0["data"] and sym["sft"] != p0["sft"]
+    sym = plan.plan(recipe.parse(GOOD.replace("paired_only: false", "paired_only: true")))
+    assert sym["data"] == p0["data"] and sym["sft"] == p0["sft"] and sym["kto"] != p0["kto"], \
+        "symmetric KTO shares data and SFT"
 
 
 def test_set_overrides(tmp_path):

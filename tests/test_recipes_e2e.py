@@ -1,6 +1,7 @@
 """Every shipped recipe runs end to end on tiny-local (slow: `make test-slow`; .ci/run runs them).
 
-sft_kto itself is covered, in more depth, by test_e2e.py.
+sft_kto itself is covered, in more depth, by test_e2e.py. All recipes share one experiments
+folder, as a user's would: the SFT stage is trained once and reused by every SFT+X recipe.
 """
 import json
 import os
@@ -10,16 +11,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml") if p.stem != "sft_kto")
+# SFT-only first, so that the SFT+X recipes after it reuse its SFT stage
+RECIPES = sorted((p.stem for p in (REPO / "recipes").glob("*.yaml") if p.stem != "sft_kto"),
+                 key=lambda n: (n != "sft", n))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_runs_end_to_end(name, tmp_path):
-    r = subprocess.run(["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={tmp_path}"],
+def test_recipe_runs_end_to_end(name, root):
+    r = subprocess.run(["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    exp = tmp_path / name
+    exp = root / name
     resolved = (exp / "recipe.yaml").read_text()
     metrics = json.loads((exp / "eval" / "metrics.json").read_text())["models"]
     stages = [s for s in ("sft", "kto", "dpo") if (exp / s / ".done").exists()]
@@ -30,3 +38,10 @@ def test_recipe_runs_end_to_end(name, tmp_path):
         assert losses and all(l == l for l in losses), f"{stage}: no loss or NaN"
         if "nll_alpha: 0.2" in resolved and stage == "kto":
             assert any("nll_loss" in row for row in log), "KTO+NLL logs nll_loss"
+
+
+@pytest.mark.slow
+def test_sft_was_trained_once(root):
+    plans = [json.loads(p.read_text()) for p in root.glob("*/stages.json")]
+    sft_dirs = {p["sft"]["dir"] for p in plans if "sft" in p}
+    assert len(plans) == len(RECIPES) and len(sft_dirs) == 1, sft_dirs

@@ -81,3 +81,9 @@ def test_trl_accepts_rendered_kto_config():
     compile(script, "train_kto.py", "exec")
     assert "(KTOTrainer if variant.is_plain else SafeKTOTrainer)(" in script and "recipes/x.yaml" in script
     assert "variant" in cfg and cfg["variant"] == {"signed_kl": False, "nll_alpha": 0.0, "length_normalize": False}
+
+
+def test_symmetric_kto_reads_the_paired_file():
+    r = recipe.parse("kto:\n  paired_only: true\n")
+    cfg = yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))
+    assert cfg["train_file"] == "/exp/data/kto_paired.jsonl"
