@@ -144,6 +144,10 @@ validate: $(VENV_STAMP) ## validate every recipe in recipes/
 bench: $(VENV_STAMP) $(TINY_MODEL) ## time each stage of `make exp NAME=sft_kto` from scratch (prints figures)
 	$(PY) tools/bench_exp.py --name sft_kto
 
+.PHONY: bench-reuse
+bench-reuse: $(VENV_STAMP) $(TINY_MODEL) ## sft_dpo after sft_kto vs from empty (ratio); SFT trainings in a 4-point sweep
+	$(PY) tools/bench_reuse.py
+
 .PHONY: bench-kto
 bench-kto: $(VENV_STAMP) $(TINY_MODEL) ## sft_kto vs KTO-S, NLL, length-normalised: z0, rewards, loss per step
 	$(PY) tools/bench_kto.py $(if $(SET),--set $(SET))

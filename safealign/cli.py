@@ -1,8 +1,9 @@
 """Command line: `python -m safealign <command>`. Make calls these; each is thin.
 
-    resolve     validate recipes/<name>.yaml, write the experiment's resolved recipe,
-                per-stage config slices and stages.mk (what Make needs to chain the stages)
+    resolve     validate recipes/<name>.yaml (+ SET overrides), write the experiment's resolved
+                recipe, stage plan, links and stages.mk (safealign/plan.py)
     stage       run one stage of an experiment (data, sft, kto, dpo, eval)
+    status      every experiment's stages: done / stale / shared / failed / not run
     tiny-model  build the embedded tiny-local model into the cache
     validate    validate recipe files, print every problem
     check-data  validate a canonical dataset folder or file
@@ -19,6 +20,7 @@ import yaml
 
 from safealign import fsutil, plan, recipe as recipe_mod
 from safealign.recipe import RecipeError
+
 
 def cmd_resolve(a) -> int:
     plan.resolve(a.recipe, Path(a.exp), a.set)
@@ -73,7 +75,7 @@ def cmd_status(a) -> int:
                                    capture_output=True, text=True)
                 state = "done" if q.returncode == 0 else "stale"
             elif d.with_name(d.name + ".tmp").exists():
-                state = "failed (incomplete .tmp left; the next make starts it over)"
+                state = "failed or running (an incomplete .tmp is there; the next make starts it over)"
             else:
                 state = "not run"
             others = [n for n in users.get(d.name, []) if n != e.name] if stage != "eval" else []

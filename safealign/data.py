@@ -198,3 +198,20 @@ def build(source: str, seed: int, out_dir: Path, root: Path = Path(".")) -> dict
     c["source"] = origin
     (out_dir / "counts.json").write_text(json.dumps(c, indent=2) + "\n")
     return c
+
+
+def kto_weight_advice(n_desirable: int, n_undesirable: int, desirable_weight: float,
+                      undesirable_weight: float) -> str | None:
+    """The KTO paper (Ethayarajh et al. 2024, eq. 8) recommends
+    lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]. None when inside, else advice with numbers."""
+    if not n_desirable or not n_undesirable:
+        return (f"KTO data has {n_desirable} desirable and {n_undesirable} undesirable rows: with one class "
+                "missing there is nothing to contrast")
+    ratio = desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
+    if 1.0 <= ratio <= 4 / 3:
+        return None
+    lo_u, hi_u = desirable_weight * n_desirable / (n_undesirable * 4 / 3), desirable_weight * n_desirable / n_undesirable
+    lo_d, hi_d = undesirable_weight * n_undesirable / n_desirable, undesirable_weight * n_undesirable * 4 / 3 / n_desirable
+    return (f"weighted desirable:undesirable = {desirable_weight:g} x {n_desirable} / ({undesirable_weight:g} x "
+            f"{n_undesirable}) = {ratio:.2f}, outside the KTO paper's recommended [1, 1.33]; e.g. "
+            f"undesirable_weight in [{lo_u:.2f}, {hi_u:.2f}] or desirable_weight in [{lo_d:.2f}, {hi_d:.2f}]")

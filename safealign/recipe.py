@@ -19,6 +19,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 STAGE_KINDS = ("sft", "kto", "dpo")
+# trl 1.9.0's DPOConfig.loss_type values
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 AUTO = "auto"
 
 
@@ -88,6 +91,7 @@ class DpoCfg(TrainCfg):
     beta: float = 0.1
     loss_type: list = field(default_factory=lambda: ["sigmoid"])  # trl loss names, e.g. [sigmoid, sft]
     loss_weights: Optional[list] = None  # one weight per loss_type entry
+    label_smoothing: float = 0.0  # robust DPO's assumed label-noise rate, in [0, 0.5)
     precompute_ref_log_probs: bool = False
 
 
@@ -219,6 +223,13 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
                         "mismatched pairs within a batch; micro_batch_size must be >= 2")
     if r.kto.nll_alpha < 0:
         problems.append(f"{where(('kto', 'nll_alpha'))}: must be >= 0, got {r.kto.nll_alpha}")
+    for i, loss in enumerate(r.dpo.loss_type):
+        if loss not in DPO_LOSSES:
+            close = difflib.get_close_matches(str(loss), DPO_LOSSES, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"trl 1.9 knows {', '.join(DPO_LOSSES)}"
+            problems.append(f"{where(('dpo', 'loss_type'))}: entry {i + 1} {loss!r} is not a trl DPO loss ({hint})")
+    if not 0 <= r.dpo.label_smoothing < 0.5:
+        problems.append(f"{where(('dpo', 'label_smoothing'))}: must be in [0, 0.5), got {r.dpo.label_smoothing}")
     if r.dpo.loss_weights is not None and len(r.dpo.loss_weights) != len(r.dpo.loss_type):
         problems.append(f"{where(('dpo', 'loss_weights'))}: {len(r.dpo.loss_weights)} weights for "
                         f"{len(r.dpo.loss_type)} loss types")

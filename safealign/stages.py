@@ -139,10 +139,28 @@ def run_sft(recipe: Recipe, exp_dir: Path, recipe_path: str) -> None:
         _finish_training(recipe, exp_dir, "sft", tmp, base, t0)
 
 
+def check_rows(stage: str, cfg, data_dir: Path) -> list[str]:
+    """Stop a stage that cannot learn from its data; return warnings worth printing."""
+    if stage == "dpo":
+        n = sum(1 for line in open(data_dir / "dpo.jsonl") if line.strip())
+        if not n:
+            raise StageError(f"dpo: {data_dir / 'dpo.jsonl'} has no paired rows (unsafe prompts with a rejected "
+                             "answer); DPO needs pairs")
+        return []
+    rows = [json.loads(line) for line in open(data_dir / ("kto_paired.jsonl" if cfg.paired_only else "kto.jsonl"))]
+    n_d = sum(r["label"] for r in rows)
+    advice = data_mod.kto_weight_advice(n_d, len(rows) - n_d, cfg.desirable_weight, cfg.undesirable_weight)
+    if n_d in (0, len(rows)):  # one class only
+        raise StageError(f"kto: {advice}")
+    return [f"kto: {advice}"] if advice else []
+
+
 def run_trl(recipe: Recipe, exp_dir: Path, stage: str, recipe_path: str) -> None:
     t0 = time.time()
     base = input_model(recipe, exp_dir, stage)
     cfg = getattr(recipe, stage)
+    for warning in check_rows(stage, cfg, plan.store_dir(exp_dir, "data")):
+        print(f"  warning: {warning}", flush=True)
     with fsutil.staged_dir(plan.store_dir(exp_dir, stage)) as tmp:
         ctx = dict(recipe_path=recipe_path, model=base, seed=recipe.seed, cfg=cfg,
                    data_dir=str(plan.store_dir(exp_dir, "data").resolve()),

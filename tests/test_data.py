@@ -138,3 +138,12 @@ def test_hub_dataset_id_goes_through_the_same_validation(monkeypatch):
     with pytest.raises(DataError, match=r"org/sg-safety\[test\] row 4: field 'category' must be str, got NoneType"):
         data.load_canonical("org/sg-safety")
     assert asked == ["org/sg-safety"]
+
+
+def test_kto_weight_advice():
+    assert data.kto_weight_advice(406, 217, 1.0, 1.5) is None  # the shipped recipe: 1.25
+    msg = data.kto_weight_advice(406, 217, 1.0, 1.0)
+    assert "= 1.87, outside the KTO paper's recommended [1, 1.33]" in msg
+    assert "undesirable_weight in [1.40, 1.87]" in msg and "desirable_weight in [0.53, 0.71]" in msg
+    assert data.kto_weight_advice(217, 217, 1.0, 1.0) is None
+    assert "nothing to contrast" in data.kto_weight_advice(10, 0, 1.0, 1.0)

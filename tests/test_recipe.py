@@ -54,6 +54,8 @@ def test_unknown_top_level_key():
     ("sft:\n  bf16: maybe\n", "r.yaml:2: sft.bf16: expected true, false or 'auto', got 'maybe'"),
     ("dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0]\n", "dpo.loss_weights: 1 weights for 2 loss types"),
     ("seed: [1\n", "r.yaml:2: not valid YAML"),
+    ("dpo:\n  loss_type: [sigmoid, ipoo]\n", "r.yaml:2: dpo.loss_type: entry 2 'ipoo' is not a trl DPO loss (did you mean 'ipo'?)"),
+    ("dpo:\n  label_smoothing: 0.7\n", "r.yaml:2: dpo.label_smoothing: must be in [0, 0.5), got 0.7"),
 ])
 def test_bad_recipes_give_specific_messages(text, expect):
     msgs = problems(text)

@@ -87,3 +87,15 @@ def test_symmetric_kto_reads_the_paired_file():
     r = recipe.parse("kto:\n  paired_only: true\n")
     cfg = yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))
     assert cfg["train_file"] == "/exp/data/kto_paired.jsonl"
+
+
+def test_stages_refuse_data_they_cannot_learn_from(tmp_path):
+    (tmp_path / "dpo.jsonl").write_text("")
+    with pytest.raises(stages.StageError, match="has no paired rows"):
+        stages.check_rows("dpo", SHIPPED.dpo, tmp_path)
+    (tmp_path / "kto.jsonl").write_text('{"label": true}\n' * 3)
+    with pytest.raises(stages.StageError, match="3 desirable and 0 undesirable"):
+        stages.check_rows("kto", SHIPPED.kto, tmp_path)
+    (tmp_path / "kto.jsonl").write_text('{"label": true}\n' * 3 + '{"label": false}\n')
+    (warning,) = stages.check_rows("kto", SHIPPED.kto, tmp_path)
+    assert "= 2.00, outside the KTO paper's recommended [1, 1.33]" in warning
