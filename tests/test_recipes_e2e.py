@@ -42,6 +42,21 @@ def test_recipe_runs_end_to_end(name, root):
 
 @pytest.mark.slow
 def test_sft_was_trained_once(root):
-    plans = [json.loads(p.read_text()) for p in root.glob("*/stages.json")]
+    plans = [json.loads((root / n / "stages.json").read_text()) for n in RECIPES]
     sft_dirs = {p["sft"]["dir"] for p in plans if "sft" in p}
-    assert len(plans) == len(RECIPES) and len(sft_dirs) == 1, sft_dirs
+    assert len(plans) >= len(RECIPES) and len(sft_dirs) == 1, sft_dirs
+
+
+@pytest.mark.slow
+def test_full_parameter_mode(root):
+    sets = ("sft.full_finetune=true kto.full_finetune=true sft.max_steps=20 kto.max_steps=10 "
+            "sft.learning_rate=1e-4 kto.learning_rate=1e-5")
+    r = subprocess.run(["make", "--no-print-directory", "exp", "NAME=sft_kto", f"SET={sets}", "EXP_NAME=full",
+                        f"EXPERIMENTS={root}"], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "SAFEALIGN_QUIET": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for stage in ("sft", "kto"):
+        d = root / "full" / stage
+        assert (d / "merged" / "model.safetensors").exists() and not (d / "adapter").exists()
+    assert "adapter: lora" not in (root / "full" / "sft" / "axolotl.yaml").read_text()
+    assert "lora:" not in (root / "full" / "kto" / "kto.yaml").read_text()
