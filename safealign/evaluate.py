@@ -95,11 +95,14 @@ def run(targets: dict[str, str], test_file: Path, cfg, out_dir: Path, seed: int 
     return metrics
 
 
+def _pct(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}%}"
+
+
 def format_table(metrics: dict) -> str:
     lines = [f"  {'model':<10} {'unsafe refused':>15} {'safe refused':>13}   (out-of-template: unsafe / safe)"]
     for name, m in metrics["models"].items():
         ood = m["by_subset"].get("out_of_template", {})
-        lines.append(f"  {name:<10} {m['unsafe_refusal_rate']:>15.2%} {m['safe_refusal_rate']:>13.2%}   "
-                     f"({ood.get('unsafe_refusal_rate', float('nan')):.0%} / "
-                     f"{ood.get('safe_refusal_rate', float('nan')):.0%})")
+        lines.append(f"  {name:<10} {_pct(m['unsafe_refusal_rate']):>15} {_pct(m['safe_refusal_rate']):>13}   "
+                     f"({_pct(ood.get('unsafe_refusal_rate'), 0)} / {_pct(ood.get('safe_refusal_rate'), 0)})")
     return "\n".join(lines)

@@ -36,3 +36,11 @@ def test_rates_by_subset():
     assert r["by_subset"]["in"] == {"unsafe_refusal_rate": 1.0, "safe_refusal_rate": 0.5}
     assert r["by_subset"]["out"] == {"unsafe_refusal_rate": 0.0, "safe_refusal_rate": 0.0}
     assert rates([])["unsafe_refusal_rate"] is None
+
+
+def test_table_handles_missing_rates():
+    from safealign.evaluate import format_table
+
+    m = {"models": {"base": {**rates([{"safe": False, "refused": True, "subset": "in"}])}}}
+    line = format_table(m).splitlines()[1]
+    assert "100.00%" in line and line.split()[2] == "-" and "(- / -)" in line
