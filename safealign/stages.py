@@ -34,17 +34,33 @@ class StageError(RuntimeError):
     pass
 
 
+def _float(x: float) -> str:
+    """A float as YAML 1.1 reads it back as a float: PyYAML (used by Axolotl and by the rendered
+    scripts) reads `1e-05` as a string, `1.0e-05` as a number."""
+    text = repr(x)
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
+
+
 def _tojson(value) -> str:
-    """JSON (hence YAML) literal; unlike jinja's own filter, an undefined value is an error."""
+    """A JSON (hence YAML) literal; unlike jinja's own filter, an undefined value is an error."""
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_tojson(v) for v in value) + "]"
     return json.dumps(value)
+
+
+def _finalize(value):
+    return _float(value) if isinstance(value, float) else value
 
 
 def render(template: str, **context) -> str:
     """Render templates/<template> with StrictUndefined: a missing variable is an error."""
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, finalize=_finalize)
     env.filters["tojson"] = _tojson
     return env.get_template(template).render(**context)
 

@@ -99,3 +99,12 @@ def test_stages_refuse_data_they_cannot_learn_from(tmp_path):
     (tmp_path / "kto.jsonl").write_text('{"label": true}\n' * 3 + '{"label": false}\n')
     (warning,) = stages.check_rows("kto", SHIPPED.kto, tmp_path)
     assert "= 2.00, outside the KTO paper's recommended [1, 1.33]" in warning
+
+
+def test_small_floats_stay_numbers_for_pyyaml():
+    r = recipe.parse("sft:\n  learning_rate: 1e-5\nkto:\n  learning_rate: 5e-7\ndpo:\n  loss_weights: [1.0, 1e-5]\n"
+                     "  loss_type: [sigmoid, sft]\n")
+    assert yaml.safe_load(sft_yaml(r))["learning_rate"] == 1e-5
+    assert yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))["trl"]["learning_rate"] == 5e-7
+    dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **{**kto_ctx(r), "cfg": r.dpo}))
+    assert dpo["trl"]["loss_weights"] == [1.0, 1e-5]
