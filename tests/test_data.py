@@ -73,8 +73,9 @@ def test_safe_row_needs_no_rejected(tmp_path):
 
 
 def test_missing_folder_is_clear(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text(json.dumps(ROW) + "\n")
     with pytest.raises(DataError, match="missing test.jsonl"):
-        (tmp_path / "d").mkdir(), (tmp_path / "d" / "train.jsonl").write_text(json.dumps(ROW) + "\n")
         data.load_canonical(str(tmp_path / "d"))
     with pytest.raises(DataError, match="no such folder"):
         data.load_canonical("./nope")
