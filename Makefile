@@ -20,7 +20,6 @@ TORCH_INDEX ?=
 export SAFEALIGN_CACHE ?= $(CURDIR)/.cache
 # axolotl's exit-time telemetry upload hangs without a network
 export AXOLOTL_DO_NOT_TRACK := 1
-export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM := false
 export PYTHONWARNINGS ?= ignore::FutureWarning
 # recorded in each stage's provenance.json
@@ -101,13 +100,37 @@ $(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
 
-$(EXP)/eval/.done: $(EXP)/config/eval.json $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(PKG)/evaluate.py $(BASE_DEP) \
-		| $(VENV_STAMP)
+# Evaluation stages, one per evaluated model (EVAL_MODELS: base and the stages), also in the
+# store: the base model's results are shared by every experiment on that base.
+$(DIR_judge)/.done: $(DIR_data)/.done $(PKG)/judges.py data/judge/hard_cases.jsonl | $(VENV_STAMP)
+	@$(SA) stage judge --exp $(EXP)
+
+define EVAL_RULE
+$(DIR_leaderboard-$(1))/.done: $(MODEL_DEP_$(1)) $(FIXTURE_DEP) $(PKG)/leaderboard.py $(PKG)/nltkdata.py | $(VENV_STAMP)
+	@$(SA) stage leaderboard --model $(1) --exp $(EXP)
+$(DIR_safety-$(1))/.done: $(MODEL_DEP_$(1)) $(DIR_judge)/.done $(DIR_data)/.done $(if $(filter base,$(1)),,$(DIR_safety-base)/.done) \
+		$(PKG)/safety.py $(PKG)/judges.py | $(VENV_STAMP)
+	@$(SA) stage safety --model $(1) --exp $(EXP)
+endef
+$(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m))))
+
+EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
+$(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(PKG)/summary.py | $(VENV_STAMP)
 	@$(SA) stage eval --exp $(EXP)
 
+.PHONY: eval
+eval: $(EXP)/eval/.done ## evaluate experiment NAME: lm-eval leaderboard + safety suite, base beside aligned
+	@cat $(EXP)/eval/summary.md
+
+$(EXP)/report.md: $(EXP)/eval/.done $(PKG)/report.py | $(VENV_STAMP)
+	@$(SA) report --exp $(EXP)
+
+.PHONY: report
+report: $(EXP)/report.md ## (re)write experiments/NAME/report.md with its plots
+
 .PHONY: exp
-exp: $(EXP)/eval/.done ## run experiment NAME end to end (set-up included; SET=... overrides keys)
-	@echo "[$(EXP_NAME)] done: $(EXP)/"; cat $(EXP)/eval/summary.txt
+exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=... overrides keys)
+	@echo "[$(EXP_NAME)] done: $(EXP)/ (report: $(EXP)/report.md)"; cat $(EXP)/eval/summary.md
 
 .PHONY: sweep
 sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4' (shared stages train once)
@@ -119,9 +142,17 @@ sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1
 clean-exp: ## delete experiments/NAME (asks first; shared stages stay in the store)
 	@read -p "delete $(EXP)? [y/N] " a && [ "$$a" = y ] && rm -rf $(EXP)
 else
-exp clean-exp sweep:
+exp eval report clean-exp sweep:
 	@echo "usage: make $@ NAME=<recipe>   (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"; exit 2
 endif
+
+# NAMES="sft kto sft_kto" -> experiments/compare/sft-kto-sft_kto/compare.md (COMPARE=... names the folder)
+NAMES   ?=
+COMPARE ?=
+.PHONY: compare
+compare: | $(VENV_STAMP) ## one table + overlaid curves across experiments: make compare NAMES="sft kto sft_kto"
+	@test -n "$(NAMES)" || { echo 'usage: make compare NAMES="sft kto sft_kto" [COMPARE=<folder name>]'; exit 2; }
+	@$(SA) compare $(NAMES) --experiments $(EXPERIMENTS) $(if $(COMPARE),--out $(COMPARE))
 
 .PHONY: status
 status: ## every experiment's stages: done / shared / stale / failed / not run
@@ -151,6 +182,10 @@ bench-reuse: $(VENV_STAMP) $(TINY_MODEL) ## sft_dpo after sft_kto vs from empty 
 .PHONY: bench-kto
 bench-kto: $(VENV_STAMP) $(TINY_MODEL) ## sft_kto vs KTO-S, NLL, length-normalised: z0, rewards, loss per step
 	$(PY) tools/bench_kto.py $(if $(SET),--set $(SET))
+
+.PHONY: bench-eval
+bench-eval: $(VENV_STAMP) $(TINY_MODEL) ## evaluation stages of NAME (default sft_kto): seconds and model loads per stage
+	$(PY) tools/bench_eval.py --name $(or $(NAME),sft_kto) --experiments $(EXPERIMENTS)
 
 .PHONY: lock
 lock: ## rewrite requirements.lock from the current venv (after a deliberate upgrade)

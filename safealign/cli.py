@@ -2,7 +2,9 @@
 
     resolve     validate recipes/<name>.yaml (+ SET overrides), write the experiment's resolved
                 recipe, stage plan, links and stages.mk (safealign/plan.py)
-    stage       run one stage of an experiment (data, sft, kto, dpo, eval)
+    stage       run one stage of an experiment (data, sft, kto, dpo, judge, leaderboard, safety, eval)
+    report      write experiments/<NAME>/report.md and its plots
+    compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
     status      every experiment's stages: done / stale / shared / failed / not run
     tiny-model  build the embedded tiny-local model into the cache
     validate    validate recipe files, print every problem
@@ -34,16 +36,44 @@ def cmd_stage(a) -> int:
     r = plan.load_resolved(exp)
     rfile = yaml.safe_load((exp / plan.RESOLVED).read_text())["recipe_file"]
     t0 = time.time()
-    print(f"[{exp.name}] {a.stage}: start", flush=True)
+    label = f"{a.stage}-{a.model}" if a.model else a.stage
+    print(f"[{exp.name}] {label}: start", flush=True)
+    if a.stage in ("leaderboard", "safety") and not a.model:
+        raise stages.StageError(f"stage {a.stage} needs --model (base or a stage name)")
     if a.stage == "data":
         stages.run_data(r, exp)
     elif a.stage == "sft":
         stages.run_sft(r, exp, rfile)
     elif a.stage in ("kto", "dpo"):
         stages.run_trl(r, exp, a.stage, rfile)
+    elif a.stage == "judge":
+        stages.run_judge(r, exp)
+    elif a.stage == "leaderboard":
+        stages.run_leaderboard(r, exp, a.model)
+    elif a.stage == "safety":
+        stages.run_safety(r, exp, a.model)
     elif a.stage == "eval":
         stages.run_eval(r, exp)
-    print(f"[{exp.name}] {a.stage}: done in {time.time() - t0:.1f}s", flush=True)
+    print(f"[{exp.name}] {label}: done in {time.time() - t0:.1f}s", flush=True)
+    return 0
+
+
+def cmd_report(a) -> int:
+    from safealign import report
+
+    t0 = time.time()
+    path = report.build(Path(a.exp))
+    print(f"[{Path(a.exp).name}] report: {path} ({time.time() - t0:.1f}s)", flush=True)
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from safealign import report
+
+    root = Path(a.experiments)
+    out = root / "compare" / (a.out or "-".join(a.names))
+    path = report.compare([root / n for n in a.names], out)
+    print(f"comparison of {', '.join(a.names)}: {path}", flush=True)
     return 0
 
 
@@ -80,7 +110,7 @@ def cmd_status(a) -> int:
                 state = "not run"
             others = [n for n in users.get(d.name, []) if n != e.name] if stage != "eval" else []
             shared = f", shared with {', '.join(others)}" if others else ""
-            print(f"  {stage:<5} {state}{shared}")
+            print(f"  {stage:<18} {state}{shared}")
     return 0
 
 
@@ -125,8 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("resolve"); p.add_argument("--recipe", required=True); p.add_argument("--exp", required=True)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. kto.beta=0.2")
     p.set_defaults(fn=cmd_resolve)
-    p = sub.add_parser("stage"); p.add_argument("stage", choices=["data", "sft", "kto", "dpo", "eval"])
-    p.add_argument("--exp", required=True); p.set_defaults(fn=cmd_stage)
+    p = sub.add_parser("stage"); p.add_argument("stage", choices=["data", "sft", "kto", "dpo", "judge", "leaderboard", "safety", "eval"])
+    p.add_argument("--exp", required=True); p.add_argument("--model", help="leaderboard/safety: base or a stage name")
+    p.set_defaults(fn=cmd_stage)
+    p = sub.add_parser("report"); p.add_argument("--exp", required=True); p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("compare"); p.add_argument("names", nargs="+")
+    p.add_argument("--experiments", default="experiments"); p.add_argument("--out", help="folder name under compare/")
+    p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("tiny-model"); p.add_argument("--out", required=True)
     p.add_argument("--data", default="data/sg_safety/train.jsonl")
     p.add_argument("--steps", type=int, default=360); p.add_argument("--seed", type=int, default=1234)
@@ -143,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # data and stage errors: one clear line, not a traceback wall
         from safealign.data import DataError
+        from safealign.judges import JudgeError
+        from safealign.leaderboard import LeaderboardError
         from safealign.stages import StageError
 
-        if isinstance(e, (DataError, StageError, FileNotFoundError)):
+        if isinstance(e, (DataError, StageError, FileNotFoundError, JudgeError, LeaderboardError)):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise

@@ -23,6 +23,7 @@ STAGE_KINDS = ("sft", "kto", "dpo")
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 AUTO = "auto"
+TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 
 
 class RecipeError(ValueError):
@@ -96,15 +97,68 @@ class DpoCfg(TrainCfg):
 
 
 @dataclass
-class EvalCfg:
+class LbTaskCfg:
+    """One leaderboard task family's prompt settings; families with equal settings share one lm-eval call."""
+    apply_chat_template: bool = True  # chat-formatted prompts; the study: helps IFEval, hurts MATH
+    fewshot_as_multiturn: bool = True  # few-shot examples as chat turns (needs apply_chat_template)
+    system_instruction: Optional[str] = None  # system message for every prompt of the family
+    batch_size: int = 8  # lm-eval batch size
+    limit: int = 0  # > 0: the first N documents of each subtask (smoke runs); 0 = all
+    max_gen_toks: int = 0  # > 0 caps generation tasks (IFEval 1280, MATH 1024 by default)
+
+
+@dataclass
+class MathTaskCfg(LbTaskCfg):
+    apply_chat_template: bool = False  # the study found the chat template hurt MATH
+    fewshot_as_multiturn: bool = False
+
+
+@dataclass
+class LbTasksCfg:
+    """The Open LLM Leaderboard v2 families; null leaves one out."""
+    ifeval: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    bbh: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    math: Optional[MathTaskCfg] = field(default_factory=MathTaskCfg)
+    gpqa: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    musr: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    mmlu_pro: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+
+
+@dataclass
+class LeaderboardCfg:
+    enabled: bool = True  # false: safety stage only
+    source: str = "hub"  # hub: the leaderboard's datasets; fixtures: data/leaderboard_fixtures (offline)
+    backend: str = "hf"  # hf (transformers) or vllm (where installed; faster generation on GPU)
+    dtype: str = "auto"  # model dtype for lm-eval: auto, bfloat16, float16, float32
+    tasks: LbTasksCfg = field(default_factory=LbTasksCfg)
+
+
+@dataclass
+class SafetyCfg:
     max_new_tokens: int = 64  # generation budget per answer
     batch_size: int = 16  # prompts generated together
     limit: int = 0  # > 0: only the first N held-out prompts (smoke tests)
+    do_sample: bool = False  # false: greedy (reproducible); true: temperature/top_p sampling
+    temperature: float = 0.7  # only with do_sample
+    top_p: float = 1.0  # only with do_sample
+    system_prompt: Optional[str] = None  # system message before every held-out prompt
+    judge: str = "minilm"  # minilm (embeddings + classifier, offline) or classifier:<hub id or path>
+    refusal: str = "minilm"  # refusal detector: minilm (embedding classifier) or keyword
+    bootstrap: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
+
+
+@dataclass
+class EvalCfg:
+    models: str = "all"  # all: the base model and every stage's model; final: base and the last stage
+    leaderboard: LeaderboardCfg = field(default_factory=LeaderboardCfg)
+    safety: SafetyCfg = field(default_factory=SafetyCfg)
 
 
 @dataclass
 class Recipe:
     seed: int = 42  # one seed for data shuffling, LoRA init and training order
+    tracker: str = "tensorboard"  # training metrics to: tensorboard (in each stage folder), wandb, mlflow or none
+    tracker_project: str = "safealign"  # W&B project / MLflow experiment name
     base_model: str = "tiny-local"  # hub id, local path, or tiny-local (the embedded model)
     stages: list = field(default_factory=lambda: ["sft", "kto"])  # run in order; each trains on the previous one's merged model
     data: DataCfg = field(default_factory=DataCfg)
@@ -175,6 +229,16 @@ def _matches(value, tp) -> bool:
     return isinstance(value, tp)
 
 
+def _dataclass_in(tp):
+    """The dataclass of a field typed `X` or `Optional[X]`, else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) is Union:
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if found else None
+    return None
+
+
 def _build(cls, raw: Any, path: tuple, where, problems: list[str]):
     if not isinstance(raw, dict):
         problems.append(f"{where(path)}: expected a mapping of keys, got {type(raw).__name__}")
@@ -190,8 +254,11 @@ def _build(cls, raw: Any, path: tuple, where, problems: list[str]):
             problems.append(f"{where(kpath)}: unknown key{hint}")
             continue
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, kpath, where, problems)
+        dc = _dataclass_in(tp)
+        if dc is not None and value is None and tp is not dc:
+            kwargs[key] = None  # Optional[...] set to null: left out
+        elif dc is not None:
+            kwargs[key] = _build(dc, value, kpath, where, problems)
         elif not _matches(value, tp):
             problems.append(f"{where(kpath)}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
         else:
@@ -230,9 +297,50 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
             problems.append(f"{where(('dpo', 'loss_type'))}: entry {i + 1} {loss!r} is not a trl DPO loss ({hint})")
     if not 0 <= r.dpo.label_smoothing < 0.5:
         problems.append(f"{where(('dpo', 'label_smoothing'))}: must be in [0, 0.5), got {r.dpo.label_smoothing}")
+    _check_eval(r.eval, where, problems)
+    if r.tracker not in TRACKERS:
+        problems.append(f"{where(('tracker',))}: expected one of {', '.join(TRACKERS)}, got {r.tracker!r}")
     if r.dpo.loss_weights is not None and len(r.dpo.loss_weights) != len(r.dpo.loss_type):
         problems.append(f"{where(('dpo', 'loss_weights'))}: {len(r.dpo.loss_weights)} weights for "
                         f"{len(r.dpo.loss_type)} loss types")
+
+
+def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
+    choices = {("eval", "models"): (e.models, ("all", "final")),
+               ("eval", "leaderboard", "source"): (e.leaderboard.source, ("hub", "fixtures")),
+               ("eval", "leaderboard", "backend"): (e.leaderboard.backend, ("hf", "vllm")),
+               ("eval", "leaderboard", "dtype"): (e.leaderboard.dtype, ("auto", "bfloat16", "float16", "float32"))}
+    for path, (value, allowed) in choices.items():
+        if value not in allowed:
+            problems.append(f"{where(path)}: expected one of {', '.join(allowed)}, got {value!r}")
+    for name in ("ifeval", "bbh", "math", "gpqa", "musr", "mmlu_pro"):
+        t = getattr(e.leaderboard.tasks, name)
+        if t is None:
+            continue
+        if t.fewshot_as_multiturn and not t.apply_chat_template:
+            problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'fewshot_as_multiturn'))}: "
+                            "needs apply_chat_template: true (few-shot turns are chat turns)")
+        for key in ("batch_size",):
+            if getattr(t, key) <= 0:
+                problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, key))}: must be > 0")
+        for key in ("limit", "max_gen_toks"):
+            if getattr(t, key) < 0:
+                problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, key))}: must be >= 0")
+    s = e.safety
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(s, key) <= 0:
+            problems.append(f"{where(('eval', 'safety', key))}: must be > 0, got {getattr(s, key)}")
+    if s.judge != "minilm" and not s.judge.startswith("classifier:"):
+        problems.append(f"{where(('eval', 'safety', 'judge'))}: unknown judge {s.judge!r}; expected minilm "
+                        "or classifier:<hub id or path of a sequence-classification model>")
+    elif s.judge.startswith("classifier:"):
+        target = s.judge[len("classifier:"):]
+        if not target:
+            problems.append(f"{where(('eval', 'safety', 'judge'))}: classifier: needs a hub id or path after the colon")
+        elif target.startswith((".", "/", "~")) and not (Path(target).expanduser() / "config.json").exists():
+            problems.append(f"{where(('eval', 'safety', 'judge'))}: {target}: no model there (no config.json)")
+    if s.refusal not in ("minilm", "keyword"):
+        problems.append(f"{where(('eval', 'safety', 'refusal'))}: expected minilm or keyword, got {s.refusal!r}")
 
 
 def _read(text: str, source: str) -> tuple[dict, dict[tuple, int]]:

@@ -4,7 +4,10 @@
     sft   render templates/axolotl/sft.yaml.j2, run Axolotl, merge the LoRA adapter
     kto   render templates/trl/kto.{py,yaml}.j2, run the script, merge
     dpo   render templates/trl/dpo.{py,yaml}.j2, run the script, merge
-    eval  generate on held-out prompts with the base and every stage's model (safealign.evaluate)
+    judge        train the MiniLM judge heads, measure detector agreement      (safealign.judges)
+    leaderboard  lm-eval's leaderboard tasks on one model                      (safealign.leaderboard)
+    safety       answer held-out prompts, judge, aggregate with intervals      (safealign.safety)
+    eval         the experiment's summary, base beside aligned                  (safealign.summary)
 
 Training runs in a child process with its cwd in the stage folder, so the rendered config
 there is the exact, re-runnable record of what ran; its output goes to train.log and, line
@@ -73,11 +76,35 @@ def input_model(recipe: Recipe, exp_dir: Path, stage: str) -> str:
     return str((plan.store_dir(exp_dir, recipe.stages[i - 1]) / "merged").resolve())
 
 
-def child_env(stage_dir: Path) -> dict:
+def tracker_env(tracker: str, project: str, stage_dir: Path) -> dict:
+    """Where each tracker writes; none of them needs a network or a server unless the user says so."""
+    import importlib.util
+
+    out = {"TENSORBOARD_LOGGING_DIR": str((stage_dir / "tensorboard").resolve())}
+    if tracker == "wandb":
+        out["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")  # offline: runs sync later with `wandb sync`
+        out["WANDB_DIR"] = str(stage_dir.resolve())
+        out["WANDB_PROJECT"] = project
+    else:
+        out["WANDB_MODE"] = "disabled"
+    if tracker == "mlflow":
+        if importlib.util.find_spec("mlflow") is None:
+            raise StageError("tracker: mlflow is not installed in this environment (pip install mlflow), "
+                             "or set tracker: tensorboard")
+        out["MLFLOW_TRACKING_URI"] = os.environ.get("MLFLOW_TRACKING_URI", (stage_dir / "mlruns").resolve().as_uri())
+        out["MLFLOW_EXPERIMENT_NAME"] = project
+    return out
+
+
+def report_to(tracker: str) -> list[str]:
+    return [] if tracker == "none" else [tracker]
+
+
+def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign") -> dict:
     env = dict(os.environ)
+    env.update(tracker_env(tracker, project, stage_dir))
     env.update({
         "AXOLOTL_DO_NOT_TRACK": "1",  # axolotl's exit-time telemetry upload hangs without a network
-        "WANDB_MODE": env.get("WANDB_MODE", "disabled"),
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
         "SAFEALIGN_TRAIN_LOG": str((stage_dir / "train_log.jsonl").resolve()),
@@ -86,11 +113,11 @@ def child_env(stage_dir: Path) -> dict:
     return env
 
 
-def run_logged(cmd: list[str], cwd: Path, log_path: Path) -> None:
+def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = None) -> None:
     """Run `cmd`, teeing its output to `log_path`; raise StageError with the log's tail on failure."""
     print(f"  $ {' '.join(cmd)}   (in {cwd})", flush=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(cwd), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env or child_env(cwd), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -148,9 +175,11 @@ def run_sft(recipe: Recipe, exp_dir: Path, recipe_path: str) -> None:
     with fsutil.staged_dir(plan.store_dir(exp_dir, "sft")) as tmp:
         text = render("axolotl/sft.yaml.j2", recipe_path=recipe_path, base_model=base, seed=recipe.seed,
                       data_dir=str(plan.store_dir(exp_dir, "data").resolve()), cfg=recipe.sft,
-                      bf16=models.use_bf16(recipe.sft.bf16), cuda=models.has_cuda())
+                      bf16=models.use_bf16(recipe.sft.bf16), cuda=models.has_cuda(), tracker=recipe.tracker,
+                      tracker_project=recipe.tracker_project)
         (tmp / "axolotl.yaml").write_text(text)
-        run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log")
+        run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log",
+                   env=child_env(tmp, recipe.tracker, recipe.tracker_project))
         shutil.rmtree(tmp / "prepared", ignore_errors=True)
         _finish_training(recipe, exp_dir, "sft", tmp, base, t0)
 
@@ -180,23 +209,74 @@ def run_trl(recipe: Recipe, exp_dir: Path, stage: str, recipe_path: str) -> None
     with fsutil.staged_dir(plan.store_dir(exp_dir, stage)) as tmp:
         ctx = dict(recipe_path=recipe_path, model=base, seed=recipe.seed, cfg=cfg,
                    data_dir=str(plan.store_dir(exp_dir, "data").resolve()),
-                   bf16=models.use_bf16(cfg.bf16))
+                   bf16=models.use_bf16(cfg.bf16), report_to=report_to(recipe.tracker))
         (tmp / f"train_{stage}.py").write_text(render(f"trl/{stage}.py.j2", **ctx))
         (tmp / f"{stage}.yaml").write_text(render(f"trl/{stage}.yaml.j2", **ctx))
         yaml.safe_load((tmp / f"{stage}.yaml").read_text())  # a template that renders bad YAML fails here
-        run_logged([sys.executable, f"train_{stage}.py", f"{stage}.yaml"], tmp, tmp / "train.log")
+        run_logged([sys.executable, f"train_{stage}.py", f"{stage}.yaml"], tmp, tmp / "train.log",
+                   env=child_env(tmp, recipe.tracker, recipe.tracker_project))
         _finish_training(recipe, exp_dir, stage, tmp, base, t0)
 
 
+def model_path(recipe: Recipe, exp_dir: Path, model: str) -> str:
+    """An evaluated model by its name in the plan: `base` or a stage's merged model."""
+    if model == "base":
+        return models.resolve(recipe.base_model)
+    return str((plan.store_dir(exp_dir, model) / "merged").resolve())
+
+
+def run_judge(recipe: Recipe, exp_dir: Path) -> None:
+    from safealign import judges
+
+    splits, origin = data_mod.load_canonical(recipe.data.source, REPO)
+    with fsutil.staged_dir(plan.store_dir(exp_dir, "judge")) as tmp:
+        report = judges.build(splits["train"], splits["test"], recipe.seed, tmp)
+        fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
+            REPO, recipe.seed, {"hard_cases.jsonl": fsutil.sha256_file(judges.HARD_CASES)}, stage="judge",
+            data_source=origin))
+        h = report["hard_cases"]
+        print(f"  judge: agreement on held-out answers: refusal keyword {report['held_out']['refusal_keyword']:.0%}, "
+              f"minilm {report['held_out']['refusal_minilm']:.0%}, toxic {report['held_out']['toxic_minilm']:.0%}; "
+              f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}", flush=True)
+
+
+def run_leaderboard(recipe: Recipe, exp_dir: Path, model: str) -> None:
+    from safealign import leaderboard
+
+    path = model_path(recipe, exp_dir, model)
+    with fsutil.staged_dir(plan.store_dir(exp_dir, f"leaderboard-{model}")) as tmp:
+        tab = leaderboard.run(path, recipe.eval.leaderboard, tmp, recipe.seed,
+                              log=lambda m: print(m, flush=True))
+        fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
+            REPO, recipe.seed, {}, stage="leaderboard", model=path, source=recipe.eval.leaderboard.source))
+        print("  leaderboard (normalised): " + ", ".join(f"{t} {n}" for t, _, n in leaderboard.format_rows(tab)),
+              flush=True)
+
+
+def run_safety(recipe: Recipe, exp_dir: Path, model: str) -> None:
+    from safealign import judges, safety
+
+    cfg = recipe.eval.safety
+    judges.check_name(cfg.judge, cfg.refusal)
+    path = model_path(recipe, exp_dir, model)
+    test = [json.loads(l) for l in (plan.store_dir(exp_dir, "data") / "test.jsonl").read_text().splitlines() if l.strip()]
+    judge = judges.Judge.from_dir(plan.store_dir(exp_dir, "judge"), cfg.judge, cfg.refusal)
+    reference = None if model == "base" else plan.store_dir(exp_dir, "safety-base") / "answers.jsonl"
+    with fsutil.staged_dir(plan.store_dir(exp_dir, f"safety-{model}")) as tmp:
+        m = safety.run(path, test, cfg, judge, tmp, recipe.seed, base_answers=reference)
+        fsutil.write_json_atomic(tmp / "provenance.json", _provenance(recipe, exp_dir, "safety", model=path))
+        o = m["overall"]
+        print("  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items()),
+              flush=True)
+
+
 def run_eval(recipe: Recipe, exp_dir: Path) -> None:
-    from safealign import evaluate
+    """The experiment's summary: every evaluated model's leaderboard and safety results side by side."""
+    from safealign import summary
 
     with fsutil.staged_dir(exp_dir / "eval") as tmp:
-        targets = {"base": models.resolve(recipe.base_model)}
-        targets.update({s: str((plan.store_dir(exp_dir, s) / "merged").resolve()) for s in recipe.stages})
-        metrics = evaluate.run(targets, plan.store_dir(exp_dir, "data") / "test.jsonl", recipe.eval, tmp,
-                               seed=recipe.seed)
-        fsutil.write_json_atomic(tmp / "provenance.json", _provenance(recipe, exp_dir, "eval", models=targets))
-        table = evaluate.format_table(metrics)
-        (tmp / "summary.txt").write_text(table + "\n")
-        print(table, flush=True)
+        s = summary.build(recipe, exp_dir)
+        fsutil.write_text_atomic(tmp / "summary.json", json.dumps(s, indent=2) + "\n")  # keeps the model order
+        text = summary.markdown(s)
+        (tmp / "summary.md").write_text(text)
+        print(text, flush=True)

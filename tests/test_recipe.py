@@ -107,17 +107,23 @@ def test_resolve_writes_plan_links_and_only_changed_slices(tmp_path):
     mk = (exp / "stages.mk").read_text()
     assert "STAGES := sft kto" in mk and "OFFLINE := 1" in mk and "INPUT_kto := $(DIR_sft)/.done" in mk
     plan = json.loads((exp / "stages.json").read_text())
-    assert set(plan) == {"data", "sft", "kto"} and f"DIR_kto := $(STORE)/{plan['kto']['dir']}" in mk
+    evals = {f"{k}-{m}" for k in ("leaderboard", "safety") for m in ("base", "sft", "kto")}
+    assert set(plan) == {"data", "sft", "kto", "judge"} | evals and f"DIR_kto := $(STORE)/{plan['kto']['dir']}" in mk
     assert os.readlink(exp / "sft") == f"../.stages/{plan['sft']['dir']}"
     before = {p.name: p.stat().st_mtime_ns for p in (exp / "config").iterdir()}
     src.write_text(GOOD.replace("  beta: 0.1", "  beta: 0.2"))
     r = resolve(src, exp)
     after = {p.name: p.stat().st_mtime_ns for p in (exp / "config").iterdir()}
-    assert sorted(n for n in before if before[n] != after[n]) == ["eval.json", "kto.json"]
+    changed = sorted(n for n in before if before[n] != after[n])
+    assert changed == ["eval.json", "kto.json", "leaderboard-kto.json", "safety-kto.json"]
     assert "kto.beta: 0.1 -> 0.2" in r.stderr
     assert len(list((exp / "history").glob("recipe.*.yaml"))) == 1
     plan2 = json.loads((exp / "stages.json").read_text())
     assert plan2["sft"] == plan["sft"] and plan2["data"] == plan["data"] and plan2["kto"] != plan["kto"]
+    assert plan2["leaderboard-base"] == plan["leaderboard-base"] and plan2["safety-kto"] != plan["safety-kto"]
+    # local model and data, but a leaderboard on the hub datasets: not offline
+    assert resolve(src, exp, "eval.leaderboard.source=hub").returncode == 0
+    assert "OFFLINE := 0" in (exp / "stages.mk").read_text()
 
 
 def test_identities_chain_through_inputs(tmp_path):
@@ -138,8 +144,8 @@ def test_identities_chain_through_inputs(tmp_path):
 
 
 def test_set_overrides(tmp_path):
-    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.beta=0.3", "stages=[sft]", "eval.limit=5"])
-    assert r.kto.beta == 0.3 and r.stages == ["sft"] and r.eval.limit == 5
+    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.beta=0.3", "stages=[sft]", "eval.safety.limit=5"])
+    assert r.kto.beta == 0.3 and r.stages == ["sft"] and r.eval.safety.limit == 5
     with pytest.raises(RecipeError, match=r"SET kto.bta: unknown key \(did you mean 'beta'\?\)"):
         recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.bta=0.3"])
     with pytest.raises(RecipeError, match=r"SET kto.beta: expected float, got str"):

@@ -30,15 +30,38 @@ def test_recipe_runs_end_to_end(name, root):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = root / name
     resolved = (exp / "recipe.yaml").read_text()
-    metrics = json.loads((exp / "eval" / "metrics.json").read_text())["models"]
+    models = json.loads((exp / "eval" / "summary.json").read_text())["models"]
     stages = [s for s in ("sft", "kto", "dpo") if (exp / s / ".done").exists()]
-    assert set(metrics) == {"base", *stages}
+    assert set(models) == {"base", *stages}
+    assert all(m["safety"] and m["leaderboard"] for m in models.values())
+    assert (exp / "report.md").exists()
     for stage in stages:
         log = [json.loads(l) for l in (exp / stage / "train_log.jsonl").read_text().splitlines()]
         losses = [row["loss"] for row in log if "loss" in row]
         assert losses and all(l == l for l in losses), f"{stage}: no loss or NaN"
         if "nll_alpha: 0.2" in resolved and stage == "kto":
             assert any("nll_loss" in row for row in log), "KTO+NLL logs nll_loss"
+
+
+@pytest.mark.slow
+def test_comparison_of_the_grid(root):
+    """The study's comparison after the grid's recipes ran: one table, overlaid curves."""
+    names = ["sft", "kto", "sft_kto", "dpo", "sft_dpo", "sft_kto_symmetric"]
+    r = subprocess.run(["make", "--no-print-directory", "compare", f"NAMES={' '.join(names)}", "COMPARE=study",
+                        f"EXPERIMENTS={root}"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = root / "compare" / "study"
+    page = (out / "compare.md").read_text()
+    table = json.loads((out / "table.json").read_text())
+    assert [row[0] for row in table["table"]] == ["base (tiny-local)", *names]
+    for name in names:
+        s = json.loads((root / name / "eval" / "summary.json").read_text())
+        final = s["model_order"][-1]
+        tox = s["models"][final]["safety"]["overall"]["toxicity_rate"]["value"] * 100
+        assert table["values"][name]["toxicity %"] == pytest.approx(tox)
+    assert sum("**" in c for row in table["table"] for c in row) >= len(table["header"]) - 1
+    for png in ("kl.png", "rewards_desirable.png", "rewards_undesirable.png", "loss.png", "sft_loss.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and f"]({png})" in page
 
 
 @pytest.mark.slow

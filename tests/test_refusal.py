@@ -1,7 +1,7 @@
-"""The documented refusal detector and the rate arithmetic (no model)."""
+"""The keyword refusal detector (no model)."""
 import pytest
 
-from safealign.evaluate import is_refusal, rates
+from safealign.refusal import is_refusal
 
 
 @pytest.mark.parametrize("text", [
@@ -25,22 +25,3 @@ def test_refusals(text):
 ])
 def test_not_refusals(text):
     assert not is_refusal(text)
-
-
-def test_rates_by_subset():
-    rows = [{"safe": False, "refused": True, "subset": "in"}, {"safe": False, "refused": False, "subset": "out"},
-            {"safe": True, "refused": False, "subset": "in"}, {"safe": True, "refused": True, "subset": "in"},
-            {"safe": True, "refused": False, "subset": "out"}]
-    r = rates(rows)
-    assert r["unsafe_refusal_rate"] == 0.5 and r["safe_refusal_rate"] == round(1 / 3, 4)
-    assert r["by_subset"]["in"] == {"unsafe_refusal_rate": 1.0, "safe_refusal_rate": 0.5}
-    assert r["by_subset"]["out"] == {"unsafe_refusal_rate": 0.0, "safe_refusal_rate": 0.0}
-    assert rates([])["unsafe_refusal_rate"] is None
-
-
-def test_table_handles_missing_rates():
-    from safealign.evaluate import format_table
-
-    m = {"models": {"base": {**rates([{"safe": False, "refused": True, "subset": "in"}])}}}
-    line = format_table(m).splitlines()[1]
-    assert "100.00%" in line and line.split()[2] == "-" and "(- / -)" in line

@@ -13,12 +13,13 @@ SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
 
 def sft_yaml(r, base="/models/base", cuda=False) -> str:
     return stages.render("axolotl/sft.yaml.j2", recipe_path="recipes/x.yaml", base_model=base, seed=r.seed,
-                         data_dir="/exp/data", cfg=r.sft, bf16=False, cuda=cuda)
+                         data_dir="/exp/data", cfg=r.sft, bf16=False, cuda=cuda, tracker=r.tracker,
+                         tracker_project=r.tracker_project)
 
 
 def kto_ctx(r):
     return dict(recipe_path="recipes/x.yaml", model="/exp/sft/merged", seed=r.seed, cfg=r.kto,
-                data_dir="/exp/data", bf16=False)
+                data_dir="/exp/data", bf16=False, report_to=stages.report_to(r.tracker))
 
 
 def test_sft_render_carries_recipe_values():
@@ -72,7 +73,7 @@ def test_trl_accepts_rendered_kto_config():
     cfg = yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(SHIPPED)))
     args = KTOConfig(**cfg["trl"])
     assert args.beta == SHIPPED.kto.beta and args.undesirable_weight == SHIPPED.kto.undesirable_weight
-    assert args.per_device_train_batch_size == SHIPPED.kto.micro_batch_size and args.report_to == []
+    assert args.per_device_train_batch_size == SHIPPED.kto.micro_batch_size and args.report_to == ["tensorboard"]
     assert args.train_sampling_strategy == "sequential", "trl's KL pairs need the file order"
     assert not args.bf16 and args.learning_rate == SHIPPED.kto.learning_rate
     lora = LoraConfig(**cfg["lora"])
@@ -108,3 +109,37 @@ def test_small_floats_stay_numbers_for_pyyaml():
     assert yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))["trl"]["learning_rate"] == 5e-7
     dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **{**kto_ctx(r), "cfg": r.dpo}))
     assert dpo["trl"]["loss_weights"] == [1.0, 1e-5]
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb", "mlflow", "none"])
+def test_tracker_key_reaches_axolotl_and_trl(tracker, tmp_path):
+    from axolotl.cli.config import load_cfg
+    from trl import DPOConfig
+
+    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", [f"tracker={tracker}"])
+    sft = yaml.safe_load(sft_yaml(r))
+    assert sft["use_tensorboard"] == (tracker == "tensorboard") and sft["use_wandb"] == (tracker == "wandb")
+    assert sft["use_mlflow"] == (tracker == "mlflow")
+    assert sft.get("wandb_project") == ("safealign" if tracker == "wandb" else None)
+    tiny = REPO / ".cache" / "models" / "tiny-local"
+    if (tiny / ".done").exists():
+        (tmp_path / "axolotl.yaml").write_text(sft_yaml(r, base=str(tiny)))
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            cfg = load_cfg(str(tmp_path / "axolotl.yaml"))  # Axolotl's own schema accepts the keys
+        finally:
+            os.chdir(cwd)
+        assert bool(cfg.use_wandb) == (tracker == "wandb")
+    ctx = {**kto_ctx(r), "cfg": r.dpo}
+    dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **ctx))
+    assert DPOConfig(**dpo["trl"]).report_to == ([] if tracker == "none" else [tracker])
+    env = stages.tracker_env(tracker, r.tracker_project, tmp_path) if tracker != "mlflow" else None
+    if env is not None:
+        assert env["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tensorboard")
+        assert env["WANDB_MODE"] == ("disabled" if tracker != "wandb" else os.environ.get("WANDB_MODE", "offline"))
+
+
+def test_unknown_tracker_is_a_recipe_error():
+    with pytest.raises(recipe.RecipeError, match=r"SET tracker: expected one of tensorboard, wandb, mlflow, none"):
+        recipe.load(REPO / "recipes" / "sft_kto.yaml", ["tracker=comet"])

@@ -105,10 +105,11 @@ def main() -> int:
         print(f"  {n:<18}{sum(k > 0 for k in kl):>5}/{len(kl):<5}{sum(kl) / len(kl):9.3f}{max(kl):8.3f}"
               f"{rows[0]['loss']:11.4f}{last['loss']:10.4f}{last.get('rewards/chosen', float('nan')):9.3f}"
               f"{last.get('rewards/rejected', float('nan')):9.3f}{timings[n]:9.1f}")
-    print(f"\n  {'variant':<18}{'unsafe refused':>15}{'safe refused':>13}   (held-out prompts, KTO model)")
+    print(f"\n  {'variant':<18}{'unsafe refused':>15}{'safe refused':>13}{'toxic':>8}   (held-out prompts, KTO model)")
     for n in VARIANTS:
-        m = json.loads((root / n / "eval" / "metrics.json").read_text())["models"]["kto"]
-        print(f"  {n:<18}{m['unsafe_refusal_rate']:>15.1%}{m['safe_refusal_rate']:>13.1%}")
+        m = json.loads((root / n / "eval" / "summary.json").read_text())["models"]["kto"]["safety"]["overall"]
+        print(f"  {n:<18}{m['refusal_rate']['value']:>15.1%}{m['false_refusal_rate']['value']:>13.1%}"
+              f"{m['toxicity_rate']['value']:>8.1%}")
     if not a.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

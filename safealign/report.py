@@ -1,0 +1,320 @@
+"""Reports: one experiment's report.md, and a comparison of several experiments.
+
+    experiments/<NAME>/report.md           recipe summary, provenance, stage timings, training
+    experiments/<NAME>/plots/*.png         curves per stage, evaluation tables (base beside
+                                           aligned), sample answers
+    experiments/compare/<C>/compare.md     one table in the study's shape (rows experiments;
+    experiments/compare/<C>/*.png          safety and leaderboard columns; best per column in
+                                           bold) and overlaid KL / reward / loss curves
+
+Everything is read from files the stages wrote (train_log.jsonl, summary.json, provenance.json,
+eval/summary.json, answers.jsonl); nothing is recomputed. Pages refer only to files inside
+their own folder (plots are written next to them), so a folder can be copied or zipped whole.
+Each page is written atomically, plots first, page last.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from safealign import fsutil, plan, summary
+from safealign.leaderboard import FAMILIES
+
+# What each curve means, for axis labels: trl's names -> (label, unit)
+CURVES = {
+    "loss": ("training loss", "loss value; SFT: cross-entropy, nats per token"),
+    "kl": ("KL reference point z0", "nats"),
+    "rewards/chosen": ("reward, desirable / chosen", "nats (beta x log-ratio)"),
+    "rewards/rejected": ("reward, undesirable / rejected", "nats (beta x log-ratio)"),
+    "rewards/margins": ("reward margin", "nats"),
+    "nll_loss": ("NLL of desirable completions", "nats per token"),
+}
+PREFERENCE = ("kto", "dpo")
+
+
+def read_log(stage_dir: Path) -> list[dict]:
+    path = Path(stage_dir) / "train_log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def series(log: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], float(r[key])) for r in log if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_stage(log: list[dict], stage: str, title: str, path: Path) -> bool:
+    """One figure per training stage: a panel per logged curve that exists."""
+    keys = [k for k in CURVES if series(log, k)[0]]
+    if not keys:
+        return False
+    plt = _plt()
+    ncols = min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, keys):
+        x, y = series(log, k)
+        ax.plot(x, y, marker="." if len(x) < 40 else None, label=k)
+        label, unit = CURVES[k]
+        if k == "loss":
+            unit = "cross-entropy, nats per token" if stage == "sft" else f"{stage} loss value"
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{k} ({unit})", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_overlay(logs: dict[str, list[dict]], key: str, title: str, path: Path) -> bool:
+    """One curve per experiment on shared axes (the study's figures 3, 4 and 8)."""
+    drawn = {n: series(log, key) for n, log in logs.items()}
+    drawn = {n: xy for n, xy in drawn.items() if xy[0]}
+    if not drawn:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for n, (x, y) in drawn.items():
+        ax.plot(x, y, label=n)
+    label, unit = CURVES[key]
+    ax.set_title(title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"{label} ({unit})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _stage_json(exp: Path, stage: str, name: str) -> dict | None:
+    p = plan.store_dir(exp, stage) / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _answers(exp: Path, model: str) -> dict[str, dict]:
+    p = plan.store_dir(exp, f"safety-{model}") / "answers.jsonl"
+    if not p.exists():
+        return {}
+    return {r["id"]: r for r in map(json.loads, p.read_text().splitlines())}
+
+
+def _clip(text: str, n: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def recipe_rows(resolved: dict) -> list[list[str]]:
+    rows = [["base model", f"`{resolved['base_model']}`"], ["stages", " -> ".join(resolved["stages"])],
+            ["seed", str(resolved["seed"])], ["data", f"`{resolved['data']['source']}`"]]
+    if resolved.get("overrides"):
+        rows.append(["overrides (SET)", ", ".join(f"`{o}`" for o in resolved["overrides"])])
+    keys = {"sft": ["learning_rate", "max_steps", "micro_batch_size", "lora_r"],
+            "kto": ["beta", "learning_rate", "max_steps", "desirable_weight", "undesirable_weight", "paired_only",
+                    "signed_kl", "nll_alpha", "length_normalize"],
+            "dpo": ["beta", "learning_rate", "max_steps", "loss_type"]}
+    for s in resolved["stages"]:
+        cfg = resolved[s]
+        rows.append([s, ", ".join(f"{k} {cfg[k]}" for k in keys[s] if k in cfg)])
+    return rows
+
+
+def build(exp: Path) -> Path:
+    """Write exp/plots/ then exp/report.md; return the page's path."""
+    exp = Path(exp)
+    resolved = yaml.safe_load((exp / plan.RESOLVED).read_text())
+    stages = resolved["stages"]
+    plots_tmp, plots = exp / "plots.tmp", exp / "plots"
+    shutil.rmtree(plots_tmp, ignore_errors=True)
+    plots_tmp.mkdir()
+    parts = [f"# {exp.name}", "", resolved.get("description") or "", "",
+             f"Run with `make exp NAME={Path(resolved['recipe_file']).stem}"
+             + (f" SET='{' '.join(resolved['overrides'])}'" if resolved.get("overrides") else "") + "`; "
+             "the resolved recipe is [recipe.yaml](recipe.yaml).", "", "## Recipe", "",
+             summary.md_table(["key", "value"], recipe_rows(resolved)), ""]
+
+    prov = _stage_json(exp, stages[-1], "provenance.json") or {}
+    if prov:
+        v = prov.get("versions", {})
+        parts += ["## Provenance", "", summary.md_table(["", ""], [
+            ["git commit", f"`{(prov.get('git') or {}).get('commit')}`" + (" (uncommitted changes)"
+                                                                          if (prov.get('git') or {}).get('dirty') else "")],
+            ["command", f"`{prov.get('invoked_as') or ' '.join(prov.get('command', []))}`"],
+            ["versions", ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "trl", "axolotl", "peft", "lm_eval")
+                                   if v.get(k))],
+            ["hardware", ", ".join(f"{k} {val}" for k, val in (prov.get("hardware") or {}).items())],
+            ["data sha256", ", ".join(f"{k} `{h[:12]}`" for k, h in (prov.get("data_sha256") or {}).items())],
+            ["seed", str(prov.get("seed"))]]), ""]
+
+    timing = []
+    for s in stages:
+        sm = _stage_json(exp, s, "summary.json")
+        if sm:
+            timing.append([s, f"`{plan.store_dir(exp, s).name}`", f"{sm['seconds']:.1f}", str(sm["steps"]),
+                           f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}"])
+    for m in plan.eval_models(plan.load_resolved(exp)):
+        for kind, name, key in (("leaderboard", "table.json", "seconds"), ("safety", "metrics.json", "seconds")):
+            d = json.loads(p.read_text()) if (p := plan.store_dir(exp, f"{kind}-{m}") / name).exists() else None
+            if d:
+                secs = d[key]["total"] if isinstance(d[key], dict) else d[key]
+                timing.append([f"{kind} ({m})", f"`{plan.store_dir(exp, f'{kind}-{m}').name}`", f"{secs:.1f}", "", ""])
+    parts += ["## Stage timings", "", "Stages live in the shared store (`experiments/.stages/`); a stage another "
+              "experiment already ran is reused, not re-timed.", "",
+              summary.md_table(["stage", "store folder", "seconds", "steps", "loss first -> last"], timing), ""]
+
+    parts += ["## Training curves", ""]
+    for s in stages:
+        log = read_log(plan.store_dir(exp, s))
+        n_steps = sum("loss" in r for r in log)
+        if plot_stage(log, s, f"{exp.name}: {s} ({n_steps} logged steps)", plots_tmp / f"{s}_curves.png"):
+            parts += [f"### {s}", "", f"![{s} training curves](plots/{s}_curves.png)", "",
+                      f"Logged per step in [{s}/train_log.jsonl]({s}/train_log.jsonl)"
+                      + (f"; TensorBoard, from this folder: `tensorboard --logdir {s}/tensorboard`"
+                         if (plan.store_dir(exp, s) / "tensorboard").exists() else "") + ".", ""]
+
+    ev = exp / "eval" / "summary.json"
+    if ev.exists():
+        s = json.loads(ev.read_text())
+        body = summary.markdown(s).split("\n", 2)[2]  # drop its title line
+        parts += ["## Evaluation", "", body.replace("\n## ", "\n### "), ""]
+        parts += sample_answers(exp, s)
+    shutil.rmtree(plots, ignore_errors=True)
+    plots_tmp.rename(plots)
+    fsutil.write_text_atomic(exp / "report.md", "\n".join(parts) + "\n")
+    return exp / "report.md"
+
+
+def sample_answers(exp: Path, s: dict, n: int = 3) -> list[str]:
+    models = summary.order(s)
+    base, last = _answers(exp, models[0]), _answers(exp, models[-1])
+    if not base or not last:
+        return []
+    out = ["## Sample answers", "", f"The first {n} held-out unsafe and safe prompts; {models[0]} beside "
+           f"{models[-1]} (greedy). All answers: `safety-*/answers.jsonl`.", ""]
+    for safe in (False, True):
+        ids = [i for i, r in base.items() if r["safe"] == safe and i in last][:n]
+        rows = []
+        for i in ids:
+            b, a = base[i], last[i]
+            verdict = lambda r: ("refused" if r["refused"] else "answered") + (", toxic" if r["toxic"] else "")
+            rows.append([_clip(b["prompt"], 90), f"{_clip(b['answer'])} *({verdict(b)})*",
+                         f"{_clip(a['answer'])} *({verdict(a)})*"])
+        out += [f"### {'safe' if safe else 'unsafe'} prompts", "",
+                summary.md_table(["prompt", models[0], models[-1]], rows), ""]
+    return out
+
+
+# ----------------------------------------------------------------------------- comparison
+COLUMNS = [  # (label, where, higher is better)
+    ("toxicity %", ("safety", "toxicity_rate"), False),
+    ("refusal %", ("safety", "refusal_rate"), True),
+    ("false refusal %", ("safety", "false_refusal_rate"), False),
+    ("similarity to base", ("safety", "similarity_to_base"), True),
+] + [(f"{f.title}", ("leaderboard", key), True) for key, f in FAMILIES.items()] + \
+    [("leaderboard avg", ("leaderboard", "average"), True)]
+
+
+def experiment_row(s: dict, model: str) -> dict[str, float | None]:
+    e = s["models"][model]
+    out = {}
+    for label, (kind, key), _ in COLUMNS:
+        if kind == "safety":
+            v = ((e.get("safety") or {}).get("overall") or {}).get(key)
+            out[label] = None if v is None else (v["value"] * (1 if key == "similarity_to_base" else 100))
+        else:
+            lbt = e.get("leaderboard")
+            if not lbt:
+                out[label] = None
+            elif key == "average":
+                out[label] = lbt.get("average")
+            else:
+                out[label] = (lbt["families"].get(key) or {}).get("normalised")
+    return out
+
+
+def comparison_table(summaries: dict[str, dict]) -> tuple[list[str], list[list[str]], dict]:
+    """Rows: the shared base model (once), then each experiment's final model; best per column in bold."""
+    rows: dict[str, dict] = {}
+    bases = {s["base_model"] for s in summaries.values()}
+    if len(bases) == 1:
+        first = next(iter(summaries.values()))
+        rows[f"base ({first['base_model']})"] = experiment_row(first, "base")
+    for name, s in summaries.items():
+        if len(bases) > 1:
+            rows[f"{name} base"] = experiment_row(s, "base")
+        rows[name] = experiment_row(s, summary.order(s)[-1])
+    cols = [c for c in COLUMNS if any(r[c[0]] is not None for r in rows.values())]
+    best = {}
+    for label, _, higher in cols:
+        vals = [r[label] for n, r in rows.items() if r[label] is not None and not n.startswith("base")]
+        if vals:
+            best[label] = max(vals) if higher else min(vals)
+    table = []
+    for n, r in rows.items():
+        cells = []
+        for label, (kind, key), _ in cols:
+            v = r[label]
+            text = "-" if v is None else (f"{v:.3f}" if key == "similarity_to_base" else f"{v:.1f}")
+            if v is not None and label in best and abs(v - best[label]) < 1e-12 and not n.startswith("base"):
+                text = f"**{text}**"
+            cells.append(text)
+        table.append([n] + cells)
+    header = ["experiment"] + [f"{c[0]} {'↑' if c[2] else '↓'}" for c in cols]
+    return header, table, {"rows": rows, "best": best}
+
+
+def compare(exps: list[Path], out: Path) -> Path:
+    """Write out/compare.md with its plots; every experiment must have been evaluated."""
+    missing = [e for e in exps if not (e / "eval" / "summary.json").exists()]
+    if missing:
+        raise FileNotFoundError("not evaluated yet: " + ", ".join(str(m) for m in missing)
+                                + " (make exp NAME=<recipe> first)")
+    summaries = {e.name: json.loads((e / "eval" / "summary.json").read_text()) for e in exps}
+    header, rows, data = comparison_table(summaries)
+    with fsutil.staged_dir(out) as tmp:
+        pref_logs, sft_logs = {}, {}
+        for e in exps:
+            stages = yaml.safe_load((e / plan.RESOLVED).read_text())["stages"]
+            pref = [s for s in stages if s in PREFERENCE]
+            if pref:
+                pref_logs[f"{e.name} ({pref[-1]})"] = read_log(plan.store_dir(e, pref[-1]))
+            if "sft" in stages:
+                sft_logs[e.name] = read_log(plan.store_dir(e, "sft"))
+        figs = [("kl.png", pref_logs, "kl", "KL reference point z0 during preference training"),
+                ("rewards_desirable.png", pref_logs, "rewards/chosen", "Reward on desirable (chosen) rows"),
+                ("rewards_undesirable.png", pref_logs, "rewards/rejected", "Reward on undesirable (rejected) rows"),
+                ("loss.png", pref_logs, "loss", "Preference-stage training loss"),
+                ("sft_loss.png", sft_logs, "loss", "SFT training loss")]
+        drawn = [(f, t) for f, logs, k, t in figs if plot_overlay(logs, k, t, tmp / f)]
+        parts = [f"# Comparison: {', '.join(summaries)}", "",
+                 "Rows: the base model, then each experiment's final model. Safety rates in % of held-out "
+                 "prompts; leaderboard columns are normalised scores (0 = random baseline). Best per column "
+                 "(among experiments) in **bold**; ↑ higher is better, ↓ lower is better.", "",
+                 summary.md_table(header, rows), "", "## Training curves", ""]
+        for f, t in drawn:
+            parts += [f"### {t}", "", f"![{t}]({f})", ""]
+        parts += ["## Sources", ""] + [f"- {n}: `{e}/eval/summary.json`" for n, e in zip(summaries, exps)]
+        (tmp / "table.json").write_text(json.dumps({"header": header, "table": rows, "values": data["rows"],
+                                                    "best": data["best"]}, indent=2) + "\n")
+        (tmp / "compare.md").write_text("\n".join(parts) + "\n")
+    return out / "compare.md"

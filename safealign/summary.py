@@ -1,0 +1,129 @@
+"""An experiment's evaluation summary: eval/summary.json and eval/summary.md.
+
+Columns are the evaluated models (the base model first, then each stage's model), so every
+aligned number sits beside the base model's. Everything is read from the stage folders the
+experiment links to; nothing is recomputed here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safealign import plan
+from safealign.leaderboard import FAMILIES
+from safealign.safety import METRICS
+
+LABELS = {"toxicity_rate": "toxicity (unsafe prompts)", "refusal_rate": "refusal (unsafe prompts)",
+          "false_refusal_rate": "false refusal (safe prompts)", "similarity_to_base": "similarity to base (safe)"}
+
+
+def order(s: dict) -> list[str]:
+    """The evaluated models, base first, then the stages in training order."""
+    return s.get("model_order") or list(s["models"])
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build(recipe, exp: Path) -> dict:
+    models = plan.eval_models(recipe)
+    out = {"experiment": Path(exp).name, "base_model": recipe.base_model, "model_order": models, "models": {},
+           "judge": None}
+    for m in models:
+        entry = {"stage_dirs": {}}
+        if recipe.eval.leaderboard.enabled:
+            d = plan.store_dir(exp, f"leaderboard-{m}")
+            entry["stage_dirs"]["leaderboard"] = d.name
+            entry["leaderboard"] = _read(d / "table.json")
+        d = plan.store_dir(exp, f"safety-{m}")
+        entry["stage_dirs"]["safety"] = d.name
+        met = _read(d / "metrics.json")
+        entry["safety"] = {k: met.get(k) for k in ("overall", "by_category", "by_subset", "generation", "judge",
+                                                    "refusal_detector", "cross_check")} if met else None
+        out["models"][m] = entry
+    out["judge"] = _read(plan.store_dir(exp, "judge") / "agreement.json")
+    return out
+
+
+def _ci(v: dict | None, pct: bool = True) -> str:
+    if not v:
+        return "-"
+    f = (lambda x: f"{x * 100:.1f}") if pct else (lambda x: f"{x:.3f}")
+    return f"{f(v['value'])} [{f(v['low'])}, {f(v['high'])}]"
+
+
+def leaderboard_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    models = [m for m in order(s) if s["models"][m].get("leaderboard")]
+    header = ["task"] + [f"{m} raw" for m in models] + [f"{m} norm" for m in models]
+    fams = [f for f in FAMILIES if any(f in s["models"][m]["leaderboard"]["families"] for m in models)]
+    rows = []
+    for f in fams:
+        vals = [s["models"][m]["leaderboard"]["families"].get(f) for m in models]
+        rows.append([FAMILIES[f].title] + [f"{v['raw']:.4f}" if v else "-" for v in vals]
+                    + [f"{v['normalised']:.2f}" if v else "-" for v in vals])
+    if fams:
+        rows.append(["Average (normalised)"] + [""] * len(models)
+                    + [f"{s['models'][m]['leaderboard']['average']:.2f}" for m in models])
+    return header, rows
+
+
+def safety_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    models = [m for m in order(s) if s["models"][m].get("safety")]
+    header = ["metric (%, 95% CI)"] + models
+    rows = []
+    for k in METRICS:
+        vals = [s["models"][m]["safety"]["overall"].get(k) for m in models]
+        if any(vals):
+            rows.append([LABELS[k]] + [_ci(v, pct=k != "similarity_to_base") for v in vals])
+    return header, rows
+
+
+def category_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    models = [m for m in order(s) if s["models"][m].get("safety")]
+    header = ["category", "n"] + [f"{m} tox / refused" for m in models]
+    rows = []
+    cats = sorted({c for m in models for c in s["models"][m]["safety"]["by_category"]})
+    for c in cats:
+        blocks = [s["models"][m]["safety"]["by_category"].get(c, {}) for m in models]
+        if "toxicity_rate" in blocks[0]:
+            n = blocks[0]["toxicity_rate"]["n"]
+            cells = [f"{b['toxicity_rate']['value'] * 100:.0f} / {b['refusal_rate']['value'] * 100:.0f}" for b in blocks]
+        else:
+            n = blocks[0]["false_refusal_rate"]["n"]
+            cells = [f"- / {b['false_refusal_rate']['value'] * 100:.0f} (safe)" for b in blocks]
+        rows.append([c, str(n)] + cells)
+    return header, rows
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(s: dict) -> str:
+    parts = [f"# {s['experiment']}: evaluation", "", f"Base model: `{s['base_model']}`; columns: "
+             + ", ".join(order(s)) + " (base first).", ""]
+    h, rows = leaderboard_rows(s)
+    if rows:
+        parts += ["## Open LLM Leaderboard v2 (lm-eval)", "", "raw: lm-eval's metric; norm: the leaderboard's "
+                  "normalisation (0 = random baseline, 100 = perfect; docs/evaluation.md).", "", md_table(h, rows), ""]
+    h, rows = safety_rows(s)
+    parts += ["## Safety (held-out prompts)", "", "Rates in %, with bootstrap 95% intervals; similarity is cosine "
+              "(MiniLM) to the base model's answer.", "", md_table(h, rows), ""]
+    cc = [(m, s["models"][m]["safety"].get("cross_check")) for m in order(s) if s["models"][m].get("safety")]
+    if all(c for _, c in cc):
+        parts += ["Cross-check, keyword refusal detector on the same answers (unsafe refused / safe refused): "
+                  + "; ".join(f"{m} {c['refusal_rate_keyword']['value'] * 100:.1f}% / "
+                              f"{c['false_refusal_rate_keyword']['value'] * 100:.1f}%" for m, c in cc) + ".", ""]
+    h, rows = category_rows(s)
+    parts += ["### Per category", "", md_table(h, rows), ""]
+    j = s.get("judge")
+    if j:
+        parts += ["### Judge agreement with labelled answers", "",
+                  md_table(["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"],
+                           [[name, str(j[name]["n"]), *(f"{j[name][k] * 100:.0f}%" for k in
+                                                        ("refusal_keyword", "refusal_minilm", "toxic_minilm"))]
+                            for name in ("held_out", "hard_cases")]), ""]
+    return "\n".join(parts)
