@@ -100,6 +100,10 @@ $(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
 
+.PHONY: exp
+exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=... overrides keys)
+	@echo "[$(EXP_NAME)] done: $(EXP)/ (report: $(EXP)/report.md)"; cat $(EXP)/eval/summary.md
+
 # Evaluation stages, one per evaluated model (EVAL_MODELS: base and the stages), also in the
 # store: the base model's results are shared by every experiment on that base.
 $(DIR_judge)/.done: $(DIR_data)/.done $(PKG)/judges.py data/judge/hard_cases.jsonl | $(VENV_STAMP)
@@ -127,10 +131,6 @@ $(EXP)/report.md: $(EXP)/eval/.done $(PKG)/report.py | $(VENV_STAMP)
 
 .PHONY: report
 report: $(EXP)/report.md ## (re)write experiments/NAME/report.md with its plots
-
-.PHONY: exp
-exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=... overrides keys)
-	@echo "[$(EXP_NAME)] done: $(EXP)/ (report: $(EXP)/report.md)"; cat $(EXP)/eval/summary.md
 
 .PHONY: sweep
 sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4' (shared stages train once)
@@ -164,7 +164,7 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 	$(PY) -m pytest -q
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: every shipped recipe end to end (~12 minutes)
+test-slow: $(VENV_STAMP) ## the slow tests only: every shipped recipe end to end (~35 minutes)
 	$(PY) -m pytest -q -m slow
 
 .PHONY: validate

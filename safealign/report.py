@@ -172,12 +172,15 @@ def build(exp: Path) -> Path:
         if sm:
             timing.append([s, f"`{plan.store_dir(exp, s).name}`", f"{sm['seconds']:.1f}", str(sm["steps"]),
                            f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}"])
+    planned = json.loads((exp / "stages.json").read_text())
     for m in plan.eval_models(plan.load_resolved(exp)):
-        for kind, name, key in (("leaderboard", "table.json", "seconds"), ("safety", "metrics.json", "seconds")):
-            d = json.loads(p.read_text()) if (p := plan.store_dir(exp, f"{kind}-{m}") / name).exists() else None
+        for kind, name in (("leaderboard", "table.json"), ("safety", "metrics.json")):
+            if f"{kind}-{m}" not in planned:  # e.g. eval.leaderboard.enabled: false
+                continue
+            d = _stage_json(exp, f"{kind}-{m}", name)
             if d:
-                secs = d[key]["total"] if isinstance(d[key], dict) else d[key]
-                timing.append([f"{kind} ({m})", f"`{plan.store_dir(exp, f'{kind}-{m}').name}`", f"{secs:.1f}", "", ""])
+                secs = d["seconds"]["total"] if isinstance(d["seconds"], dict) else d["seconds"]
+                timing.append([f"{kind} ({m})", f"`{planned[f'{kind}-{m}']['dir']}`", f"{secs:.1f}", "", ""])
     parts += ["## Stage timings", "", "Stages live in the shared store (`experiments/.stages/`); a stage another "
               "experiment already ran is reused, not re-timed.", "",
               summary.md_table(["stage", "store folder", "seconds", "steps", "loss first -> last"], timing), ""]

@@ -158,6 +158,20 @@ def test_overlaid_curves_have_one_line_per_experiment_with_labels(root, tmp_path
     assert saved["lines"]["sft_kto"][4:10] == [4.0] * 6 and saved["lines"]["sft_dpo"][4] == 2.0
 
 
+def test_report_without_leaderboard(root):
+    exp = root / "no_lb"
+    plan.resolve(str(REPO / "recipes" / "sft.yaml"), exp, ["eval.leaderboard.enabled=false"])
+    r = plan.load_resolved(exp)
+    assert not any(n.startswith("leaderboard-") for n in json.loads((exp / "stages.json").read_text()))
+    s = summary.build(r, exp)  # the sft stages and safety results are the fixture's, shared through the store
+    (exp / "eval").mkdir()
+    (exp / "eval" / "summary.json").write_text(json.dumps(s))
+    page = report.build(exp).read_text()
+    assert "Open LLM Leaderboard" not in page and "| toxicity (unsafe prompts) | 80.0 [70.0, 90.0] |" in page
+    row = report.comparison_table({"no_lb": s})[1][1]
+    assert row[0] == "no_lb" and len(row) == 5  # safety columns only
+
+
 def test_compare_refuses_experiments_that_were_not_evaluated(root):
     with pytest.raises(FileNotFoundError, match="not evaluated yet: .*nope"):
         report.compare([root / "sft", root / "nope"], root / "compare" / "x")
