@@ -5,7 +5,8 @@ What runs
     Recipe key `eval.leaderboard.tasks` sets, per task family, the prompt settings:
     apply_chat_template, fewshot_as_multiturn, system_instruction, batch_size, limit,
     max_gen_toks. Families with equal settings share one `simple_evaluate` call ("invocation");
-    every invocation of a model reuses one loaded model (one load per model and backend).
+    every invocation of a model on the same backend reuses one loaded model (one load per model
+    and backend; `backend` may be set per family, e.g. vllm for the generative ones).
     Each invocation's results JSON is lm-eval's own (EvaluationTracker), with its per-sample logs
     and the chat template, system instruction and fewshot_as_multiturn it ran with.
 
@@ -133,7 +134,7 @@ def table(results: dict, families: list[str]) -> dict:
 GENERATIVE = ("ifeval", "math")  # generate_until tasks; max_gen_toks only matters for these
 
 
-def invocations(tasks_cfg) -> list[dict]:
+def invocations(tasks_cfg, default_backend: str = "hf") -> list[dict]:
     """Group the enabled families by their prompt settings: one lm-eval call per group.
 
     max_gen_toks only affects generation, so a multiple-choice family joins a group whatever
@@ -146,7 +147,8 @@ def invocations(tasks_cfg) -> list[dict]:
         if cfg is None:
             continue
         prompt = {"apply_chat_template": cfg.apply_chat_template, "fewshot_as_multiturn": cfg.fewshot_as_multiturn,
-                  "system_instruction": cfg.system_instruction, "batch_size": cfg.batch_size, "limit": cfg.limit}
+                  "system_instruction": cfg.system_instruction, "batch_size": cfg.batch_size, "limit": cfg.limit,
+                  "backend": cfg.backend or default_backend}
         budget = cfg.max_gen_toks if family in GENERATIVE else None
         for g in groups:
             if g["prompt"] == prompt and (budget is None or g["budget"] in (None, budget)):
@@ -257,19 +259,22 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    groups = invocations(cfg.tasks)
+    groups = invocations(cfg.tasks, cfg.backend)
     families = [f for g in groups for f in g["families"]]
     include = fixture_overrides(out / "lm_eval_tasks", families, FIXTURES) if cfg.source == "fixtures" else None
-    check_backend(cfg.backend)
+    for backend in {g["settings"]["backend"] for g in groups}:
+        check_backend(backend)
     tm = TaskManager(include_path=str(include) if include else None)
     t0 = time.time()
-    lm = load_lm(model_path, cfg.backend, groups[0]["settings"]["batch_size"] if groups else 1, cfg.dtype)
-    loads, merged, record = 1, {}, []
-    log(f"  leaderboard: model loaded in {time.time() - t0:.1f}s ({cfg.backend}); "
-        f"{len(groups)} invocation(s) for {', '.join(families)}")
+    lms, merged, record = {}, {}, []
+    log(f"  leaderboard: {len(groups)} invocation(s) for {', '.join(families)}")
     for g in groups:
         s, gdir = g["settings"], out / "lm_eval" / g["id"]
         t1 = time.time()
+        if s["backend"] not in lms:  # one model per backend, loaded when first needed
+            lms[s["backend"]] = load_lm(model_path, s["backend"], s["batch_size"], cfg.dtype)
+            log(f"  leaderboard: model loaded in {time.time() - t1:.1f}s ({s['backend']})")
+        lm = lms[s["backend"]]
         if hasattr(lm, "batch_size_per_gpu"):
             lm.batch_size_per_gpu = s["batch_size"]
         tracker = EvaluationTracker(output_path=str(gdir))
@@ -291,7 +296,7 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
         record.append({**g, "results_json": str(files[-1].relative_to(out)), "seconds": round(time.time() - t1, 1)})
         log(f"  leaderboard: {g['id']} ({'chat template' if s['apply_chat_template'] else 'no chat template'}) "
             f"in {time.time() - t1:.1f}s")
-    tab = {**table(merged, families), "invocations": record, "model_loads": loads, "model": model_path,
+    tab = {**table(merged, families), "invocations": record, "model_loads": len(lms), "model": model_path,
            "source": cfg.source, "backend": cfg.backend, "seconds": round(time.time() - t0, 1)}
     (out / "table.json").write_text(json.dumps(tab, indent=2) + "\n")
     return tab

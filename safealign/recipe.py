@@ -105,6 +105,7 @@ class LbTaskCfg:
     batch_size: int = 8  # lm-eval batch size
     limit: int = 0  # > 0: the first N documents of each subtask (smoke runs); 0 = all
     max_gen_toks: int = 0  # > 0 caps generation tasks (IFEval 1280, MATH 1024 by default)
+    backend: Optional[str] = None  # hf or vllm for this family; null: eval.leaderboard.backend
 
 
 @dataclass
@@ -320,6 +321,9 @@ def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
         if t.fewshot_as_multiturn and not t.apply_chat_template:
             problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'fewshot_as_multiturn'))}: "
                             "needs apply_chat_template: true (few-shot turns are chat turns)")
+        if t.backend not in (None, "hf", "vllm"):
+            problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected hf, vllm or null, "
+                            f"got {t.backend!r}")
         for key in ("batch_size",):
             if getattr(t, key) <= 0:
                 problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, key))}: must be > 0")

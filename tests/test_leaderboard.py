@@ -72,6 +72,13 @@ def test_families_with_equal_settings_share_one_invocation():
                                                         "eval.leaderboard.tasks.gpqa=null"])
     fams = [g["families"] for g in lb.invocations(r.eval.leaderboard.tasks)]
     assert fams == [["ifeval", "musr", "mmlu_pro"], ["bbh"], ["math"]]
+    # a backend per family: generative families on vllm form their own call (and model load)
+    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.tasks.ifeval.backend=vllm"])
+    groups = lb.invocations(r.eval.leaderboard.tasks, r.eval.leaderboard.backend)
+    assert [(g["families"], g["settings"]["backend"]) for g in groups] == [
+        (["ifeval"], "vllm"), (["bbh", "gpqa", "musr", "mmlu_pro"], "hf"), (["math"], "hf")]
+    with pytest.raises(recipe.RecipeError, match=r"tasks.math.backend: expected hf, vllm or null"):
+        recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.tasks.math.backend=tgi"])
 
 
 def test_fixture_overrides_point_lm_eval_tasks_at_the_fixtures(tmp_path):
@@ -113,11 +120,12 @@ def test_unreadable_fixture_fails_before_any_model_loads(tmp_path, monkeypatch):
         lb.run("unused-model", r.eval.leaderboard, tmp_path / "out2", seed=0)
 
 
-def test_vllm_backend_without_vllm_is_refused_before_loading(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sets", [["eval.leaderboard.backend=vllm"], ["eval.leaderboard.tasks.math.backend=vllm"]])
+def test_vllm_backend_without_vllm_is_refused_before_loading(tmp_path, monkeypatch, sets):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
     monkeypatch.setattr(lb, "load_lm", lambda *a, **k: pytest.fail("a model was loaded"))
-    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.backend=vllm"])
+    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", sets)
     with pytest.raises(LeaderboardError, match="vllm is not installed"):
         lb.run("unused-model", r.eval.leaderboard, tmp_path, seed=0)
 
