@@ -74,6 +74,11 @@ FAMILIES = {
 }
 
 
+def fixture_files() -> list[Path]:
+    """Every file of the offline fixtures (their identity in the stage hash, Make's prerequisites)."""
+    return [p for p in sorted(FIXTURES.rglob("*")) if p.is_file()]
+
+
 class LeaderboardError(ValueError):
     pass
 

@@ -56,9 +56,9 @@ def eval_models(r: recipe_mod.Recipe) -> list[str]:
 
 
 def fixtures_identity() -> dict:
-    from safealign.leaderboard import FIXTURES
+    from safealign.leaderboard import FIXTURES, fixture_files
 
-    return {str(p.relative_to(FIXTURES)): fsutil.sha256_file(p) for p in sorted(FIXTURES.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(FIXTURES)): fsutil.sha256_file(p) for p in fixture_files()}
 
 
 def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]:
@@ -116,9 +116,9 @@ def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | No
     for s in r.stages:
         lines.append(f"MODEL_DEP_{s} := $(DIR_{s})/.done")
     if r.eval.leaderboard.enabled and r.eval.leaderboard.source == "fixtures":
-        from safealign.leaderboard import FIXTURES
+        from safealign.leaderboard import fixture_files
 
-        lines.append(f"FIXTURE_DEP := {' '.join(str(p.relative_to(REPO)) for p in sorted(FIXTURES.rglob('*')) if p.is_file())}")
+        lines.append(f"FIXTURE_DEP := {' '.join(str(p.relative_to(REPO)) for p in fixture_files())}")
     else:
         lines.append("FIXTURE_DEP :=")
     return "\n".join(lines) + "\n"

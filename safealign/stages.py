@@ -68,12 +68,17 @@ def render(template: str, **context) -> str:
     return env.get_template(template).render(**context)
 
 
+def model_path(recipe: Recipe, exp_dir: Path, model: str) -> str:
+    """An evaluated model by its name in the plan: `base` or a stage's merged model."""
+    if model == "base":
+        return models.resolve(recipe.base_model)
+    return str((plan.store_dir(exp_dir, model) / "merged").resolve())
+
+
 def input_model(recipe: Recipe, exp_dir: Path, stage: str) -> str:
     """The model a stage starts from: the base model, or the previous stage's merged model."""
     i = recipe.stages.index(stage)
-    if i == 0:
-        return models.resolve(recipe.base_model)
-    return str((plan.store_dir(exp_dir, recipe.stages[i - 1]) / "merged").resolve())
+    return model_path(recipe, exp_dir, "base" if i == 0 else recipe.stages[i - 1])
 
 
 def tracker_env(tracker: str, project: str, stage_dir: Path) -> dict:
@@ -216,13 +221,6 @@ def run_trl(recipe: Recipe, exp_dir: Path, stage: str, recipe_path: str) -> None
         run_logged([sys.executable, f"train_{stage}.py", f"{stage}.yaml"], tmp, tmp / "train.log",
                    env=child_env(tmp, recipe.tracker, recipe.tracker_project))
         _finish_training(recipe, exp_dir, stage, tmp, base, t0)
-
-
-def model_path(recipe: Recipe, exp_dir: Path, model: str) -> str:
-    """An evaluated model by its name in the plan: `base` or a stage's merged model."""
-    if model == "base":
-        return models.resolve(recipe.base_model)
-    return str((plan.store_dir(exp_dir, model) / "merged").resolve())
 
 
 def run_judge(recipe: Recipe, exp_dir: Path) -> None:
