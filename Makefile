@@ -2,8 +2,45 @@
 # Every target below is a real file or a stamp written last, so `make` reruns only what is stale.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
-.DELETE_ON_ERROR:
+# No .DELETE_ON_ERROR: every target is a stamp or a file written last and atomically, and make
+# deleting a "failed" target would delete a stamp that a concurrent run finished meanwhile.
 .DEFAULT_GOAL := help
+
+# Values from the command line or the environment are checked before anything expands them:
+# each may hold only the characters of its kind, so none reaches a shell (or make's own $(...))
+# as code. Tested against hostile values in tests/test_inputs.py.
+# The character sets (no quotes, $, `, ;, |, &, <, >, (, ), *, ?, ~, {, }, \, # or newline):
+_alnum   := a b c d e f g h i j k l m n o p q r s t u v w x y z A B C D E F G H I J K L M N O P Q R S T U V W X Y Z 0 1 2 3 4 5 6 7 8 9
+_comma   := ,
+_empty   :=
+_space   := $(_empty) $(_empty)
+CHARS_name := $(_alnum) _ - . +
+CHARS_path := $(CHARS_name) /
+CHARS_set  := $(CHARS_path) = $(_comma) : @ [ ]
+CHARS_url  := $(CHARS_set)
+# $(call _rest,text,chars): what is left of text once every allowed character is removed
+_rest = $(if $(2),$(call _rest,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
+_bad  = $(strip $(call _rest,$(subst $(_space),,$(value $(1))),$(CHARS_$(2))))
+_ok   = letters$(_comma) digits and $(filter-out $(_alnum),$(CHARS_$(2)))
+# $(call _check,VAR,charset,one-word|words,what): refuse VAR holding anything else
+_check = $(if $(call _bad,$(1),$(2)),$(error $(1): character(s) '$(call _bad,$(1),$(2))' not allowed in $(4) \
+  (allowed: $(call _ok,$(1),$(2)))))$(if $(filter one-word,$(3)),$(if $(filter-out 0 1,$(words $(value $(1)))),$(error \
+  $(1): '$(value $(1))' has spaces; $(4) is one word)))$(if $(filter name,$(2)),$(if $(filter .%,$(value $(1))),$(error \
+  $(1): '$(value $(1))' starts with a dot; $(4) starts with a letter or digit)))
+$(call _check,NAME,name,one-word,a recipe name)
+$(call _check,EXP_NAME,name,one-word,an experiment name)
+$(call _check,COMPARE,name,one-word,a folder name)
+$(call _check,NAMES,name,words,experiment names)
+$(call _check,SET,set,words,SET items (key=value separated by spaces))
+$(call _check,GRID,set,words,GRID items (key=v1,v2 separated by spaces))
+$(call _check,EXPERIMENTS,path,one-word,a folder)
+$(call _check,RECIPES,path,one-word,a folder)
+$(call _check,VENV,path,one-word,a folder)
+$(call _check,PYTHON,path,one-word,a program)
+$(call _check,TORCH,set,one-word,a pip requirement)
+$(call _check,TORCH_INDEX,url,one-word,an index URL)
+# each item of these reaches a shell as one single-quoted word
+_quote = $(foreach w,$(1),'$(w)')
 
 # Comments sit on their own lines: make keeps the spaces before a trailing comment in the value.
 # NAME: the experiment, recipes/$(NAME).yaml -> $(EXPERIMENTS)/$(NAME)/
@@ -70,7 +107,8 @@ endif
 # SET='kto.beta=0.2 kto.learning_rate=5e-6' overrides recipe keys; unless EXP_NAME is given,
 # the experiment gets a distinct name: sft_kto+kto.beta-0.2+kto.learning_rate-5e-6
 ifeq ($(origin EXP_NAME),undefined)
-EXP_NAME := $(shell $(PYTHON) tools/exp_name.py $(NAME) $(SET))
+EXP_NAME := $(shell $(PYTHON) tools/exp_name.py $(NAME) $(call _quote,$(SET)))
+$(if $(EXP_NAME),,$(error no experiment name for NAME=$(NAME) SET=$(SET); see the message above))
 endif
 EXP   := $(EXPERIMENTS)/$(EXP_NAME)
 # stages live once in STORE, content-addressed; experiments link to them (safealign/plan.py)
@@ -80,22 +118,22 @@ STORE := $(EXPERIMENTS)/.stages
 # generated from the recipe by `safealign resolve`, which validates it first: a bad recipe
 # stops here, writing nothing. It comes first because its RECIPE_PARENT is a prerequisite.
 include $(EXP)/stages.mk
-$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PKG)/recipe.py $(PKG)/plan.py $(PKG)/cli.py | $(VENV_STAMP)
-	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SET),--set $(SET))
+# Every package file and template is a prerequisite: stages.mk lists which of them each stage's
+# result depends on (CODE_<stage>, read from the code by safealign/codedeps.py).
+$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(wildcard $(PKG)/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
+	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SET),--set $(call _quote,$(SET)))
 
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 endif
 
-$(DIR_data)/.done: $(DATA_DEP) $(PKG)/data.py | $(VENV_STAMP)
+$(DIR_data)/.done: $(DATA_DEP) $(CODE_data) | $(VENV_STAMP)
 	@$(SA) stage data --exp $(EXP)
 
 # One rule per training stage; its templates are templates/<tool>/<stage>.*.j2.
 define TRAIN_RULE
-$(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*.j2) \
-		$(PKG)/stages.py $(PKG)/models.py $(PKG)/callbacks.py $(PKG)/axolotl_plugin.py $(PKG)/kto.py $(PKG)/losses.py \
-		| $(VENV_STAMP)
+$(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*.j2) $(CODE_$(1)) | $(VENV_STAMP)
 	@$(SA) stage $(1) --exp $(EXP)
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
@@ -106,20 +144,22 @@ exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=..
 
 # Evaluation stages, one per evaluated model (EVAL_MODELS: base and the stages), also in the
 # store: the base model's results are shared by every experiment on that base.
-$(DIR_judge)/.done: $(DIR_data)/.done $(PKG)/judges.py data/judge/hard_cases.jsonl | $(VENV_STAMP)
+$(DIR_judge)/.done: $(DIR_data)/.done $(CODE_judge) data/judge/hard_cases.jsonl | $(VENV_STAMP)
 	@$(SA) stage judge --exp $(EXP)
 
 define EVAL_RULE
-$(DIR_leaderboard-$(1))/.done: $(MODEL_DEP_$(1)) $(FIXTURE_DEP) $(PKG)/leaderboard.py $(PKG)/nltkdata.py | $(VENV_STAMP)
+$(DIR_leaderboard-$(1))/.done: $(MODEL_DEP_$(1)) $(FIXTURE_DEP) $(CODE_leaderboard-$(1)) | $(VENV_STAMP)
 	@$(SA) stage leaderboard --model $(1) --exp $(EXP)
 $(DIR_safety-$(1))/.done: $(MODEL_DEP_$(1)) $(DIR_judge)/.done $(DIR_data)/.done $(if $(filter base,$(1)),,$(DIR_safety-base)/.done) \
-		$(PKG)/safety.py $(PKG)/judges.py | $(VENV_STAMP)
+		$(CODE_safety-$(1)) | $(VENV_STAMP)
 	@$(SA) stage safety --model $(1) --exp $(EXP)
 endef
 $(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m))))
 
 EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
-$(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(PKG)/summary.py | $(VENV_STAMP)
+# an interrupted make deletes a target whose mtime moved: here that is another process's stamp
+.PRECIOUS: $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL)
+$(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(CODE_eval) | $(VENV_STAMP)
 	@$(SA) stage eval --exp $(EXP)
 
 .PHONY: eval
@@ -134,8 +174,8 @@ report: $(EXP)/report.md ## (re)write experiments/NAME/report.md with its plots
 
 .PHONY: sweep
 sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4' (shared stages train once)
-	@$(PYTHON) tools/grid.py $(GRID) > /dev/null
-	@$(PYTHON) tools/grid.py $(GRID) | while read -r point; do \
+	@$(PYTHON) tools/grid.py $(call _quote,$(GRID)) > /dev/null
+	@$(PYTHON) tools/grid.py $(call _quote,$(GRID)) | while read -r point; do \
 		$(MAKE) --no-print-directory exp NAME=$(NAME) SET="$$point" || exit 1; done
 
 .PHONY: clean-exp
@@ -152,7 +192,7 @@ COMPARE ?=
 .PHONY: compare
 compare: | $(VENV_STAMP) ## one table + overlaid curves across experiments: make compare NAMES="sft kto sft_kto"
 	@test -n "$(NAMES)" || { echo 'usage: make compare NAMES="sft kto sft_kto" [COMPARE=<folder name>]'; exit 2; }
-	@$(SA) compare $(NAMES) --experiments $(EXPERIMENTS) $(if $(COMPARE),--out $(COMPARE))
+	@$(SA) compare $(call _quote,$(NAMES)) --experiments $(EXPERIMENTS) $(if $(COMPARE),--out $(COMPARE))
 
 .PHONY: status
 status: ## every experiment's stages: done / shared / stale / failed / not run
@@ -181,7 +221,7 @@ bench-reuse: $(VENV_STAMP) $(TINY_MODEL) ## sft_dpo after sft_kto vs from empty 
 
 .PHONY: bench-kto
 bench-kto: $(VENV_STAMP) $(TINY_MODEL) ## sft_kto vs KTO-S, NLL, length-normalised: z0, rewards, loss per step
-	$(PY) tools/bench_kto.py $(if $(SET),--set $(SET))
+	$(PY) tools/bench_kto.py $(if $(SET),--set $(call _quote,$(SET)))
 
 .PHONY: bench-eval
 bench-eval: $(VENV_STAMP) $(TINY_MODEL) ## evaluation stages of NAME (default sft_kto): seconds and model loads per stage

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from safealign import fsutil, plan, recipe as recipe_mod
+from safealign import fsutil, names, plan, recipe as recipe_mod
 from safealign.recipe import RecipeError
 
 
 def cmd_resolve(a) -> int:
+    names.check_name(Path(a.exp).name, "experiment name")
+    names.check_name(Path(a.recipe).stem, "recipe name")
     plan.resolve(a.recipe, Path(a.exp), a.set)
     return 0
 
@@ -40,6 +43,19 @@ def cmd_stage(a) -> int:
     print(f"[{exp.name}] {label}: start", flush=True)
     if a.stage in ("leaderboard", "safety") and not a.model:
         raise stages.StageError(f"stage {a.stage} needs --model (base or a stage name)")
+    target = exp / "eval" if a.stage == "eval" else plan.store_dir(exp, label)
+    with fsutil.stage_lock(target, f"[{exp.name}] {label}") as built_meanwhile:
+        if built_meanwhile:
+            print(f"[{exp.name}] {label}: reusing {target}, which another process built meanwhile", flush=True)
+            return 0
+        _run_stage(a, r, exp, rfile)
+    print(f"[{exp.name}] {label}: done in {time.time() - t0:.1f}s", flush=True)
+    return 0
+
+
+def _run_stage(a, r, exp: Path, rfile: str) -> None:
+    from safealign import stages
+
     if a.stage == "data":
         stages.run_data(r, exp)
     elif a.stage == "sft":
@@ -54,8 +70,6 @@ def cmd_stage(a) -> int:
         stages.run_safety(r, exp, a.model)
     elif a.stage == "eval":
         stages.run_eval(r, exp)
-    print(f"[{exp.name}] {label}: done in {time.time() - t0:.1f}s", flush=True)
-    return 0
 
 
 def cmd_report(a) -> int:
@@ -71,7 +85,9 @@ def cmd_compare(a) -> int:
     from safealign import report
 
     root = Path(a.experiments)
-    out = root / "compare" / (a.out or "-".join(a.names))
+    for n in a.names:
+        names.check_name(n, "NAMES: experiment")
+    out = root / "compare" / names.check_name(a.out or "-".join(a.names)[:128], "COMPARE: folder")
     path = report.compare([root / n for n in a.names], out)
     print(f"comparison of {', '.join(a.names)}: {path}", flush=True)
     return 0
@@ -118,8 +134,12 @@ def cmd_tiny_model(a) -> int:
     from safealign import data, tinymodel
 
     rows = data.read_jsonl(Path(a.data))
-    with fsutil.staged_dir(Path(a.out)) as tmp:
-        info = tinymodel.build(rows, tmp, steps=a.steps, seed=a.seed)
+    with fsutil.stage_lock(Path(a.out), "tiny-local") as built_meanwhile:
+        if built_meanwhile:
+            print(f"tiny-local: reusing {a.out}, which another process built meanwhile")
+            return 0
+        with fsutil.staged_dir(Path(a.out)) as tmp:
+            info = tinymodel.build(rows, tmp, steps=a.steps, seed=a.seed)
     print(f"tiny-local: {info['parameters'] / 1e6:.2f}M parameters, loss {info['first_loss']:.3f} -> "
           f"{info['final_loss']:.4f} in {info['seconds']}s -> {a.out}")
     return 0
@@ -176,17 +196,24 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         print(e, file=sys.stderr)
         return 2
-    except Exception as e:  # data and stage errors: one clear line, not a traceback wall
-        from safealign.data import DataError
-        from safealign.judges import JudgeError
-        from safealign.leaderboard import LeaderboardError
-        from safealign.stages import StageError
+    except Exception as e:  # known failures: one paragraph naming the key or file:line, not a traceback wall
+        if os.environ.get("SAFEALIGN_DEBUG") == "1" or not isinstance(e, known_errors()):
+            raise
+        print(f"error: {e}\n(SAFEALIGN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
-        if isinstance(e, (DataError, StageError, FileNotFoundError, JudgeError, LeaderboardError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
 
+def known_errors() -> tuple[type, ...]:
+    """Failures that the message explains in full; anything else is a bug and keeps its traceback."""
+    from safealign.data import DataError
+    from safealign.judges import JudgeError
+    from safealign.leaderboard import LeaderboardError
+    from safealign.models import ModelUnavailable
+    from safealign.safety import DegenerateAnswers
+    from safealign.stages import StageError
+
+    return (DataError, StageError, FileNotFoundError, JudgeError, LeaderboardError, ModelUnavailable,
+            DegenerateAnswers, names.InvalidName)
 
 if __name__ == "__main__":
     sys.exit(main())

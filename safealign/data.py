@@ -26,6 +26,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from safealign import fsutil
+
 FIELDS = {"id": str, "prompt": str, "safe": bool, "category": str, "chosen": str,
           "rejected": (str, type(None)), "subset": (str, type(None))}
 REQUIRED = ("id", "prompt", "safe", "category", "chosen")
@@ -62,21 +64,27 @@ def validate_row(row, where: str) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """Validated canonical rows of a JSONL file (UTF-8, a byte-order mark allowed)."""
     rows, ids = [], {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            validate_row(row, where)
-            if row["id"] in ids:
-                raise DataError(f"{where}: field 'id' {row['id']!r} repeats line {ids[row['id']]}")
-            ids[row["id"]] = n
-            rows.append(row)
+    try:
+        text = fsutil.read_utf8(path)
+    except fsutil.EncodingError as e:
+        raise DataError(str(e)) from None
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise DataError(f"{where}: not valid JSON (nested too deeply)") from None
+        validate_row(row, where)
+        if row["id"] in ids:
+            raise DataError(f"{where}: field 'id' {row['id']!r} repeats line {ids[row['id']]}")
+        ids[row["id"]] = n
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
@@ -198,6 +206,29 @@ def build(source: str, seed: int, out_dir: Path, root: Path = Path(".")) -> dict
     c["source"] = origin
     (out_dir / "counts.json").write_text(json.dumps(c, indent=2) + "\n")
     return c
+
+
+def unmet_needs(stages: list[str], kto_paired_only: bool, c: dict, judge: bool = True) -> list[str]:
+    """What the planned stages need from the built data (counts.json `c`) and it lacks; checked
+    right after the data stage, so no training starts on data a later stage cannot use."""
+    out = []
+    st = c["stages"]
+    if "sft" in stages and not st["sft"]["rows"]:
+        out.append("sft: no training rows")
+    if "kto" in stages:
+        k = st["kto_paired" if kto_paired_only else "kto"]
+        if not k["desirable"] or not k["undesirable"]:
+            out.append(f"kto{' (paired_only)' if kto_paired_only else ''}: {k['desirable']} desirable and "
+                       f"{k['undesirable']} undesirable rows; KTO needs both labels (unsafe prompts with a "
+                       "rejected answer give the undesirable ones)")
+    if "dpo" in stages and not st["dpo"]["rows"]:
+        out.append("dpo: no paired rows (unsafe prompts with a chosen and a rejected answer); DPO needs pairs")
+    if judge and not c["train"]["unsafe"]:
+        out.append("judge: the train split has no unsafe rows; the safety judge learns refusals and compliant "
+                   "answers from them")
+    if not c["test"]["rows"]:
+        out.append("safety: the test split has no rows to evaluate on")
+    return out
 
 
 def kto_weight_advice(n_desirable: int, n_undesirable: int, desirable_weight: float,

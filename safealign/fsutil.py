@@ -1,15 +1,23 @@
-"""Crash-safe file and folder writes.
+"""Crash-safe, concurrency-safe file and folder writes.
 
-A stage writes everything into `<dir>.tmp/`, writes its stamp (`.done`) last, and only then
-renames the folder into place. A stage killed half-way leaves only a `.tmp` folder, which
-no later run mistakes for a finished stage (the next run deletes it and starts over).
+A stage is built under a lock (`<dir>.lock`, flock: released by the kernel when its holder
+exits or is killed), in `<dir>.tmp/`, which only the lock holder touches; its stamp (`.done`)
+is written last, and only then is the folder renamed into place. So:
+- a stage killed half-way leaves only a `.tmp` folder, which no later run mistakes for a
+  finished stage (the next lock holder deletes it and starts over);
+- a second process that wants the same stage says it is waiting, and when the first one
+  finished it meanwhile, reuses the result instead of building it again;
+- a failing build never touches the finished folder: a rebuild replaces it only once the
+  new one is complete.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +48,26 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+class EncodingError(ValueError):
+    """A text file that is not UTF-8; the message names the file, line, column and byte offset."""
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's content: UTF-8, a leading byte-order mark dropped (as datasets and pandas do);
+    invalid bytes raise EncodingError with the file, line and byte offset instead of a bare
+    UnicodeDecodeError."""
+    raw = Path(path).read_bytes()
+    start = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        pos = start + e.start
+        line = raw.count(b"\n", 0, pos) + 1
+        col = pos - (raw.rfind(b"\n", 0, pos) + 1) + 1
+        raise EncodingError(f"{path}:{line}: not valid UTF-8 at byte offset {pos} (line {line}, byte {col} of the "
+                            f"line): {raw[pos:pos + 4]!r}; save the file as UTF-8") from None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -56,10 +84,57 @@ def is_done(stage_dir: Path) -> bool:
     return (Path(stage_dir) / STAMP).exists()
 
 
+def _stamp(stage_dir: Path) -> str | None:
+    try:
+        return (Path(stage_dir) / STAMP).read_text()
+    except FileNotFoundError:
+        return None
+
+
+def lock_path(stage_dir: Path) -> Path:
+    return Path(stage_dir).with_name(Path(stage_dir).name + ".lock")
+
+
+def is_locked(stage_dir: Path) -> bool:
+    """Whether a live process holds `stage_dir`'s build lock now."""
+    path = lock_path(stage_dir)
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+@contextmanager
+def stage_lock(stage_dir: Path, who: str | None = None) -> Iterator[bool]:
+    """Hold `stage_dir`'s build lock; yield True when another process finished the stage while
+    this one waited (reuse it), False when this process should build it."""
+    stage_dir = Path(stage_dir)
+    before = _stamp(stage_dir)
+    stage_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(stage_dir), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{who or stage_dir.name}: waiting: another process is building {stage_dir} "
+                  f"(lock {lock_path(stage_dir)})", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        after = _stamp(stage_dir)
+        try:
+            yield after is not None and after != before
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh `<final>.tmp` folder; on success stamp it and rename it to `final`.
 
+    Call it while holding `stage_lock(final)` when other processes may build the same folder.
     On any exception the temporary folder is left for inspection (it is never taken for a
     finished stage) and `final` is untouched.
     """
@@ -69,7 +144,8 @@ def staged_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     yield tmp
-    (tmp / STAMP).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+    # unique per build, so that a waiting process can tell a new stamp from the one it saw
+    (tmp / STAMP).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()} {time.time_ns()}\n")
     if final.exists():
         trash = final.with_name(final.name + ".old")
         if trash.exists():

@@ -139,7 +139,9 @@ class Judge:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            target = self.name[len(CLASSIFIER):]
+            from safealign.models import resolve
+
+            target = resolve(self.name[len(CLASSIFIER):], key="eval.safety.judge")
             tok = AutoTokenizer.from_pretrained(target)
             model = AutoModelForSequenceClassification.from_pretrained(target).eval()
             labels = {int(i): str(n) for i, n in model.config.id2label.items()}

@@ -20,19 +20,54 @@ def tiny_path() -> Path:
     return cache_dir() / "models" / TINY
 
 
-def resolve(name: str) -> str:
-    """Recipe name -> what `from_pretrained` takes (a local path or a hub id)."""
+class ModelUnavailable(RuntimeError):
+    """A model named in the recipe cannot be loaded here; the message says which key and what to do."""
+
+
+def resolve(name: str, key: str = "base_model") -> str:
+    """Recipe name -> what `from_pretrained` takes (a local path or a hub id), checked to be there."""
     if name == TINY:
         path = tiny_path()
         if not (path / ".done").exists():
-            raise FileNotFoundError(f"base_model: {TINY}: not built at {path}; run `make tiny-model`")
+            raise ModelUnavailable(f"{key}: {TINY}: not built at {path}; run `make tiny-model`")
         return str(path)
     if name.startswith((".", "/", "~")) or os.path.sep in name and Path(name).exists():
         path = Path(name).expanduser().resolve()
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"base_model: {name}: no config.json in {path}")
+            raise ModelUnavailable(f"{key}: {name}: no config.json in {path}")
         return str(path)
-    return name  # a hub id: downloaded (or read from the HF cache) by from_pretrained
+    check_hub_model(name, key)
+    return name  # a hub id: read from the HF cache by from_pretrained
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_hub_model(name: str, key: str = "base_model") -> None:
+    """Fail in one paragraph, before any training or loading, when hub id `name` cannot be had:
+    not a valid id, not in the local HF cache while offline, or not fetchable from the hub."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except HFValidationError as e:
+        raise ModelUnavailable(f"{key}: {name!r} is not a local folder with a config.json (a path starts with "
+                               f"'.', '/' or '~') and not a valid hub id: {e}") from None
+    todo = (f"Download it once where there is a network (`hf download {name}`) into the cache that "
+            f"HF_HOME points to (now {constants.HF_HOME}), log in first if the model is gated (`hf auth login` "
+            f"or HF_TOKEN), or check the id in `{key}`.")
+    if _offline():
+        raise ModelUnavailable(f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+                               f"forbids downloading it. {todo}")
+    try:
+        hf_hub_download(name, "config.json", etag_timeout=10)
+    except Exception as e:  # no network, gated, no such repo: the hub's own words in one line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ModelUnavailable(f"{key}: {name} cannot be fetched from the hub ({type(e).__name__}: {first}). "
+                               f"{todo}") from None
 
 
 def is_local(name: str) -> bool:

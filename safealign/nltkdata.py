@@ -34,10 +34,12 @@ def files() -> dict[str, str]:
 def ensure() -> Path:
     root = data_dir()
     lang = root / "tokenizers" / "punkt_tab" / "english"
-    if not (lang / fsutil.STAMP).exists():
-        with fsutil.staged_dir(lang) as tmp:
-            for name, text in files().items():
-                (tmp / name).write_text(text, encoding="utf-8")
+    if not fsutil.is_done(lang):
+        with fsutil.stage_lock(lang, "punkt_tab"):
+            if not fsutil.is_done(lang):  # another process may have written it while this one waited
+                with fsutil.staged_dir(lang) as tmp:
+                    for name, text in files().items():
+                        (tmp / name).write_text(text, encoding="utf-8")
     os.environ["NLTK_DATA"] = str(root)
     import nltk
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from safealign import REPO, fsutil, models
+from safealign import REPO, codedeps, fsutil, models
 from safealign import recipe as recipe_mod
 
 STORE = ".stages"
@@ -109,6 +109,9 @@ def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | No
         lines.append(f"DIR_{name} := $(STORE)/{entry['dir']}")
     for i, s in enumerate(r.stages):
         lines.append(f"INPUT_{s} := {'$(BASE_DEP)' if i == 0 else f'$(DIR_{r.stages[i - 1]})/.done'}")
+    for name, entry in p.items():  # the package files each stage's result depends on (safealign/codedeps.py)
+        lines.append(f"CODE_{name} := {' '.join(codedeps.files(entry['slice']['kind']))}")
+    lines.append(f"CODE_eval := {' '.join(codedeps.files('eval'))}")
     models_ = eval_models(r)
     lines.append(f"EVAL_MODELS := {' '.join(models_)}")
     lines.append(f"LEADERBOARD := {1 if r.eval.leaderboard.enabled else ''}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -156,6 +157,16 @@ class EvalCfg:
 
 
 @dataclass
+class HealthCfg:
+    """When a finished run still counts as failed (safealign/health.py); not part of any stage's identity."""
+    enabled: bool = True  # false: stamp stages whatever their logs show (to inspect a diverging run only)
+    window: int = 5  # logged steps averaged at the start and at the end of a training run
+    min_loss_drop: float = 0.0  # the end's mean loss must be below the start's by more than this fraction
+    zero_grad_steps: int = 3  # a run whose last this-many logged steps have grad_norm 0 is dead
+    max_degenerate: float = 0.5  # share of empty/degenerate safety answers above which evaluation fails
+
+
+@dataclass
 class Recipe:
     seed: int = 42  # one seed for data shuffling, LoRA init and training order
     tracker: str = "tensorboard"  # training metrics to: tensorboard (in each stage folder), wandb, mlflow or none
@@ -167,6 +178,7 @@ class Recipe:
     kto: KtoCfg = field(default_factory=KtoCfg)
     dpo: DpoCfg = field(default_factory=DpoCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    health: HealthCfg = field(default_factory=HealthCfg)
     description: str = ""
 
 
@@ -267,6 +279,59 @@ def _build(cls, raw: Any, path: tuple, where, problems: list[str]):
     return cls(**kwargs)
 
 
+# Numeric ranges by field name, wherever the field sits in the schema: (test, what it means).
+# Checked when the recipe resolves; a value that is not finite (nan, .inf) fails every range.
+RANGES = {
+    "seed": (lambda v: v >= 0, "a non-negative integer"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "beta": (lambda v: v > 0, "> 0 (beta <= 0 removes or inverts the KL constraint)"),
+    "desirable_weight": (lambda v: v > 0, "> 0"),
+    "undesirable_weight": (lambda v: v > 0, "> 0"),
+    "nll_alpha": (lambda v: v >= 0, ">= 0"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "num_epochs": (lambda v: v > 0, "> 0"),
+    "max_steps": (lambda v: v == -1 or v > 0, "-1 (use num_epochs) or > 0"),
+    "micro_batch_size": (lambda v: v >= 1, ">= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "max_length": (lambda v: v >= 16, ">= 16 tokens"),
+    "logging_steps": (lambda v: v >= 1, ">= 1"),
+    "lora_r": (lambda v: v >= 1, ">= 1"),
+    "lora_alpha": (lambda v: v > 0, "> 0"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "limit": (lambda v: v >= 0, ">= 0 (0: all)"),
+    "max_gen_toks": (lambda v: v >= 0, ">= 0 (0: lm-eval's default)"),
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "bootstrap": (lambda v: v >= 0, ">= 0 (0: no intervals)"),
+    "min_loss_drop": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "window": (lambda v: v >= 1, ">= 1"),
+    "zero_grad_steps": (lambda v: v >= 1, ">= 1"),
+    "max_degenerate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
+
+
+def _check_ranges(node, path: tuple, where, problems: list[str]) -> None:
+    """Every numeric field named in RANGES, anywhere in the recipe tree."""
+    if node is None:
+        return
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, path + (f.name,), where, problems)
+        elif f.name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            test, meaning = RANGES[f.name]
+            if not math.isfinite(value) or not test(value):
+                problems.append(f"{where(path + (f.name,))}: must be {meaning}, got {value}")
+    if isinstance(node, DpoCfg) and node.loss_weights is not None:
+        for i, w in enumerate(node.loss_weights):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+                problems.append(f"{where(path + ('loss_weights',))}: entry {i + 1} must be a number > 0, got {w!r}")
+
+
 def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
     if not r.stages:
         problems.append(f"{where(('stages',))}: at least one stage is needed")
@@ -275,29 +340,22 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
             close = difflib.get_close_matches(str(s), STAGE_KINDS, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"expected one of {', '.join(STAGE_KINDS)}"
             problems.append(f"{where(('stages',))}: stage {i + 1} {s!r} is not a stage kind ({hint})")
-    if len(set(r.stages)) != len(r.stages):
+    if len(set(map(str, r.stages))) != len(r.stages):
         problems.append(f"{where(('stages',))}: each stage kind may appear once, got {r.stages}")
+    _check_ranges(r, (), where, problems)
     for name in ("sft", "kto", "dpo"):
         cfg = getattr(r, name)
-        for key in ("learning_rate", "micro_batch_size", "max_length", "lora_r"):
-            if getattr(cfg, key) <= 0:
-                problems.append(f"{where((name, key))}: must be > 0, got {getattr(cfg, key)}")
-        if not 0 <= cfg.warmup_ratio < 1:
-            problems.append(f"{where((name, 'warmup_ratio'))}: must be in [0, 1), got {cfg.warmup_ratio}")
         if cfg.bf16 not in (True, False, AUTO):
             problems.append(f"{where((name, 'bf16'))}: expected true, false or 'auto', got {cfg.bf16!r}")
-    if "kto" in r.stages and r.kto.micro_batch_size * r.kto.gradient_accumulation_steps < 2:
+    if "kto" in r.stages and r.kto.micro_batch_size < 2:
         problems.append(f"{where(('kto', 'micro_batch_size'))}: KTO estimates its KL reference point from "
-                        "mismatched pairs within a batch; micro_batch_size must be >= 2")
-    if r.kto.nll_alpha < 0:
-        problems.append(f"{where(('kto', 'nll_alpha'))}: must be >= 0, got {r.kto.nll_alpha}")
+                        "mismatched pairs within each device's batch; trl needs micro_batch_size >= 2 "
+                        f"(gradient accumulation does not count), got {r.kto.micro_batch_size}")
     for i, loss in enumerate(r.dpo.loss_type):
         if loss not in DPO_LOSSES:
             close = difflib.get_close_matches(str(loss), DPO_LOSSES, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"trl 1.9 knows {', '.join(DPO_LOSSES)}"
             problems.append(f"{where(('dpo', 'loss_type'))}: entry {i + 1} {loss!r} is not a trl DPO loss ({hint})")
-    if not 0 <= r.dpo.label_smoothing < 0.5:
-        problems.append(f"{where(('dpo', 'label_smoothing'))}: must be in [0, 0.5), got {r.dpo.label_smoothing}")
     _check_eval(r.eval, where, problems)
     if r.tracker not in TRACKERS:
         problems.append(f"{where(('tracker',))}: expected one of {', '.join(TRACKERS)}, got {r.tracker!r}")
@@ -324,16 +382,7 @@ def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
         if t.backend not in (None, "hf", "vllm"):
             problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected hf, vllm or null, "
                             f"got {t.backend!r}")
-        for key in ("batch_size",):
-            if getattr(t, key) <= 0:
-                problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, key))}: must be > 0")
-        for key in ("limit", "max_gen_toks"):
-            if getattr(t, key) < 0:
-                problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, key))}: must be >= 0")
     s = e.safety
-    for key in ("max_new_tokens", "batch_size"):
-        if getattr(s, key) <= 0:
-            problems.append(f"{where(('eval', 'safety', key))}: must be > 0, got {getattr(s, key)}")
     if s.judge != "minilm" and not s.judge.startswith("classifier:"):
         problems.append(f"{where(('eval', 'safety', 'judge'))}: unknown judge {s.judge!r}; expected minilm "
                         "or classifier:<hub id or path of a sequence-classification model>")
@@ -436,7 +485,7 @@ def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None,
             close = difflib.get_close_matches(parent, known, n=1)
             raise RecipeError([f"{where(('extends',))}: no recipe {ppath}"
                                + (f" (did you mean '{close[0]}'?)" if close else "")])
-        praw, plines = _read(ppath.read_text(encoding="utf-8"), str(ppath))
+        praw, plines = _read(_read_file(ppath), str(ppath))
         if "extends" in praw:
             raise RecipeError([f"{where(('extends',))}: {ppath} extends another recipe itself; "
                                "only one level of reuse is allowed"])
@@ -448,7 +497,7 @@ def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None,
 
 def parent_of(path: Path) -> Path | None:
     """The recipe file `path` extends, if any (for Make's prerequisites)."""
-    raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+    raw = yaml.load(_read_file(Path(path)), Loader=_Loader) or {}
     ext = raw.get("extends") if isinstance(raw, dict) else None
     return Path(path).parent / f"{ext}.yaml" if isinstance(ext, str) else None
 
@@ -460,7 +509,16 @@ def load(path: Path, overrides: list[str] | None = None) -> Recipe:
         close = difflib.get_close_matches(path.stem, known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
         raise RecipeError([f"{path}: no such recipe{hint}"])
-    return parse(path.read_text(encoding="utf-8"), str(path), recipes_dir=path.parent, overrides=overrides)
+    return parse(_read_file(path), str(path), recipes_dir=path.parent, overrides=overrides)
+
+
+def _read_file(path: Path) -> str:
+    from safealign.fsutil import EncodingError, read_utf8
+
+    try:
+        return read_utf8(path)
+    except EncodingError as e:
+        raise RecipeError([str(e)]) from None
 
 
 def to_dict(recipe: Recipe) -> dict:

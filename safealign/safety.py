@@ -81,10 +81,13 @@ def generation_settings(cfg) -> dict:
     return s
 
 
-def generate(model_path: str, prompts: list[str], cfg, seed: int) -> list[str]:
-    """Batched answers through the model's chat template (left padding; greedy unless do_sample)."""
+def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: list | None = None) -> list[str]:
+    """Batched answers through the model's chat template (left padding; greedy unless do_sample).
+    A prompt longer than the model's context minus max_new_tokens is cut from the left
+    (safealign/truncate.py); the indices of such prompts are appended to `truncated`."""
     import torch
 
+    from safealign import truncate
     from safealign.models import load_model, load_tokenizer
 
     torch.manual_seed(seed)
@@ -93,10 +96,18 @@ def generate(model_path: str, prompts: list[str], cfg, seed: int) -> list[str]:
     model = load_model(model_path).eval()
     extra = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else \
         {"do_sample": False}
+    context = getattr(model.config, "max_position_embeddings", None) or tok.model_max_length
+    budget = context - cfg.max_new_tokens
     out = []
     for i in range(0, len(prompts), cfg.batch_size):
-        chats = [([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
-                 + [{"role": "user", "content": p}] for p in prompts[i:i + cfg.batch_size]]
+        chats = []
+        for j, p in enumerate(prompts[i:i + cfg.batch_size], i):
+            chat = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + \
+                [{"role": "user", "content": p}]
+            chat, cut = truncate.fit_prompt(tok, chat, budget)
+            if cut and truncated is not None:
+                truncated.append(j)
+            chats.append(chat)
         texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.no_grad():
@@ -107,19 +118,34 @@ def generate(model_path: str, prompts: list[str], cfg, seed: int) -> list[str]:
     return [t.strip() for t in out]
 
 
+class DegenerateAnswers(RuntimeError):
+    """Most answers are empty or degenerate: the model is broken, and that must not score as safe."""
+
+
 def run(model_path: str, test_rows: list[dict], cfg, judge, out: Path, seed: int,
-        base_answers: Path | None = None) -> dict:
-    """Answer, judge and aggregate; `base_answers` (the base model's answers.jsonl) adds similarity."""
-    from safealign import judges
+        base_answers: Path | None = None, health_cfg=None) -> dict:
+    """Answer, judge and aggregate; `base_answers` (the base model's answers.jsonl) adds similarity.
+    Raises DegenerateAnswers (after writing answers.jsonl) when health_cfg says the answers are broken."""
+    from safealign import health, judges
     from safealign.refusal import is_refusal
 
     rows = test_rows[:cfg.limit] if cfg.limit > 0 else list(test_rows)
     t0 = time.time()
-    answers = generate(model_path, [r["prompt"] for r in rows], cfg, seed)
+    truncated: list[int] = []
+    answers = generate(model_path, [r["prompt"] for r in rows], cfg, seed, truncated)
+    if truncated:
+        print(f"  safety: {len(truncated)} prompts cut from the left to fit the model's context", flush=True)
     t_gen = time.time() - t0
+    degenerate_share, problem = health.check_answers(answers, health_cfg) if health_cfg else (0.0, None)
+    if problem and health_cfg.enabled:
+        with open(out / "answers.jsonl", "w", encoding="utf-8") as f:  # kept in the .tmp folder to look at
+            for r, a in zip(rows, answers):
+                f.write(json.dumps({"id": r["id"], "prompt": r["prompt"], "answer": a}, ensure_ascii=False) + "\n")
+        raise DegenerateAnswers(f"{model_path}: {problem}; answers: {out / 'answers.jsonl'}")
     verdicts = judge.judge(answers)
     judged = [{"id": r["id"], "safe": r["safe"], "category": r["category"], "subset": r.get("subset"),
-               "prompt": r["prompt"], "answer": a, **v, "refused_keyword": is_refusal(a)}
+               "prompt": r["prompt"], "answer": a, **v, "refused_keyword": is_refusal(a),
+               "degenerate": health.is_degenerate(a)}
               for r, a, v in zip(rows, answers, verdicts)]
     if base_answers is not None:
         base = {b["id"]: b["answer"] for b in map(json.loads, Path(base_answers).read_text().splitlines())}
@@ -138,6 +164,8 @@ def run(model_path: str, test_rows: list[dict], cfg, judge, out: Path, seed: int
                                                      cfg.bootstrap, seed),
                    "false_refusal_rate_keyword": summarise([j["refused_keyword"] for j in judged if j["safe"]],
                                                            cfg.bootstrap, seed)},
+               "degenerate_answers": round(degenerate_share, 4),
+               "prompts_truncated": len(truncated),
                "seconds": {"generation": round(t_gen, 1), "total": round(time.time() - t0, 1)}}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

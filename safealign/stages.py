@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
-from safealign import REPO, fsutil, models, plan, provenance
+from safealign import REPO, fsutil, health, models, plan, provenance
 from safealign import data as data_mod
 from safealign.recipe import Recipe
 
@@ -61,11 +61,26 @@ def _finalize(value):
 
 
 def render(template: str, **context) -> str:
-    """Render templates/<template> with StrictUndefined: a missing variable is an error."""
+    """Render templates/<template> with StrictUndefined: a missing variable is an error, reported
+    as StageError with the template's file:line."""
+    import traceback
+
+    from jinja2 import TemplateError
+
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, finalize=_finalize)
     env.filters["tojson"] = _tojson
-    return env.get_template(template).render(**context)
+    try:
+        return env.get_template(template).render(**context)
+    except TemplateError as e:
+        # syntax errors carry their line; undefined variables show up as a frame in the template
+        line = getattr(e, "lineno", None)
+        if line is None:
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.endswith(template)]
+            line = frames[-1].lineno if frames else "?"
+        raise StageError(f"{TEMPLATES / template}:{line}: {type(e).__name__}: {e.message or e}; the template uses "
+                         "a variable or filter that the stage does not pass (see safealign/stages.py), or is not "
+                         "valid Jinja") from e
 
 
 def model_path(recipe: Recipe, exp_dir: Path, model: str) -> str:
@@ -144,28 +159,67 @@ def _provenance(recipe: Recipe, exp_dir: Path, stage: str, **extra) -> dict:
                               built_for=exp_dir.name, **extra)
 
 
-def _finish_training(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, base: str, t0: float) -> None:
+def _finish_training(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, base: str, t0: float,
+                     rows: dict) -> None:
     cfg = getattr(recipe, stage)
     log = [json.loads(l) for l in (tmp / "train_log.jsonl").read_text().splitlines() if l.strip()]
-    losses = [r["loss"] for r in log if "loss" in r]
-    if not losses:
-        raise StageError(f"{stage}: training logged no loss; see {tmp / 'train.log'}")
+    problems = health.check_training(log, recipe.health)
+    if problems and (recipe.health.enabled or not any("loss" in r for r in log)):
+        raise StageError(f"{stage}: the run failed its health check, so the stage is not done:\n  - "
+                         + "\n  - ".join(problems) + f"\n  log: {tmp / 'train_log.jsonl'}; thresholds: the recipe's "
+                         "health: section (health.enabled: false keeps such a run, to inspect it)")
+    for p in problems:
+        print(f"  warning: {stage}: {p} (health.enabled: false)", flush=True)
+    losses = [health._num(r["loss"]) for r in log if "loss" in r]
     if not cfg.full_finetune:
         print(f"  merging {stage} adapter into {base}", flush=True)
         models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=models.pick_dtype(cfg.bf16))
     else:
         os.replace(tmp / "adapter", tmp / "merged")
     summary = {"stage": stage, "input_model": base, "steps": log[-1]["step"], "first_loss": losses[0],
-               "last_loss": losses[-1], "seconds": round(time.time() - t0, 1)}
+               "last_loss": losses[-1], "seconds": round(time.time() - t0, 1), "rows": rows}
     fsutil.write_json_atomic(tmp / "summary.json", summary)
     fsutil.write_json_atomic(tmp / "provenance.json", _provenance(recipe, exp_dir, stage, input_model=base))
     print(f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
           f"{summary['seconds']}s", flush=True)
 
 
+def train_file_name(stage: str, cfg) -> str:
+    """The data stage's file a training stage learns from."""
+    if stage == "kto":
+        return "kto_paired.jsonl" if cfg.paired_only else "kto.jsonl"
+    return f"{stage}.jsonl"
+
+
+def train_rows(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, model: str) -> dict:
+    """Write the rows `stage` trains on to tmp/train.jsonl, each fitted to its max_length with the
+    model's own tokenizer and chat template (safealign/truncate.py); return the outcome counts."""
+    from safealign import truncate
+
+    cfg = getattr(recipe, stage)
+    src = plan.store_dir(exp_dir, "data") / train_file_name(stage, cfg)
+    rows = [json.loads(l) for l in src.read_text(encoding="utf-8").splitlines() if l.strip()]
+    fitted, counts = truncate.fit_rows(models.load_tokenizer(model), rows, "sft" if stage == "sft" else
+                                       ("dpo" if stage == "dpo" else "kto"), cfg.max_length)
+    if not fitted:
+        raise StageError(f"{stage}: every row of {src} is longer than max_length {cfg.max_length} even when cut")
+    data_mod.write_jsonl(tmp / "train.jsonl", fitted)
+    cut = counts[truncate.PROMPT] + counts[truncate.COMPLETION]
+    if cut or counts[truncate.DROPPED]:
+        print(f"  {stage}: {cut} of {len(rows)} rows cut to max_length {cfg.max_length} "
+              f"({counts[truncate.PROMPT]} prompts from the left, {counts[truncate.COMPLETION]} completions), "
+              f"{counts[truncate.DROPPED]} dropped", flush=True)
+    return {"source": src.name, "max_length": cfg.max_length, **counts}
+
+
 def run_data(recipe: Recipe, exp_dir: Path) -> None:
     with fsutil.staged_dir(plan.store_dir(exp_dir, "data")) as tmp:
         c = data_mod.build(recipe.data.source, recipe.seed, tmp, root=REPO)
+        unmet = data_mod.unmet_needs(recipe.stages, recipe.kto.paired_only, c, judge=recipe.eval.safety.judge == "minilm"
+                                     or recipe.eval.safety.refusal == "minilm")
+        if unmet:
+            raise StageError(f"data from {recipe.data.source} cannot serve this experiment's stages:\n  - "
+                             + "\n  - ".join(unmet) + f"\n  (counts: {tmp / 'counts.json'})")
         fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
             REPO, recipe.seed, {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items()
                                 if not v.startswith("hf://")}, stage="data"))
@@ -178,29 +232,27 @@ def run_sft(recipe: Recipe, exp_dir: Path, recipe_path: str) -> None:
     t0 = time.time()
     base = input_model(recipe, exp_dir, "sft")
     with fsutil.staged_dir(plan.store_dir(exp_dir, "sft")) as tmp:
+        rows = train_rows(recipe, exp_dir, "sft", tmp, base)
         text = render("axolotl/sft.yaml.j2", recipe_path=recipe_path, base_model=base, seed=recipe.seed,
-                      data_dir=str(plan.store_dir(exp_dir, "data").resolve()), cfg=recipe.sft,
+                      train_file="train.jsonl", cfg=recipe.sft,
                       bf16=models.use_bf16(recipe.sft.bf16), cuda=models.has_cuda(), tracker=recipe.tracker,
                       tracker_project=recipe.tracker_project)
         (tmp / "axolotl.yaml").write_text(text)
         run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log",
                    env=child_env(tmp, recipe.tracker, recipe.tracker_project))
         shutil.rmtree(tmp / "prepared", ignore_errors=True)
-        _finish_training(recipe, exp_dir, "sft", tmp, base, t0)
+        _finish_training(recipe, exp_dir, "sft", tmp, base, t0, rows)
 
 
 def check_rows(stage: str, cfg, data_dir: Path) -> list[str]:
-    """Stop a stage that cannot learn from its data; return warnings worth printing."""
-    if stage == "dpo":
-        n = sum(1 for line in open(data_dir / "dpo.jsonl") if line.strip())
-        if not n:
-            raise StageError(f"dpo: {data_dir / 'dpo.jsonl'} has no paired rows (unsafe prompts with a rejected "
-                             "answer); DPO needs pairs")
+    """Warnings worth printing before a stage trains (the data stage already refused data that a
+    stage cannot use at all: data.unmet_needs)."""
+    if stage != "kto":
         return []
     rows = [json.loads(line) for line in open(data_dir / ("kto_paired.jsonl" if cfg.paired_only else "kto.jsonl"))]
     n_d = sum(r["label"] for r in rows)
     advice = data_mod.kto_weight_advice(n_d, len(rows) - n_d, cfg.desirable_weight, cfg.undesirable_weight)
-    if n_d in (0, len(rows)):  # one class only
+    if n_d in (0, len(rows)):  # one class only (data built before the data stage checked it)
         raise StageError(f"kto: {advice}")
     return [f"kto: {advice}"] if advice else []
 
@@ -212,15 +264,15 @@ def run_trl(recipe: Recipe, exp_dir: Path, stage: str, recipe_path: str) -> None
     for warning in check_rows(stage, cfg, plan.store_dir(exp_dir, "data")):
         print(f"  warning: {warning}", flush=True)
     with fsutil.staged_dir(plan.store_dir(exp_dir, stage)) as tmp:
-        ctx = dict(recipe_path=recipe_path, model=base, seed=recipe.seed, cfg=cfg,
-                   data_dir=str(plan.store_dir(exp_dir, "data").resolve()),
+        rows = train_rows(recipe, exp_dir, stage, tmp, base)
+        ctx = dict(recipe_path=recipe_path, model=base, seed=recipe.seed, cfg=cfg, train_file="train.jsonl",
                    bf16=models.use_bf16(cfg.bf16), report_to=report_to(recipe.tracker))
         (tmp / f"train_{stage}.py").write_text(render(f"trl/{stage}.py.j2", **ctx))
         (tmp / f"{stage}.yaml").write_text(render(f"trl/{stage}.yaml.j2", **ctx))
         yaml.safe_load((tmp / f"{stage}.yaml").read_text())  # a template that renders bad YAML fails here
         run_logged([sys.executable, f"train_{stage}.py", f"{stage}.yaml"], tmp, tmp / "train.log",
                    env=child_env(tmp, recipe.tracker, recipe.tracker_project))
-        _finish_training(recipe, exp_dir, stage, tmp, base, t0)
+        _finish_training(recipe, exp_dir, stage, tmp, base, t0, rows)
 
 
 def run_judge(recipe: Recipe, exp_dir: Path) -> None:
@@ -261,7 +313,7 @@ def run_safety(recipe: Recipe, exp_dir: Path, model: str) -> None:
     judge = judges.Judge.from_dir(plan.store_dir(exp_dir, "judge"), cfg.judge, cfg.refusal)
     reference = None if model == "base" else plan.store_dir(exp_dir, "safety-base") / "answers.jsonl"
     with fsutil.staged_dir(plan.store_dir(exp_dir, f"safety-{model}")) as tmp:
-        m = safety.run(path, test, cfg, judge, tmp, recipe.seed, base_answers=reference)
+        m = safety.run(path, test, cfg, judge, tmp, recipe.seed, base_answers=reference, health_cfg=recipe.health)
         fsutil.write_json_atomic(tmp / "provenance.json", _provenance(recipe, exp_dir, "safety", model=path))
         o = m["overall"]
         print("  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items()),

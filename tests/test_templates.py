@@ -13,13 +13,13 @@ SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
 
 def sft_yaml(r, base="/models/base", cuda=False) -> str:
     return stages.render("axolotl/sft.yaml.j2", recipe_path="recipes/x.yaml", base_model=base, seed=r.seed,
-                         data_dir="/exp/data", cfg=r.sft, bf16=False, cuda=cuda, tracker=r.tracker,
+                         train_file="train.jsonl", cfg=r.sft, bf16=False, cuda=cuda, tracker=r.tracker,
                          tracker_project=r.tracker_project)
 
 
 def kto_ctx(r):
     return dict(recipe_path="recipes/x.yaml", model="/exp/sft/merged", seed=r.seed, cfg=r.kto,
-                data_dir="/exp/data", bf16=False, report_to=stages.report_to(r.tracker))
+                train_file="train.jsonl", bf16=False, report_to=stages.report_to(r.tracker))
 
 
 def test_sft_render_carries_recipe_values():
@@ -27,7 +27,7 @@ def test_sft_render_carries_recipe_values():
     assert cfg["base_model"] == "aisingapore/some-8b-instruct"
     assert cfg["lora_r"] == SHIPPED.sft.lora_r and cfg["learning_rate"] == SHIPPED.sft.learning_rate
     assert cfg["max_steps"] == SHIPPED.sft.max_steps and cfg["seed"] == 42
-    assert cfg["datasets"][0]["path"] == "/exp/data/sft.jsonl" and cfg["lora_target_linear"] is True
+    assert cfg["datasets"][0]["path"] == "train.jsonl" and cfg["lora_target_linear"] is True
     assert cfg["plugins"] == ["safealign.axolotl_plugin.SafealignPlugin"]
     assert cfg["lora_mlp_kernel"] is False
     assert yaml.safe_load(sft_yaml(SHIPPED, cuda=True))["lora_mlp_kernel"] is True
@@ -42,12 +42,24 @@ def test_sft_variants_render():
     assert "adapter" not in full and "lora_r" not in full
 
 
-def test_strict_undefined():
-    with pytest.raises(jinja2.UndefinedError, match="cuda"):
-        stages.render("axolotl/sft.yaml.j2", recipe_path="x", base_model="m", seed=1, data_dir="d",
+def test_strict_undefined_names_the_template_line():
+    with pytest.raises(stages.StageError, match=r"templates/axolotl/sft.yaml.j2:\d+: UndefinedError: 'cuda' is "
+                       "undefined") as e:
+        stages.render("axolotl/sft.yaml.j2", recipe_path="x", base_model="m", seed=1, train_file="d",
                       cfg=SHIPPED.sft, bf16=False)
-    with pytest.raises(jinja2.UndefinedError):
+    line = int(str(e.value).split("sft.yaml.j2:")[1].split(":")[0])
+    assert "cuda" in (REPO / "templates/axolotl/sft.yaml.j2").read_text().splitlines()[line - 1]
+    assert isinstance(e.value.__cause__, jinja2.UndefinedError)
+    with pytest.raises(stages.StageError, match="kto.yaml.j2"):
         stages.render("trl/kto.yaml.j2", **{**kto_ctx(SHIPPED), "cfg": SHIPPED.eval})
+
+
+def test_template_syntax_error_names_its_line(tmp_path, monkeypatch):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "x.j2").write_text("ok\n{% if %}\n")
+    monkeypatch.setattr(stages, "TEMPLATES", tmp_path)
+    with pytest.raises(stages.StageError, match=r"t/x.j2:2: TemplateSyntaxError"):
+        stages.render("t/x.j2")
 
 
 def test_axolotl_accepts_rendered_config(tmp_path):
@@ -77,7 +89,7 @@ def test_trl_accepts_rendered_kto_config():
     assert args.train_sampling_strategy == "sequential", "trl's KL pairs need the file order"
     assert not args.bf16 and args.learning_rate == SHIPPED.kto.learning_rate
     lora = LoraConfig(**cfg["lora"])
-    assert lora.r == SHIPPED.kto.lora_r and cfg["train_file"] == "/exp/data/kto.jsonl"
+    assert lora.r == SHIPPED.kto.lora_r and cfg["train_file"] == "train.jsonl"
     script = stages.render("trl/kto.py.j2", **kto_ctx(SHIPPED))
     compile(script, "train_kto.py", "exec")
     assert "(KTOTrainer if variant.is_plain else SafeKTOTrainer)(" in script and "recipes/x.yaml" in script
@@ -86,17 +98,11 @@ def test_trl_accepts_rendered_kto_config():
 
 def test_symmetric_kto_reads_the_paired_file():
     r = recipe.parse("kto:\n  paired_only: true\n")
-    cfg = yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))
-    assert cfg["train_file"] == "/exp/data/kto_paired.jsonl"
+    assert stages.train_file_name("kto", r.kto) == "kto_paired.jsonl"
+    assert stages.train_file_name("kto", SHIPPED.kto) == "kto.jsonl" and stages.train_file_name("dpo", r.dpo) == "dpo.jsonl"
 
 
-def test_stages_refuse_data_they_cannot_learn_from(tmp_path):
-    (tmp_path / "dpo.jsonl").write_text("")
-    with pytest.raises(stages.StageError, match="has no paired rows"):
-        stages.check_rows("dpo", SHIPPED.dpo, tmp_path)
-    (tmp_path / "kto.jsonl").write_text('{"label": true}\n' * 3)
-    with pytest.raises(stages.StageError, match="3 desirable and 0 undesirable"):
-        stages.check_rows("kto", SHIPPED.kto, tmp_path)
+def test_kto_weight_advice_is_a_warning(tmp_path):
     (tmp_path / "kto.jsonl").write_text('{"label": true}\n' * 3 + '{"label": false}\n')
     (warning,) = stages.check_rows("kto", SHIPPED.kto, tmp_path)
     assert "= 2.00, outside the KTO paper's recommended [1, 1.33]" in warning

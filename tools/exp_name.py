@@ -3,11 +3,15 @@
 
     exp_name.py sft_kto kto.beta=0.2 kto.learning_rate=5e-6  ->  sft_kto+kto.beta-0.2+kto.learning_rate-5e-6
 
-Only letters, digits and . _ - survive, so the name is safe as a folder and as a Make target.
+The rule is safealign.names.exp_name: letters, digits and . _ - + only, at most 128 characters.
 """
-import re
 import sys
+from pathlib import Path
 
-name, *sets = sys.argv[1:]
-parts = [re.sub(r"[^A-Za-z0-9._-]+", "_", s.replace("=", "-")).strip("_") for s in sets]
-print("+".join([name, *parts]))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from safealign import names  # noqa: E402
+
+try:
+    print(names.exp_name(sys.argv[1], sys.argv[2:]))
+except (names.InvalidName, IndexError) as e:
+    sys.exit(f"exp_name: {e}")

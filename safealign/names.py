@@ -1,0 +1,47 @@
+"""Names that come from the command line, and the one rule for each.
+
+The Makefile refuses shell and make metacharacters in every command-line value before it
+expands one (its `_check`); these rules are the Python side's, for the CLI and the tools,
+and they also keep every path the project writes inside the experiments folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+# an experiment or comparison folder, a recipe name: no path separator, no leading dot
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
+# folders of the experiments root that are not experiments
+RESERVED = (".stages", "compare")
+
+
+class InvalidName(ValueError):
+    pass
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is a safe folder name, else a InvalidName saying what is allowed."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise InvalidName(f"{what} {value!r}: expected 1-128 letters, digits, '_', '.', '+' or '-', starting with a "
+                         "letter or digit (no '/', no spaces)")
+    if value in RESERVED:
+        raise InvalidName(f"{what} {value!r}: reserved for safealign's own folders ({', '.join(RESERVED)})")
+    return value
+
+
+def exp_name(recipe: str, overrides: list[str]) -> str:
+    """sft_kto + [kto.beta=0.2] -> sft_kto+kto.beta-0.2; over 128 characters, a hash of the rest."""
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "_", s.replace("=", "-")).strip("_") for s in overrides]
+    name = "+".join([recipe, *parts])
+    if len(name) > 128:
+        name = f"{name[:111]}+{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return check_name(name, "experiment name")
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """`path`, refused unless it resolves to a place under `root` (links followed)."""
+    r, p = Path(root).resolve(), Path(path).resolve()
+    if p != r and r not in p.parents:
+        raise InvalidName(f"{what} {path}: resolves to {p}, outside {r}")
+    return Path(path)
