@@ -22,8 +22,10 @@ CHARS_url  := $(CHARS_set)
 _rest = $(if $(2),$(call _rest,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
 _bad  = $(strip $(call _rest,$(subst $(_space),,$(value $(1))),$(CHARS_$(2))))
 _ok   = letters$(_comma) digits and $(filter-out $(_alnum),$(CHARS_$(2)))
+# non-empty when VAR holds a newline or a tab ($(strip) turns them into spaces)
+_ws   = $(filter-out $(subst $(_space),,$(value $(1))),$(subst $(_space),,$(strip $(value $(1)))))
 # $(call _check,VAR,charset,one-word|words,what): refuse VAR holding anything else
-_check = $(if $(call _bad,$(1),$(2)),$(error $(1): character(s) '$(call _bad,$(1),$(2))' not allowed in $(4) \
+_check = $(if $(call _ws,$(1)),$(error $(1): holds a newline or a tab; $(4) has neither))$(if $(call _bad,$(1),$(2)),$(error $(1): character(s) '$(call _bad,$(1),$(2))' not allowed in $(4) \
   (allowed: $(call _ok,$(1),$(2)))))$(if $(filter one-word,$(3)),$(if $(filter-out 0 1,$(words $(value $(1)))),$(error \
   $(1): '$(value $(1))' has spaces; $(4) is one word)))$(if $(filter name,$(2)),$(if $(filter .%,$(value $(1))),$(error \
   $(1): '$(value $(1))' starts with a dot; $(4) starts with a letter or digit)))
@@ -128,6 +130,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 endif
 
+# The stage rules need stages.mk; until make has (re)made it, they are left out.
+ifneq ($(DIR_data),)
 $(DIR_data)/.done: $(DATA_DEP) $(CODE_data) | $(VENV_STAMP)
 	@$(SA) stage data --exp $(EXP)
 
@@ -137,10 +141,6 @@ $(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*
 	@$(SA) stage $(1) --exp $(EXP)
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
-
-.PHONY: exp
-exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=... overrides keys)
-	@echo "[$(EXP_NAME)] done: $(EXP)/ (report: $(EXP)/report.md)"; cat $(EXP)/eval/summary.md
 
 # Evaluation stages, one per evaluated model (EVAL_MODELS: base and the stages), also in the
 # store: the base model's results are shared by every experiment on that base.
@@ -159,6 +159,12 @@ $(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m))))
 EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
 # an interrupted make deletes a target whose mtime moved: here that is another process's stamp
 .PRECIOUS: $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL)
+endif
+
+.PHONY: exp
+exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=... overrides keys)
+	@echo "[$(EXP_NAME)] done: $(EXP)/ (report: $(EXP)/report.md)"; cat $(EXP)/eval/summary.md
+
 $(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(CODE_eval) | $(VENV_STAMP)
 	@$(SA) stage eval --exp $(EXP)
 

@@ -120,8 +120,10 @@ def cmd_status(a) -> int:
                 q = subprocess.run(["make", "-q", "--no-print-directory", f"{d}/.done", *make_args],
                                    capture_output=True, text=True)
                 state = "done" if q.returncode == 0 else "stale"
+            elif fsutil.is_locked(d):
+                state = "running (another process holds its lock)"
             elif d.with_name(d.name + ".tmp").exists():
-                state = "failed or running (an incomplete .tmp is there; the next make starts it over)"
+                state = "failed (an incomplete .tmp is there; the next make starts it over)"
             else:
                 state = "not run"
             others = [n for n in users.get(d.name, []) if n != e.name] if stage != "eval" else []

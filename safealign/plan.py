@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from safealign import REPO, codedeps, fsutil, models
+from safealign import REPO, codedeps, fsutil, models, names
 from safealign import recipe as recipe_mod
 
 STORE = ".stages"
@@ -157,6 +157,8 @@ def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> 
     recipe in history/ and says what changed.
     """
     r = recipe_mod.load(Path(recipe_file), overrides)
+    names.check_name(exp.name, "experiment name")
+    names.inside(exp.parent, exp, "experiment folder")  # a link to elsewhere is refused
     parent = recipe_mod.parent_of(Path(recipe_file))
     p = plan(r)
     resolved = {"name": exp.name, "recipe_file": recipe_file, "extends": str(parent) if parent else None,

@@ -170,8 +170,12 @@ def build(exp: Path) -> Path:
     for s in stages:
         sm = _stage_json(exp, s, "summary.json")
         if sm:
+            rows = sm.get("rows") or {}
+            fitted = (f"{rows.get('prompt_truncated', 0) + rows.get('completion_truncated', 0)} / "
+                      f"{rows.get('dropped', 0)} of {sum(rows.get(k, 0) for k in ('kept', 'prompt_truncated', 'completion_truncated', 'dropped'))}"
+                      if rows else "")
             timing.append([s, f"`{plan.store_dir(exp, s).name}`", f"{sm['seconds']:.1f}", str(sm["steps"]),
-                           f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}"])
+                           f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}", fitted])
     planned = json.loads((exp / "stages.json").read_text())
     for m in plan.eval_models(plan.load_resolved(exp)):
         for kind, name in (("leaderboard", "table.json"), ("safety", "metrics.json")):
@@ -180,10 +184,13 @@ def build(exp: Path) -> Path:
             d = _stage_json(exp, f"{kind}-{m}", name)
             if d:
                 secs = d["seconds"]["total"] if isinstance(d["seconds"], dict) else d["seconds"]
-                timing.append([f"{kind} ({m})", f"`{planned[f'{kind}-{m}']['dir']}`", f"{secs:.1f}", "", ""])
+                cut = d.get("prompts_truncated")
+                timing.append([f"{kind} ({m})", f"`{planned[f'{kind}-{m}']['dir']}`", f"{secs:.1f}", "", "",
+                               f"{cut} prompts cut" if cut else ""])
     parts += ["## Stage timings", "", "Stages live in the shared store (`experiments/.stages/`); a stage another "
               "experiment already ran is reused, not re-timed.", "",
-              summary.md_table(["stage", "store folder", "seconds", "steps", "loss first -> last"], timing), ""]
+              summary.md_table(["stage", "store folder", "seconds", "steps", "loss first -> last",
+                                "rows cut / dropped to fit max_length"], timing), ""]
 
     parts += ["## Training curves", ""]
     for s in stages:
@@ -283,6 +290,11 @@ def comparison_table(summaries: dict[str, dict]) -> tuple[list[str], list[list[s
             cells.append(text)
         table.append([n] + cells)
     header = ["experiment"] + [f"{c[0]} {'↑' if c[2] else '↓'}" for c in cols]
+    if any(kind == "leaderboard" for _, (kind, _), _ in cols):  # fixture scores must not pass for real ones
+        header.append("leaderboard source")
+        sources = [next(iter(summaries.values())).get("leaderboard_source") if n.startswith("base") and
+                   len(bases) == 1 else summaries[n.removesuffix(" base")].get("leaderboard_source") for n in rows]
+        table = [row + [summary.source_label(src)] for row, src in zip(table, sources)]
     return header, table, {"rows": rows, "best": best}
 
 

@@ -29,7 +29,8 @@ def _read(path: Path):
 def build(recipe, exp: Path) -> dict:
     models = plan.eval_models(recipe)
     out = {"experiment": Path(exp).name, "base_model": recipe.base_model, "model_order": models, "models": {},
-           "judge": None}
+           "judge": None,
+           "leaderboard_source": recipe.eval.leaderboard.source if recipe.eval.leaderboard.enabled else None}
     for m in models:
         entry = {"stage_dirs": {}}
         if recipe.eval.leaderboard.enabled:
@@ -102,13 +103,27 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+SOURCE_NOTE = {
+    "fixtures": "**Source: offline fixtures** (`data/leaderboard_fixtures`: a few rows per task): these scores "
+                "check that the evaluation path runs; they are not a measurement and are not comparable with "
+                "leaderboard scores.",
+    "hub": "Source: the leaderboard's own datasets (hub).",
+}
+
+
+def source_label(source: str | None) -> str:
+    """Short label of where leaderboard scores came from, for tables."""
+    return {"fixtures": "fixtures (path check, not a measurement)", "hub": "hub"}.get(source or "", "-")
+
+
 def markdown(s: dict) -> str:
     parts = [f"# {s['experiment']}: evaluation", "", f"Base model: `{s['base_model']}`; columns: "
              + ", ".join(order(s)) + " (base first).", ""]
     h, rows = leaderboard_rows(s)
     if rows:
-        parts += ["## Open LLM Leaderboard v2 (lm-eval)", "", "raw: lm-eval's metric; norm: the leaderboard's "
-                  "normalisation (0 = random baseline, 100 = perfect; docs/evaluation.md).", "", md_table(h, rows), ""]
+        parts += ["## Open LLM Leaderboard v2 (lm-eval)", "", SOURCE_NOTE.get(s.get("leaderboard_source"), ""), "",
+                  "raw: lm-eval's metric; norm: the leaderboard's normalisation (0 = random baseline, 100 = perfect; "
+                  "docs/evaluation.md).", "", md_table(h, rows), ""]
     h, rows = safety_rows(s)
     parts += ["## Safety (held-out prompts)", "", "Rates in %, with bootstrap 95% intervals; similarity is cosine "
               "(MiniLM) to the base model's answer.", "", md_table(h, rows), ""]

@@ -148,3 +148,55 @@ def test_kto_weight_advice():
     assert "undesirable_weight in [1.40, 1.87]" in msg and "desirable_weight in [0.53, 0.71]" in msg
     assert data.kto_weight_advice(217, 217, 1.0, 1.0) is None
     assert "nothing to contrast" in data.kto_weight_advice(10, 0, 1.0, 1.0)
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(ROW) + "\n").encode() + (json.dumps({**ROW, "id": "b"}) + "\r\n").encode())
+    assert [r["id"] for r in data.read_jsonl(p)] == ["a", "b"]
+
+
+def test_invalid_utf8_names_file_line_and_byte(tmp_path):
+    p = tmp_path / "train.jsonl"
+    first = (json.dumps(ROW) + "\n").encode()
+    p.write_bytes(first + b'{"id": "b\xff\xfe", "prompt": "x"}\n')
+    with pytest.raises(DataError) as e:
+        data.read_jsonl(p)
+    assert str(e.value).startswith(f"{p}:2: not valid UTF-8 at byte offset {len(first) + 9} (line 2, byte 10 ")
+    assert "UnicodeDecodeError" not in str(e.value)
+
+
+def counts_for(train_rows, test_rows=(ROW,)):
+    stage_rows = data.build_stage_rows(list(train_rows), 0)
+    return data.counts({"train": list(train_rows), "test": list(test_rows)}, stage_rows)
+
+
+SAFE = {"id": "s", "prompt": "where to eat", "safe": True, "category": "food", "chosen": "Try the hawker centre."}
+
+
+def test_unmet_needs_are_found_before_training():
+    only_safe = counts_for([SAFE, {**SAFE, "id": "s2"}])
+    needs = data.unmet_needs(["sft", "dpo"], False, only_safe)
+    assert any(n.startswith("dpo: no paired rows") for n in needs)
+    assert any(n.startswith("judge: the train split has no unsafe rows") for n in needs)
+    assert any(n.startswith("kto: 2 desirable and 0 undesirable") for n in data.unmet_needs(["kto"], False, only_safe))
+    assert data.unmet_needs(["sft"], False, only_safe, judge=False) == []
+    both = counts_for([SAFE, ROW])
+    assert data.unmet_needs(["sft", "kto", "dpo"], False, both) == []
+    paired_only = counts_for([SAFE])  # symmetric KTO reads unsafe rows only
+    assert any("kto (paired_only): 0 desirable" in n for n in data.unmet_needs(["kto"], True, paired_only, judge=False))
+
+
+def test_data_stage_refuses_data_a_planned_stage_cannot_use(tmp_path):
+    """sft_dpo on data without unsafe rows stops at the data stage: SFT never starts."""
+    src = tmp_path / "safe_only"
+    src.mkdir()
+    (src / "train.jsonl").write_text("".join(json.dumps({**SAFE, "id": f"s{i}"}) + "\n" for i in range(6)))
+    (src / "test.jsonl").write_text(json.dumps({**SAFE, "id": "t"}) + "\n")
+    root = tmp_path / "experiments"
+    r = subprocess.run(["make", "--no-print-directory", "exp", "NAME=sft_dpo", f"EXPERIMENTS={root}",
+                        f"SET=data.source={src}", "EXP_NAME=x"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "cannot serve this experiment's stages" in r.stderr and "dpo: no paired rows" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "sft: start" not in r.stdout
+    assert not list((root / ".stages").glob("*/.done")), "nothing may look finished"

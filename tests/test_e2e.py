@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +72,21 @@ def test_folder_holds_everything(exp):
     prov = json.loads((exp / "kto" / "provenance.json").read_text())
     assert prov["seed"] == 42 and prov["versions"]["trl"] == "1.9.0" and prov["versions"]["axolotl"] == "0.19.0"
     assert set(prov["git"]) == {"commit", "dirty"} and prov["data_sha256"]["kto.jsonl"]
-    assert "StrictUndefined" not in (exp / "sft" / "axolotl.yaml").read_text()
+
+
+
+def test_rendered_configs_are_exactly_the_templates_output(exp):
+    """The stage folder's config is what the template renders from the resolved recipe, no more."""
+    from safealign import models, plan, stages
+
+    r = plan.load_resolved(exp)
+    rfile = yaml.safe_load((exp / "recipe.yaml").read_text())["recipe_file"]
+    text = stages.render("axolotl/sft.yaml.j2", recipe_path=rfile, base_model=models.resolve(r.base_model),
+                         seed=r.seed, train_file="train.jsonl", cfg=r.sft, bf16=models.use_bf16(r.sft.bf16),
+                         cuda=models.has_cuda(), tracker=r.tracker, tracker_project=r.tracker_project)
+    assert (exp / "sft" / "axolotl.yaml").read_text() == text
+    rows = json.loads((exp / "sft" / "summary.json").read_text())["rows"]
+    assert rows["kept"] == sum(1 for _ in open(exp / "data" / "sft.jsonl")) and rows["dropped"] == 0
 
 
 @pytest.mark.parametrize("stage", ["sft", "kto"])
@@ -196,3 +211,49 @@ def test_killed_stage_is_never_done_and_rerun_is_deterministic(root, exp, tmp_pa
     assert not tmp_sft.exists()
     for stage in ("sft", "kto"):
         assert losses(copy / stage) == losses(exp / stage), f"{stage}: same seed, different loss log"
+
+
+@pytest.mark.parametrize("stage,input_dir", [("sft", None), ("kto", "sft/merged")])
+def test_merged_model_computes_what_base_plus_adapter_computes(exp, stage, input_dir):
+    """The merge folds the adapter in exactly: same logits on a fixed batch (as torchtune checks)."""
+    from peft import PeftModel
+
+    from safealign import models
+
+    base = str(exp / input_dir) if input_dir else str(Path(os.environ["SAFEALIGN_CACHE"]) / "models" / "tiny-local")
+    tok = models.load_tokenizer(base)
+    batch = tok(["Where to eat chicken rice in Toa Payoh?", "How to hack my neighbour's wifi lah"],
+                return_tensors="pt", padding=True)
+    adapted = PeftModel.from_pretrained(models.load_model(base, device="cpu"), str(exp / stage / "adapter")).eval()
+    merged = models.load_model(str(exp / stage / "merged"), device="cpu").eval()
+    plain = models.load_model(base, device="cpu").eval()
+    with torch.no_grad():
+        a, m, p = (mod(**batch).logits for mod in (adapted, merged, plain))
+    assert torch.allclose(a, m, atol=1e-4), (a - m).abs().max()
+    assert not torch.allclose(m, p, atol=1e-3), "the adapter must change the logits"
+
+
+def test_code_prerequisites_follow_the_imports(root):
+    """An edit reruns exactly the stages whose code it touches (CODE_<stage>, safealign/codedeps.py)."""
+    def rerun(path):
+        return sorted(ran(make("-n", "-W", path, "exp", "NAME=sft_kto", f"EXPERIMENTS={root}").stdout))
+
+    evals = ["leaderboard-kto", "safety-kto"]
+    assert rerun("safealign/losses.py") == ["eval", "kto", *evals]  # KTO's loss: not SFT, not DPO
+    assert rerun("safealign/refusal.py") == ["eval", "judge", "safety-base", "safety-kto", "safety-sft"]
+    assert set(rerun("safealign/models.py")) >= {"sft", "kto", "judge", "safety-base", "leaderboard-base"}
+    assert rerun("safealign/report.py") == []
+    assert rerun("safealign/summary.py") == ["eval"]
+
+
+def test_numerically_failed_training_is_not_done(root):
+    """sft.learning_rate=1e6 saturates the model: the health check fails the stage, naming the metric."""
+    r = make("exp", "NAME=sft", "SET=sft.learning_rate=1e6 sft.max_steps=10", "EXP_NAME=diverged",
+             f"EXPERIMENTS={root}", check=False)
+    assert r.returncode != 0
+    assert "sft: the run failed its health check, so the stage is not done" in r.stderr, r.stderr[-3000:]
+    assert "loss did not fall" in r.stderr or "grad_norm is 0" in r.stderr or "not finite" in r.stderr
+    assert "Traceback" not in r.stderr
+    sft = store(root / "diverged", "sft")
+    assert not (sft / ".done").exists() and (Path(f"{sft}.tmp") / "train_log.jsonl").exists()
+    assert not (root / "diverged" / "eval").exists()

@@ -79,6 +79,16 @@ def test_same_loss_on_same_batch(setup, tmp_path, peft, precompute):
     for key in ("kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
         assert mb[key] == pytest.approx(ma[key], abs=1e-6), key
     assert any(abs(ma[k]) > 1e-4 for k in ("rewards/chosen", "rewards/rejected")), "degenerate test batch"
+    assert "nll_loss" not in mb, "nll_alpha 0: the trainer adds no NLL term"
+
+
+def test_nll_alpha_zero_is_the_plain_loss_even_with_the_nll_path_on(setup, tmp_path):
+    """SafeKTOTrainer at nll_alpha 0 with another switch on: same loss as that switch alone."""
+    _, a = trainers(setup, tmp_path / "a", peft=True, variant=KTOVariant(length_normalize=True, nll_alpha=0.0))
+    _, b = trainers(setup, tmp_path / "b", peft=True, variant=KTOVariant(length_normalize=True, nll_alpha=1e-3))
+    (la, ma), (lb, mb) = first_batch_loss(a), first_batch_loss(b)
+    assert "nll_loss" not in ma and mb["nll_loss"] > 0
+    assert lb == pytest.approx(la + 1e-3 * mb["nll_loss"], abs=1e-6) and lb != la
 
 
 def test_same_first_three_steps(setup, tmp_path):

@@ -90,10 +90,3 @@ def test_nll_is_per_sequence_mean_over_desirable_rows():
     assert losses.desirable_nll(lp, mask, labels).item() == pytest.approx((2.0 + 2.0) / 2)
     zero = losses.desirable_nll(lp.requires_grad_(), mask, torch.tensor([False, False, False]))
     assert zero.item() == 0.0 and zero.requires_grad
-
-
-def test_alpha_zero_reproduces_base_loss():
-    r = torch.tensor([0.4, -0.2])
-    base = losses.kto_losses(r[:1], r[1:], torch.tensor(0.1), B).nanmean()
-    lp, mask, labels = torch.randn(2, 3), torch.ones(2, 3), torch.tensor([True, False])
-    assert torch.equal(base + 0.0 * losses.desirable_nll(lp, mask, labels), base)

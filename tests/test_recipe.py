@@ -56,6 +56,26 @@ def test_unknown_top_level_key():
     ("seed: [1\n", "r.yaml:2: not valid YAML"),
     ("dpo:\n  loss_type: [sigmoid, ipoo]\n", "r.yaml:2: dpo.loss_type: entry 2 'ipoo' is not a trl DPO loss (did you mean 'ipo'?)"),
     ("dpo:\n  label_smoothing: 0.7\n", "r.yaml:2: dpo.label_smoothing: must be in [0, 0.5), got 0.7"),
+    # numeric ranges, wherever the field sits (recipe.RANGES)
+    ("kto:\n  beta: -0.1\n", "r.yaml:2: kto.beta: must be > 0 (beta <= 0 removes or inverts the KL constraint)"),
+    ("dpo:\n  beta: 0\n", "r.yaml:2: dpo.beta: must be > 0"),
+    ("kto:\n  undesirable_weight: 0\n", "r.yaml:2: kto.undesirable_weight: must be > 0, got 0"),
+    ("kto:\n  nll_alpha: -1\n", "kto.nll_alpha: must be >= 0, got -1"),
+    ("sft:\n  lora_dropout: 1.0\n", "sft.lora_dropout: must be in [0, 1), got 1.0"),
+    ("sft:\n  learning_rate: .nan\n", "sft.learning_rate: must be > 0, got nan"),
+    ("sft:\n  learning_rate: .inf\n", "sft.learning_rate: must be > 0, got inf"),
+    ("sft:\n  max_steps: 0\n", "sft.max_steps: must be -1 (use num_epochs) or > 0, got 0"),
+    ("sft:\n  gradient_accumulation_steps: 0\n", "sft.gradient_accumulation_steps: must be >= 1"),
+    ("eval:\n  safety:\n    top_p: 1.5\n", "r.yaml:3: eval.safety.top_p: must be in (0, 1], got 1.5"),
+    ("eval:\n  safety:\n    temperature: 0\n", "eval.safety.temperature: must be > 0"),
+    ("eval:\n  leaderboard:\n    tasks:\n      bbh: {limit: -2}\n", "r.yaml:4: eval.leaderboard.tasks.bbh.limit: must be"),
+    ("dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0, -1]\n", "dpo.loss_weights: entry 2 must be a number > 0"),
+    ("seed: -3\n", "r.yaml:1: seed: must be a non-negative integer, got -3"),
+    ("stages: [sft, {kto: 1}]\n", "stage 2 {'kto': 1} is not a stage kind"),
+    # trl needs a per-device batch of 2 for KTO: accumulation does not count
+    ("kto:\n  micro_batch_size: 1\n  gradient_accumulation_steps: 8\n",
+     "r.yaml:2: kto.micro_batch_size: KTO estimates its KL reference point from mismatched pairs within each "
+     "device's batch; trl needs micro_batch_size >= 2 (gradient accumulation does not count), got 1"),
 ])
 def test_bad_recipes_give_specific_messages(text, expect):
     msgs = problems(text)
@@ -189,3 +209,14 @@ def test_extending_recipe_reruns_when_parent_changes(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "RECIPE_PARENT := recipes/sft_kto.yaml" in (exp / "stages.mk").read_text()
     assert '"signed_kl": true' in (exp / "config" / "kto.json").read_text()
+
+
+def test_recipe_encodings(tmp_path):
+    good = tmp_path / "bom.yaml"
+    good.write_bytes(b"\xef\xbb\xbfseed: 7\n")
+    assert recipe.load(good).seed == 7  # a byte-order mark is fine
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"seed: 7\ndescription: caf\xe9\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml:2: not valid UTF-8 at byte offset 24 \(line 2, byte 17 of "
+                       r"the line\)"):
+        recipe.load(bad)

@@ -129,7 +129,11 @@ def test_comparison_marks_the_best_per_column(root):
     assert rows["sft_kto"][0] == "**10.0**" and rows["sft"][0] == "30.0" and rows["base (tiny-local)"][0] == "80.0"
     assert rows["sft_kto"][1] == "**90.0**"
     assert rows["sft_dpo"][2] == "**5.0**" and rows["sft_dpo"][3] == "**0.900**"
-    assert rows["sft_kto"][-1] == f"**{(10 + 2) + 2.5:.1f}**"
+    assert rows["sft_kto"][-2] == f"**{(10 + 2) + 2.5:.1f}**"
+    # the shipped recipes score on offline fixtures: every row says so, and so does each summary page
+    assert table["header"][-1] == "leaderboard source"
+    assert {r[-1] for r in rows.values()} == {"fixtures (path check, not a measurement)"}
+    assert "**Source: offline fixtures**" in (root / "sft_kto" / "eval" / "summary.md").read_text()
     assert "| experiment | toxicity % ↓ | refusal % ↑ |" in page
     for f in ("kl.png", "rewards_desirable.png", "rewards_undesirable.png", "loss.png", "sft_loss.png"):
         assert f"]({f})" in page and (root / "compare" / "study" / f).read_bytes()[:4] == b"\x89PNG"

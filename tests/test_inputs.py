@@ -1,0 +1,98 @@
+"""Hostile and careless command-line values: each is refused with the variable named, and
+nothing runs and no file appears (tests/test_inputs.py; README "What is refused")."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from safealign import names, plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def hostile(canary: Path) -> list[str]:
+    c = str(canary)
+    return [f"x;touch {c}/semicolon", f"x$(shell touch {c}/make_shell)", f"x`touch {c}/backtick`",
+            f"x$$(touch {c}/dollar_paren)", f"x|touch {c}/pipe", f"x&&touch {c}/and", f"x>{c}/redirect",
+            f"x\ntouch {c}/newline", f"'x';touch {c}/quote", f'"x";touch {c}/dquote', "${HOME}", "x*", "~root"]
+
+
+NAME_ONLY = ["../escape", "..", ".hidden", "a b", "a/b"]
+# variable -> the make goal and fixed arguments it is used with
+CASES = {
+    "NAME": ["exp"],
+    "EXP_NAME": ["exp", "NAME=sft_kto"],
+    "SET": ["exp", "NAME=sft_kto"],
+    "GRID": ["sweep", "NAME=sft_kto"],
+    "NAMES": ["compare"],
+    "COMPARE": ["compare", "NAMES=sft_kto"],
+    "EXPERIMENTS": ["status"],
+    "RECIPES": ["exp", "NAME=sft_kto"],
+}
+
+
+@pytest.mark.parametrize("var", list(CASES))
+def test_hostile_values_are_refused_and_write_nothing(var, tmp_path):
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    root = tmp_path / "experiments"
+    before = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True,
+                            text=True).stdout
+    values = hostile(canary) + (NAME_ONLY if var in ("NAME", "EXP_NAME", "COMPARE") else [])
+    for value in values:
+        args = ["make", "--no-print-directory", *CASES[var], f"{var}={value}"]
+        if var != "EXPERIMENTS":
+            args.append(f"EXPERIMENTS={root}")
+        r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, f"{var}={value!r} was accepted:\n{out[-2000:]}"
+        assert f"{var}:" in out and "Stop." in out, f"{var}={value!r}: no clear refusal:\n{out[-2000:]}"
+    assert list(canary.iterdir()) == [], "a hostile value ran a command"
+    assert not root.exists(), "a refused run wrote into the experiments folder"
+    after = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True,
+                           text=True).stdout
+    assert after == before, "a refused run left a file in the repository"
+
+
+def test_legitimate_values_still_pass_the_check(tmp_path):
+    """The checks refuse by character, not by accident: real SET values get through to the recipe."""
+    r = subprocess.run(["make", "-n", "--no-print-directory", "exp", "NAME=sft_kto", f"EXPERIMENTS={tmp_path}/e",
+                        "SET=kto.beta=0.2 dpo.loss_type=[sigmoid,sft] eval.safety.judge=classifier:org/model-1.5"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "not allowed" not in r.stderr and "has spaces" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("value", ["..", ".stages", "compare", "a/b", "", "x" * 129, "-x", "a b", "a\n"])
+def test_python_side_names(value):
+    with pytest.raises(names.InvalidName):
+        names.check_name(value, "experiment name")
+
+
+def test_generated_names_are_safe_and_bounded():
+    n = names.exp_name("sft_kto", ["kto.beta=0.2", "dpo.loss_type=[sigmoid,sft]"])
+    assert n == "sft_kto+kto.beta-0.2+dpo.loss_type-_sigmoid_sft"
+    long = names.exp_name("sft_kto", [f"kto.beta=0.{i}" for i in range(40)])
+    assert len(long) <= 128 and names.NAME.match(long)
+    assert long != names.exp_name("sft_kto", [f"kto.beta=0.{i}" for i in range(41)])
+
+
+def test_resolve_refuses_an_experiment_folder_that_leads_outside(tmp_path):
+    root, outside = tmp_path / "experiments", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    (root / "sft_kto").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(names.InvalidName, match="outside"):
+        plan.resolve(str(REPO / "recipes" / "sft_kto.yaml"), root / "sft_kto")
+    assert list(outside.iterdir()) == [] and not (root / ".stages").exists()
+
+
+def test_cli_refuses_bad_names_before_writing(tmp_path):
+    env = {**os.environ}
+    for args in (["resolve", "--recipe", "recipes/sft_kto.yaml", "--exp", str(tmp_path / "..")],
+                 ["compare", "../x", "--experiments", str(tmp_path)],
+                 ["compare", "sft_kto", "--experiments", str(tmp_path), "--out", "../../x"]):
+        r = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "safealign", *args], cwd=REPO,
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 1 and "expected 1-128 letters" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
