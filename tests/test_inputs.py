@@ -96,3 +96,21 @@ def test_cli_refuses_bad_names_before_writing(tmp_path):
                            capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 1 and "expected 1-128 letters" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_hub_model_is_one_paragraph_naming_the_key(tmp_path):
+    py = str(REPO / ".venv" / "bin" / "python")
+    exp = tmp_path / "experiments" / "hub"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    r = subprocess.run([py, "-m", "safealign", "resolve", "--recipe", "recipes/sft_kto.yaml", "--exp", str(exp),
+                        "--set", "base_model=aisingapore/not-in-this-cache"], cwd=REPO, capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    cmd = [py, "-m", "safealign", "stage", "safety", "--model", "base", "--exp", str(exp)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "error: base_model: aisingapore/not-in-this-cache is not in the local Hugging Face cache and " \
+           "HF_HUB_OFFLINE=1 forbids downloading it." in r.stderr and "SAFEALIGN_DEBUG=1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**env, "SAFEALIGN_DEBUG": "1"}, timeout=120)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ModelUnavailable" in r.stderr
