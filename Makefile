@@ -135,9 +135,9 @@ ifneq ($(DIR_data),)
 $(DIR_data)/.done: $(DATA_DEP) $(CODE_data) | $(VENV_STAMP)
 	@$(SA) stage data --exp $(EXP)
 
-# One rule per training stage; its templates are templates/<tool>/<stage>.*.j2.
+# One rule per training stage (a kind of safealign/kinds.py); CODE_<stage> lists its templates and code.
 define TRAIN_RULE
-$(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(wildcard templates/*/$(1).*.j2) $(CODE_$(1)) | $(VENV_STAMP)
+$(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(CODE_$(1)) | $(VENV_STAMP)
 	@$(SA) stage $(1) --exp $(EXP)
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
@@ -165,8 +165,9 @@ endif
 exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=... overrides keys)
 	@echo "[$(EXP_NAME)] done: $(EXP)/ (report: $(EXP)/report.md)"; cat $(EXP)/eval/summary.md
 
-$(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(CODE_eval) | $(VENV_STAMP)
-	@$(SA) stage eval --exp $(EXP)
+# The summary stage writes the experiment's eval/: every evaluated model, base beside aligned.
+$(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(CODE_summary) | $(VENV_STAMP)
+	@$(SA) stage summary --exp $(EXP)
 
 .PHONY: eval
 eval: $(EXP)/eval/.done ## evaluate experiment NAME: lm-eval leaderboard + safety suite, base beside aligned
@@ -212,6 +213,16 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 .PHONY: test-slow
 test-slow: $(VENV_STAMP) ## the slow tests only: every shipped recipe end to end (~35 minutes)
 	$(PY) -m pytest -q -m slow
+
+.PHONY: lint
+lint: $(VENV_STAMP) ## ruff: lint and format check of the package, tests and tools (make format fixes)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: format
+format: $(VENV_STAMP) ## ruff: fix what it can and format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 .PHONY: validate
 validate: $(VENV_STAMP) ## validate every recipe in recipes/

@@ -2,7 +2,8 @@
 
     resolve     validate recipes/<name>.yaml (+ SET overrides), write the experiment's resolved
                 recipe, stage plan, links and stages.mk (safealign/plan.py)
-    stage       run one stage of an experiment (data, sft, kto, dpo, judge, leaderboard, safety, eval)
+    stage       run one stage of an experiment (data, a training kind of safealign/kinds.py, judge,
+                leaderboard, safety, summary)
     report      write experiments/<NAME>/report.md and its plots
     compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
     status      every experiment's stages: done / stale / shared / failed / not run
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from safealign import fsutil, names, plan, recipe as recipe_mod
+from safealign import fsutil, kinds, names, plan, recipe as recipe_mod
 from safealign.recipe import RecipeError
 
 
@@ -35,41 +36,20 @@ def cmd_resolve(a) -> int:
 def cmd_stage(a) -> int:
     from safealign import stages
 
-    exp = Path(a.exp)
-    r = plan.load_resolved(exp)
-    rfile = yaml.safe_load((exp / plan.RESOLVED).read_text())["recipe_file"]
+    exp = plan.Experiment(Path(a.exp))
     t0 = time.time()
     label = f"{a.stage}-{a.model}" if a.model else a.stage
     print(f"[{exp.name}] {label}: start", flush=True)
     if a.stage in ("leaderboard", "safety") and not a.model:
         raise stages.StageError(f"stage {a.stage} needs --model (base or a stage name)")
-    target = exp / "eval" if a.stage == "eval" else plan.store_dir(exp, label)
+    target = exp.dir(label)
     with fsutil.stage_lock(target, f"[{exp.name}] {label}") as built_meanwhile:
         if built_meanwhile:
             print(f"[{exp.name}] {label}: reusing {target}, which another process built meanwhile", flush=True)
             return 0
-        _run_stage(a, r, exp, rfile)
+        stages.run(exp, a.stage, a.model)
     print(f"[{exp.name}] {label}: done in {time.time() - t0:.1f}s", flush=True)
     return 0
-
-
-def _run_stage(a, r, exp: Path, rfile: str) -> None:
-    from safealign import stages
-
-    if a.stage == "data":
-        stages.run_data(r, exp)
-    elif a.stage == "sft":
-        stages.run_sft(r, exp, rfile)
-    elif a.stage in ("kto", "dpo"):
-        stages.run_trl(r, exp, a.stage, rfile)
-    elif a.stage == "judge":
-        stages.run_judge(r, exp)
-    elif a.stage == "leaderboard":
-        stages.run_leaderboard(r, exp, a.model)
-    elif a.stage == "safety":
-        stages.run_safety(r, exp, a.model)
-    elif a.stage == "eval":
-        stages.run_eval(r, exp)
 
 
 def cmd_report(a) -> int:
@@ -115,7 +95,7 @@ def cmd_status(a) -> int:
             make_args.append("SET=" + " ".join(res["overrides"]))
         print(f"{e.name}  ({res['recipe_file']}{', SET ' + ' '.join(res['overrides']) if res.get('overrides') else ''})")
         entries = [(s, root / plan.STORE / d["dir"]) for s, d in json.loads((e / "stages.json").read_text()).items()]
-        for stage, d in entries + [("eval", e / "eval")]:
+        for stage, d in entries + [("summary", e / "eval")]:
             if fsutil.is_done(d):
                 q = subprocess.run(["make", "-q", "--no-print-directory", f"{d}/.done", *make_args],
                                    capture_output=True, text=True)
@@ -126,7 +106,7 @@ def cmd_status(a) -> int:
                 state = "failed (an incomplete .tmp is there; the next make starts it over)"
             else:
                 state = "not run"
-            others = [n for n in users.get(d.name, []) if n != e.name] if stage != "eval" else []
+            others = [n for n in users.get(d.name, []) if n != e.name] if stage != "summary" else []
             shared = f", shared with {', '.join(others)}" if others else ""
             print(f"  {stage:<18} {state}{shared}")
     return 0
@@ -177,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("resolve"); p.add_argument("--recipe", required=True); p.add_argument("--exp", required=True)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. kto.beta=0.2")
     p.set_defaults(fn=cmd_resolve)
-    p = sub.add_parser("stage"); p.add_argument("stage", choices=["data", "sft", "kto", "dpo", "judge", "leaderboard", "safety", "eval"])
+    p = sub.add_parser("stage"); p.add_argument("stage", choices=["data", *kinds.NAMES, *kinds.EVALUATION])
     p.add_argument("--exp", required=True); p.add_argument("--model", help="leaderboard/safety: base or a stage name")
     p.set_defaults(fn=cmd_stage)
     p = sub.add_parser("report"); p.add_argument("--exp", required=True); p.set_defaults(fn=cmd_report)

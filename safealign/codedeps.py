@@ -5,8 +5,8 @@ its runner in safealign/stages.py (the function, the helpers it calls and the mo
 name, also inside the functions), the safealign modules its templates name (the rendered
 scripts import them), and every module those import in turn. Modules that decide where and
 how a result is stored but not what it holds (NOT_RESULTS) are left out: a change to them
-reruns nothing, and a change to what they decide (the recipe, a stage's identity) changes
-the stage's folder instead.
+reruns nothing, and a change to what they decide (the recipe, a kind's settings, a stage's
+identity) changes the stage's folder instead.
 """
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from pathlib import Path
 from safealign import REPO
 
 PKG = REPO / "safealign"
-# stage kind -> its runner function in safealign/stages.py
-RUNNERS = {"data": "run_data", "sft": "run_sft", "kto": "run_trl", "dpo": "run_trl", "judge": "run_judge",
-           "leaderboard": "run_leaderboard", "safety": "run_safety", "eval": "run_eval"}
-NOT_RESULTS = {"__init__", "__main__", "cli", "plan", "recipe", "fsutil", "provenance", "names", "codedeps"}
+# stage kind -> its runner function in safealign/stages.py (every training kind: run_training)
+RUNNERS = {"data": "run_data", "judge": "run_judge", "leaderboard": "run_leaderboard", "safety": "run_safety",
+           "summary": "run_summary"}
+# kinds.py is the table of what each kind is: a kind's settings are part of its stages' identities,
+# and adding a kind must not rerun the stages of the others.
+NOT_RESULTS = {"__init__", "__main__", "cli", "plan", "recipe", "kinds", "fsutil", "provenance", "names", "codedeps"}
 _TEMPLATE_REF = re.compile(r"\bsafealign\.(\w+)|\bfrom safealign import ([\w, ]+)")
 
 
@@ -85,17 +87,33 @@ def _runner_modules(function: str) -> set[str]:
     return out
 
 
+def templates(kind: str) -> list[str]:
+    """The templates (repository-relative) that render a stage of `kind`: the kinds table's."""
+    from safealign import kinds
+
+    return [f"templates/{t}" for t in kinds.KINDS[kind].templates()] if kind in kinds.KINDS else []
+
+
 def _template_modules(kind: str) -> set[str]:
     out = set()
-    for t in sorted((REPO / "templates").glob(f"*/{kind}.*.j2")):
-        for a, b in _TEMPLATE_REF.findall(t.read_text(encoding="utf-8")):
+    for t in templates(kind):
+        for a, b in _TEMPLATE_REF.findall((REPO / t).read_text(encoding="utf-8")):
             out |= {a} if a else {x.strip() for x in b.split(",")}
+    from safealign import kinds
+
+    k = kinds.KINDS.get(kind)
+    for ref in (k.trainer, k.trl_config, k.variant) if k else ():  # classes the kind's script imports
+        if ref.startswith("safealign."):
+            out.add(ref.split(":")[0].split(".")[1])
     return {m for m in out if (PKG / f"{m}.py").exists()}
 
 
 def files(kind: str) -> list[str]:
     """The package files (repository-relative) that a result of stage `kind` depends on."""
+    from safealign import kinds
+
     mods = {"stages"}  # its own file, but its imports only as far as this kind's runner uses them
-    for m in _runner_modules(RUNNERS[kind]) | _template_modules(kind):
+    runner = "run_training" if kind in kinds.KINDS else RUNNERS[kind]
+    for m in _runner_modules(runner) | _template_modules(kind):
         mods |= closure(m)
     return sorted(f"safealign/{m}.py" for m in mods - NOT_RESULTS)

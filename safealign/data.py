@@ -96,14 +96,16 @@ def load_canonical(source: str, root: Path = Path(".")) -> tuple[dict[str, list[
     `source` is a local folder holding train.jsonl and test.jsonl, or an HF dataset id whose
     train and test splits follow the canonical schema.
     """
-    local = Path(source) if Path(source).is_absolute() else root / source
+    from safealign import refs
+
+    local = refs.path(source, root)
     if local.exists():
         missing = [s for s in SPLITS if not (local / f"{s}.jsonl").exists()]
         if missing:
             raise DataError(f"{local}: missing {', '.join(m + '.jsonl' for m in missing)}")
         return ({s: read_jsonl(local / f"{s}.jsonl") for s in SPLITS},
                 {s: str(local / f"{s}.jsonl") for s in SPLITS})
-    if source.startswith((".", "/")) or source.endswith(".jsonl"):
+    if refs.is_path(source, root) or source.endswith(".jsonl"):
         raise DataError(f"data.source: {source}: no such folder")
     import datasets  # a hub id: the same validation, row by row
 
@@ -208,22 +210,26 @@ def build(source: str, seed: int, out_dir: Path, root: Path = Path(".")) -> dict
     return c
 
 
-def unmet_needs(stages: list[str], kto_paired_only: bool, c: dict, judge: bool = True) -> list[str]:
-    """What the planned stages need from the built data (counts.json `c`) and it lacks; checked
-    right after the data stage, so no training starts on data a later stage cannot use."""
+def unmet_needs(recipe, c: dict) -> list[str]:
+    """What the recipe's stages need from the built data (counts.json `c`) and it lacks; checked
+    right after the data stage, so no training starts on data a later stage cannot use.
+    What each training kind needs is its `needs` in safealign/kinds.py."""
+    from safealign import kinds
+
     out = []
-    st = c["stages"]
-    if "sft" in stages and not st["sft"]["rows"]:
-        out.append("sft: no training rows")
-    if "kto" in stages:
-        k = st["kto_paired" if kto_paired_only else "kto"]
-        if not k["desirable"] or not k["undesirable"]:
-            out.append(f"kto{' (paired_only)' if kto_paired_only else ''}: {k['desirable']} desirable and "
-                       f"{k['undesirable']} undesirable rows; KTO needs both labels (unsafe prompts with a "
-                       "rejected answer give the undesirable ones)")
-    if "dpo" in stages and not st["dpo"]["rows"]:
-        out.append("dpo: no paired rows (unsafe prompts with a chosen and a rejected answer); DPO needs pairs")
-    if judge and not c["train"]["unsafe"]:
+    for stage in recipe.stages:
+        kind = kinds.get(stage)
+        f = kind.data_file(getattr(recipe, stage))
+        n = c["stages"][f.removesuffix(".jsonl")]
+        if kind.needs == "rows" and not n["rows"]:
+            out.append(f"{stage}: {f} has no rows")
+        elif kind.needs == "pairs" and not n["rows"]:
+            out.append(f"{stage}: {f} has no paired rows (unsafe prompts with a chosen and a rejected answer); "
+                       f"{kind.title} needs pairs")
+        elif kind.needs == "labels" and (not n["desirable"] or not n["undesirable"]):
+            out.append(f"{stage}: {f} has {n['desirable']} desirable and {n['undesirable']} undesirable rows; "
+                       f"{kind.title} needs both labels (unsafe prompts with a rejected answer give the undesirable ones)")
+    if not c["train"]["unsafe"]:
         out.append("judge: the train split has no unsafe rows; the safety judge learns refusals and compliant "
                    "answers from them")
     if not c["test"]["rows"]:

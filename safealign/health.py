@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 
-def _num(v) -> float:
+def number(v) -> float:
     """A logged value as a float; the log writes non-finite floats as strings ('nan', 'inf')."""
     if isinstance(v, str):
         try:
@@ -33,12 +33,12 @@ def check_training(log: list[dict], cfg) -> list[str]:
         return ["logged no loss at all"]
     problems = []
     for key in ("loss", "grad_norm"):
-        bad = next((r for r in steps if key in r and not math.isfinite(_num(r[key]))), None)
+        bad = next((r for r in steps if key in r and not math.isfinite(number(r[key]))), None)
         if bad is not None:
             problems.append(f"{key} is {bad[key]} at step {bad.get('step')} (not finite: the run diverged)")
     if problems:
         return problems
-    losses = [_num(r["loss"]) for r in steps]
+    losses = [number(r["loss"]) for r in steps]
     w = min(cfg.window, len(losses) // 2)
     if w >= 1:
         first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
@@ -46,7 +46,7 @@ def check_training(log: list[dict], cfg) -> list[str]:
             need = f" by more than {cfg.min_loss_drop:.0%}" if cfg.min_loss_drop else ""
             problems.append(f"loss did not fall{need}: mean of the first {w} steps {first:.4f}, of the last {w} "
                             f"(to step {steps[-1].get('step')}) {last:.4f}")
-    grads = [(r.get("step"), _num(r["grad_norm"])) for r in steps if "grad_norm" in r]
+    grads = [(r.get("step"), number(r["grad_norm"])) for r in steps if "grad_norm" in r]
     tail = grads[-cfg.zero_grad_steps:]
     if len(grads) >= cfg.zero_grad_steps and all(g == 0 for _, g in tail):
         problems.append(f"grad_norm is 0 on the last {len(tail)} steps ({tail[0][0]} to {tail[-1][0]}): "

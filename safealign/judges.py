@@ -40,20 +40,27 @@ class JudgeError(ValueError):
     pass
 
 
-def check_name(judge: str, refusal: str) -> None:
-    """Fail before any model loads: unknown names, or a classifier path that is not there."""
+REFUSAL_DETECTORS = ("minilm", "keyword")
+
+
+def name_problems(judge: str, refusal: str) -> list[tuple[str, str]]:
+    """(recipe key under eval.safety, problem) for unknown judge or detector names and a classifier
+    path that is not there; the one check of these names (the recipe reports them with file:line)."""
+    from safealign import refs
+
+    out = []
     if judge != "minilm" and not judge.startswith(CLASSIFIER):
-        raise JudgeError(f"eval.safety.judge: unknown judge {judge!r}; expected 'minilm' or "
-                         "'classifier:<hub id or path>'")
-    if judge.startswith(CLASSIFIER):
+        out.append(("judge", f"unknown judge {judge!r}; expected 'minilm' or 'classifier:<hub id or path of a "
+                             "sequence-classification model>'"))
+    elif judge.startswith(CLASSIFIER):
         target = judge[len(CLASSIFIER):]
         if not target:
-            raise JudgeError("eval.safety.judge: 'classifier:' needs a hub id or a path after the colon")
-        local = target.startswith((".", "/", "~"))
-        if local and not (Path(target).expanduser() / "config.json").exists():
-            raise JudgeError(f"eval.safety.judge: {target}: no sequence-classification model there (no config.json)")
-    if refusal not in ("minilm", "keyword"):
-        raise JudgeError(f"eval.safety.refusal: unknown refusal detector {refusal!r}; expected 'minilm' or 'keyword'")
+            out.append(("judge", "'classifier:' needs a hub id or a path after the colon"))
+        elif refs.is_path(target) and not (refs.path(target) / "config.json").exists():
+            out.append(("judge", f"{target}: no sequence-classification model there (no config.json)"))
+    if refusal not in REFUSAL_DETECTORS:
+        out.append(("refusal", f"unknown refusal detector {refusal!r}; expected one of {', '.join(REFUSAL_DETECTORS)}"))
+    return out
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -126,7 +133,9 @@ class Judge:
     """P(toxic) and refusal for answers; built from a judge stage folder's judge.json."""
 
     def __init__(self, judge: str, refusal: str, heads: dict):
-        check_name(judge, refusal)
+        problems = name_problems(judge, refusal)
+        if problems:
+            raise JudgeError("; ".join(f"eval.safety.{key}: {msg}" for key, msg in problems))
         self.name, self.refusal_name, self.heads = judge, refusal, heads
         self._clf = None
 
@@ -139,9 +148,9 @@ class Judge:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            from safealign.models import resolve
+            from safealign.models import locate
 
-            target = resolve(self.name[len(CLASSIFIER):], key="eval.safety.judge")
+            target = locate(self.name[len(CLASSIFIER):], key="eval.safety.judge")
             tok = AutoTokenizer.from_pretrained(target)
             model = AutoModelForSequenceClassification.from_pretrained(target).eval()
             labels = {int(i): str(n) for i, n in model.config.id2label.items()}

@@ -41,6 +41,7 @@ from pathlib import Path
 from safealign import REPO
 
 FIXTURES = REPO / "data" / "leaderboard_fixtures"
+BACKENDS = ("hf", "vllm")  # eval.leaderboard.backend: transformers, or vLLM where installed
 
 # Number of answer choices per BBH subtask (lm-eval's doc_to_choice; the leaderboard's k).
 K_BBH = {
@@ -232,13 +233,12 @@ def check_fixture(folder: Path) -> None:
 
 
 def check_backend(backend: str) -> None:
+    """The backend's name was checked with the recipe (BACKENDS); here: is it installed."""
     import importlib.util
 
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise LeaderboardError("eval.leaderboard.backend: vllm is not installed in this environment; "
                                "use hf, or `pip install vllm` (GPU machines)")
-    if backend not in ("hf", "vllm"):
-        raise LeaderboardError(f"eval.leaderboard.backend: expected hf or vllm, got {backend!r}")
 
 
 # ----------------------------------------------------------------------------- running

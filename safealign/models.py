@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from safealign import refs
+
 TINY = "tiny-local"
 
 
@@ -24,15 +26,16 @@ class ModelUnavailable(RuntimeError):
     """A model named in the recipe cannot be loaded here; the message says which key and what to do."""
 
 
-def resolve(name: str, key: str = "base_model") -> str:
-    """Recipe name -> what `from_pretrained` takes (a local path or a hub id), checked to be there."""
+def locate(name: str, key: str = "base_model") -> str:
+    """A model named in the recipe -> what `from_pretrained` takes (a local path or a hub id),
+    checked to be there; `key` names the recipe key in the error."""
     if name == TINY:
         path = tiny_path()
         if not (path / ".done").exists():
             raise ModelUnavailable(f"{key}: {TINY}: not built at {path}; run `make tiny-model`")
         return str(path)
-    if name.startswith((".", "/", "~")) or os.path.sep in name and Path(name).exists():
-        path = Path(name).expanduser().resolve()
+    if refs.is_path(name):
+        path = refs.path(name).resolve()
         if not (path / "config.json").exists():
             raise ModelUnavailable(f"{key}: {name}: no config.json in {path}")
         return str(path)
@@ -71,7 +74,7 @@ def check_hub_model(name: str, key: str = "base_model") -> None:
 
 
 def is_local(name: str) -> bool:
-    return name == TINY or name.startswith((".", "/", "~")) or Path(name).exists()
+    return name == TINY or refs.is_path(name)
 
 
 def has_cuda() -> bool:

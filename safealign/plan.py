@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from safealign import REPO, codedeps, fsutil, models, names
+from safealign import REPO, codedeps, fsutil, models, names, refs
 from safealign import recipe as recipe_mod
 
 STORE = ".stages"
@@ -31,7 +31,7 @@ def _hash(obj) -> str:
 
 
 def data_identity(r: recipe_mod.Recipe) -> dict:
-    local = REPO / r.data.source if not Path(r.data.source).is_absolute() else Path(r.data.source)
+    local = refs.path(r.data.source, REPO)
     if local.exists():
         return {"source": r.data.source, "sha256": {s: fsutil.sha256_file(local / f"{s}.jsonl")
                                                     for s in ("train", "test") if (local / f"{s}.jsonl").exists()}}
@@ -89,12 +89,6 @@ def plan(r: recipe_mod.Recipe) -> dict[str, dict]:
     return {**train, **evals}
 
 
-def store_dir(exp: Path, stage: str) -> Path:
-    """The store folder of `stage` for experiment folder `exp` (from its stages.json)."""
-    p = json.loads((Path(exp) / "stages.json").read_text())
-    return Path(exp).parent / STORE / p[stage]["dir"]
-
-
 def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | None) -> str:
     local_data = "sha256" in p["data"]["slice"]["files"]
     hub_eval = r.eval.leaderboard.enabled and r.eval.leaderboard.source == "hub"
@@ -109,9 +103,10 @@ def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | No
         lines.append(f"DIR_{name} := $(STORE)/{entry['dir']}")
     for i, s in enumerate(r.stages):
         lines.append(f"INPUT_{s} := {'$(BASE_DEP)' if i == 0 else f'$(DIR_{r.stages[i - 1]})/.done'}")
-    for name, entry in p.items():  # the package files each stage's result depends on (safealign/codedeps.py)
-        lines.append(f"CODE_{name} := {' '.join(codedeps.files(entry['slice']['kind']))}")
-    lines.append(f"CODE_eval := {' '.join(codedeps.files('eval'))}")
+    for name, entry in p.items():  # the files each stage's result depends on (safealign/codedeps.py)
+        kind = entry["slice"]["kind"]
+        lines.append(f"CODE_{name} := {' '.join(codedeps.templates(kind) + codedeps.files(kind))}")
+    lines.append(f"CODE_summary := {' '.join(codedeps.files('summary'))}")
     models_ = eval_models(r)
     lines.append(f"EVAL_MODELS := {' '.join(models_)}")
     lines.append(f"LEADERBOARD := {1 if r.eval.leaderboard.enabled else ''}")
@@ -190,8 +185,37 @@ def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> 
     return p
 
 
-def load_resolved(exp: Path) -> recipe_mod.Recipe:
-    raw = yaml.safe_load((Path(exp) / RESOLVED).read_text())
-    for key in ("name", "recipe_file", "extends", "overrides"):
-        raw.pop(key, None)
-    return recipe_mod.parse(yaml.safe_dump(raw), str(Path(exp) / RESOLVED))
+class Experiment:
+    """One experiment folder, read once per command: its resolved recipe, its stage plan and the
+    paths of its stages. Every runner, the summary and the report take one of these."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        raw = yaml.safe_load((self.folder / RESOLVED).read_text(encoding="utf-8"))
+        self.recipe_file: str = raw.pop("recipe_file")
+        self.overrides: list[str] = raw.pop("overrides", None) or []
+        for key in ("name", "extends"):
+            raw.pop(key, None)
+        self.recipe = recipe_mod.parse(yaml.safe_dump(raw), str(self.folder / RESOLVED))
+        self.stages: dict[str, dict] = json.loads((self.folder / "stages.json").read_text())
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def dir(self, stage: str) -> Path:
+        """A stage's folder: in the store, or the experiment's own `eval/` for its summary."""
+        if stage == "summary":
+            return self.folder / "eval"
+        return self.folder.parent / STORE / self.stages[stage]["dir"]
+
+    def model_path(self, model: str) -> str:
+        """An evaluated model by its name in the plan: `base`, or a training stage's merged model."""
+        if model == "base":
+            return models.locate(self.recipe.base_model)
+        return str((self.dir(model) / "merged").resolve())
+
+    def input_model(self, stage: str) -> str:
+        """The model a training stage starts from: the base model, or the previous stage's merged model."""
+        i = self.recipe.stages.index(stage)
+        return self.model_path("base" if i == 0 else self.recipe.stages[i - 1])

@@ -19,11 +19,12 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-STAGE_KINDS = ("sft", "kto", "dpo")
-# trl 1.9.0's DPOConfig.loss_type values
-DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
-AUTO = "auto"
+from safealign.kinds import AUTO, KINDS  # noqa: E402  (each training section's dataclass lives there)
+from safealign.kinds import DpoCfg, KtoCfg, SftCfg, TrainCfg  # noqa: F401,E402  (re-exported)
+
+from safealign.leaderboard import BACKENDS  # noqa: E402
+
+STAGE_KINDS = tuple(KINDS)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 
 
@@ -39,62 +40,6 @@ class RecipeError(ValueError):
 @dataclass
 class DataCfg:
     source: str = "data/sg_safety"  # local folder (train.jsonl, test.jsonl) or an HF dataset id
-
-
-@dataclass
-class LoraCfg:
-    lora_r: int = 16  # adapter rank: higher learns more, costs memory and overfits small data
-    lora_alpha: int = 32  # scale = alpha / r
-    lora_dropout: float = 0.05
-    lora_target_modules: Union[str, list] = "all-linear"  # "all-linear" or a list of module names
-
-
-@dataclass
-class TrainCfg(LoraCfg):
-    learning_rate: float = 2e-4  # LoRA tolerates far higher rates than full fine-tuning
-    lr_scheduler: str = "cosine"  # any transformers scheduler name
-    warmup_ratio: float = 0.1
-    num_epochs: float = 1.0  # ignored when max_steps > 0
-    max_steps: int = -1  # > 0 caps training at this many optimiser steps (tiny runs, smoke tests)
-    micro_batch_size: int = 8  # per-device batch; raise until memory runs out
-    gradient_accumulation_steps: int = 1  # effective batch = micro_batch_size x this x devices
-    max_length: int = 512  # prompt + completion tokens; longer rows are truncated
-    logging_steps: int = 1
-    weight_decay: float = 0.0
-    optimizer: str = "adamw_torch"
-    gradient_checkpointing: bool = False  # saves activation memory for ~30% more compute
-    bf16: Union[bool, str] = AUTO  # auto: bf16 where the GPU supports it, fp32 on CPU
-    full_finetune: bool = False  # True: train all weights instead of a LoRA adapter (no merge step)
-
-
-@dataclass
-class SftCfg(TrainCfg):
-    train_on_inputs: bool = False  # False: loss on assistant turns only
-    sample_packing: bool = False  # packs short rows together: faster on GPU, needs flash-attention
-
-
-@dataclass
-class KtoCfg(TrainCfg):
-    learning_rate: float = 5e-5
-    beta: float = 0.1  # strength of the implicit KL constraint to the reference (SFT) model
-    desirable_weight: float = 1.0  # lambda_D; KTO paper: keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3]
-    undesirable_weight: float = 1.0  # lambda_U
-    precompute_ref_log_probs: bool = False  # True: one pass of the reference up front, no reference model in memory
-    paired_only: bool = False  # True: unsafe prompts only ("symmetric" KTO); False: safe (unpaired) rows too
-    # The study's modifications (docs/kto_variants.md); all off = trl's KTOTrainer itself.
-    signed_kl: bool = False  # KTO-S: the KL reference point enters with the sign of the reward
-    nll_alpha: float = 0.0  # > 0 adds alpha * NLL of desirable completions (logged as nll_loss)
-    length_normalize: bool = False  # per-token mean log-probs; rewards shrink ~length-fold, so raise beta
-
-
-@dataclass
-class DpoCfg(TrainCfg):
-    learning_rate: float = 5e-5
-    beta: float = 0.1
-    loss_type: list = field(default_factory=lambda: ["sigmoid"])  # trl loss names, e.g. [sigmoid, sft]
-    loss_weights: Optional[list] = None  # one weight per loss_type entry
-    label_smoothing: float = 0.0  # robust DPO's assumed label-noise rate, in [0, 0.5)
-    precompute_ref_log_probs: bool = False
 
 
 @dataclass
@@ -167,19 +112,23 @@ class HealthCfg:
 
 
 @dataclass
-class Recipe:
+class _Common:
     seed: int = 42  # one seed for data shuffling, LoRA init and training order
     tracker: str = "tensorboard"  # training metrics to: tensorboard (in each stage folder), wandb, mlflow or none
     tracker_project: str = "safealign"  # W&B project / MLflow experiment name
     base_model: str = "tiny-local"  # hub id, local path, or tiny-local (the embedded model)
     stages: list = field(default_factory=lambda: ["sft", "kto"])  # run in order; each trains on the previous one's merged model
     data: DataCfg = field(default_factory=DataCfg)
-    sft: SftCfg = field(default_factory=SftCfg)
-    kto: KtoCfg = field(default_factory=KtoCfg)
-    dpo: DpoCfg = field(default_factory=DpoCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     health: HealthCfg = field(default_factory=HealthCfg)
     description: str = ""
+
+
+# A recipe: the settings above plus one section per stage kind (safealign/kinds.py), e.g. `kto:`.
+Recipe = dataclasses.make_dataclass(
+    "Recipe", [(name, kind.config, field(default_factory=kind.config)) for name, kind in KINDS.items()],
+    bases=(_Common,))
+Recipe.__module__ = __name__
 
 
 # ----------------------------------------------------------------------------- loading
@@ -326,10 +275,6 @@ def _check_ranges(node, path: tuple, where, problems: list[str]) -> None:
             test, meaning = RANGES[f.name]
             if not math.isfinite(value) or not test(value):
                 problems.append(f"{where(path + (f.name,))}: must be {meaning}, got {value}")
-    if isinstance(node, DpoCfg) and node.loss_weights is not None:
-        for i, w in enumerate(node.loss_weights):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
-                problems.append(f"{where(path + ('loss_weights',))}: entry {i + 1} must be a number > 0, got {w!r}")
 
 
 def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
@@ -343,31 +288,21 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
     if len(set(map(str, r.stages))) != len(r.stages):
         problems.append(f"{where(('stages',))}: each stage kind may appear once, got {r.stages}")
     _check_ranges(r, (), where, problems)
-    for name in ("sft", "kto", "dpo"):
+    for name, kind in KINDS.items():
         cfg = getattr(r, name)
         if cfg.bf16 not in (True, False, AUTO):
             problems.append(f"{where((name, 'bf16'))}: expected true, false or 'auto', got {cfg.bf16!r}")
-    if "kto" in r.stages and r.kto.micro_batch_size < 2:
-        problems.append(f"{where(('kto', 'micro_batch_size'))}: KTO estimates its KL reference point from "
-                        "mismatched pairs within each device's batch; trl needs micro_batch_size >= 2 "
-                        f"(gradient accumulation does not count), got {r.kto.micro_batch_size}")
-    for i, loss in enumerate(r.dpo.loss_type):
-        if loss not in DPO_LOSSES:
-            close = difflib.get_close_matches(str(loss), DPO_LOSSES, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"trl 1.9 knows {', '.join(DPO_LOSSES)}"
-            problems.append(f"{where(('dpo', 'loss_type'))}: entry {i + 1} {loss!r} is not a trl DPO loss ({hint})")
+        if kind.check:
+            kind.check(cfg, lambda path, name=name: where((name, *path)), problems)
     _check_eval(r.eval, where, problems)
     if r.tracker not in TRACKERS:
         problems.append(f"{where(('tracker',))}: expected one of {', '.join(TRACKERS)}, got {r.tracker!r}")
-    if r.dpo.loss_weights is not None and len(r.dpo.loss_weights) != len(r.dpo.loss_type):
-        problems.append(f"{where(('dpo', 'loss_weights'))}: {len(r.dpo.loss_weights)} weights for "
-                        f"{len(r.dpo.loss_type)} loss types")
 
 
 def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
     choices = {("eval", "models"): (e.models, ("all", "final")),
                ("eval", "leaderboard", "source"): (e.leaderboard.source, ("hub", "fixtures")),
-               ("eval", "leaderboard", "backend"): (e.leaderboard.backend, ("hf", "vllm")),
+               ("eval", "leaderboard", "backend"): (e.leaderboard.backend, BACKENDS),
                ("eval", "leaderboard", "dtype"): (e.leaderboard.dtype, ("auto", "bfloat16", "float16", "float32"))}
     for path, (value, allowed) in choices.items():
         if value not in allowed:
@@ -379,21 +314,13 @@ def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
         if t.fewshot_as_multiturn and not t.apply_chat_template:
             problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'fewshot_as_multiturn'))}: "
                             "needs apply_chat_template: true (few-shot turns are chat turns)")
-        if t.backend not in (None, "hf", "vllm"):
-            problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected hf, vllm or null, "
-                            f"got {t.backend!r}")
-    s = e.safety
-    if s.judge != "minilm" and not s.judge.startswith("classifier:"):
-        problems.append(f"{where(('eval', 'safety', 'judge'))}: unknown judge {s.judge!r}; expected minilm "
-                        "or classifier:<hub id or path of a sequence-classification model>")
-    elif s.judge.startswith("classifier:"):
-        target = s.judge[len("classifier:"):]
-        if not target:
-            problems.append(f"{where(('eval', 'safety', 'judge'))}: classifier: needs a hub id or path after the colon")
-        elif target.startswith((".", "/", "~")) and not (Path(target).expanduser() / "config.json").exists():
-            problems.append(f"{where(('eval', 'safety', 'judge'))}: {target}: no model there (no config.json)")
-    if s.refusal not in ("minilm", "keyword"):
-        problems.append(f"{where(('eval', 'safety', 'refusal'))}: expected minilm or keyword, got {s.refusal!r}")
+        if t.backend is not None and t.backend not in BACKENDS:
+            problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected "
+                            f"{', '.join(BACKENDS)} or null, got {t.backend!r}")
+    from safealign.judges import name_problems
+
+    for key, msg in name_problems(e.safety.judge, e.safety.refusal):
+        problems.append(f"{where(('eval', 'safety', key))}: {msg}")
 
 
 def _read(text: str, source: str) -> tuple[dict, dict[tuple, int]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from safealign import fsutil, plan, summary
+from safealign import fsutil, kinds, plan, summary
 from safealign.leaderboard import FAMILIES
 
 # What each curve means, for axis labels: trl's names -> (label, unit)
@@ -30,9 +30,16 @@ CURVES = {
     "rewards/chosen": ("reward, desirable / chosen", "nats (beta x log-ratio)"),
     "rewards/rejected": ("reward, undesirable / rejected", "nats (beta x log-ratio)"),
     "rewards/margins": ("reward margin", "nats"),
-    "nll_loss": ("NLL of desirable completions", "nats per token"),
+    "nll_loss": ("NLL of desirable / chosen completions", "nats per token"),
 }
-PREFERENCE = ("kto", "dpo")
+
+
+def curve(key: str) -> tuple[str, str]:
+    """(label, unit) of a logged metric: CURVES, else the kind that logs it (kinds.Kind.curves)."""
+    for k in kinds.KINDS.values():
+        if key in k.curves:
+            return k.curves[key]
+    return CURVES.get(key, (key, "logged value"))
 
 
 def read_log(stage_dir: Path) -> list[dict]:
@@ -58,7 +65,7 @@ def _plt():
 
 def plot_stage(log: list[dict], stage: str, title: str, path: Path) -> bool:
     """One figure per training stage: a panel per logged curve that exists."""
-    keys = [k for k in CURVES if series(log, k)[0]]
+    keys = [k for k in kinds.get(stage).plots if series(log, k)[0]]
     if not keys:
         return False
     plt = _plt()
@@ -70,7 +77,7 @@ def plot_stage(log: list[dict], stage: str, title: str, path: Path) -> bool:
     for ax, k in zip(axes.flat, keys):
         x, y = series(log, k)
         ax.plot(x, y, marker="." if len(x) < 40 else None, label=k)
-        label, unit = CURVES[k]
+        label, unit = curve(k)
         if k == "loss":
             unit = "cross-entropy, nats per token" if stage == "sft" else f"{stage} loss value"
         ax.set_title(label, fontsize=10)
@@ -95,7 +102,7 @@ def plot_overlay(logs: dict[str, list[dict]], key: str, title: str, path: Path) 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for n, (x, y) in drawn.items():
         ax.plot(x, y, label=n)
-    label, unit = CURVES[key]
+    label, unit = curve(key)
     ax.set_title(title)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"{label} ({unit})", fontsize=9)
@@ -107,13 +114,13 @@ def plot_overlay(logs: dict[str, list[dict]], key: str, title: str, path: Path) 
     return True
 
 
-def _stage_json(exp: Path, stage: str, name: str) -> dict | None:
-    p = plan.store_dir(exp, stage) / name
+def _stage_json(exp: plan.Experiment, stage: str, name: str) -> dict | None:
+    p = exp.dir(stage) / name
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def _answers(exp: Path, model: str) -> dict[str, dict]:
-    p = plan.store_dir(exp, f"safety-{model}") / "answers.jsonl"
+def _answers(exp: plan.Experiment, model: str) -> dict[str, dict]:
+    p = exp.dir(f"safety-{model}") / "answers.jsonl"
     if not p.exists():
         return {}
     return {r["id"]: r for r in map(json.loads, p.read_text().splitlines())}
@@ -129,19 +136,16 @@ def recipe_rows(resolved: dict) -> list[list[str]]:
             ["seed", str(resolved["seed"])], ["data", f"`{resolved['data']['source']}`"]]
     if resolved.get("overrides"):
         rows.append(["overrides (SET)", ", ".join(f"`{o}`" for o in resolved["overrides"])])
-    keys = {"sft": ["learning_rate", "max_steps", "micro_batch_size", "lora_r"],
-            "kto": ["beta", "learning_rate", "max_steps", "desirable_weight", "undesirable_weight", "paired_only",
-                    "signed_kl", "nll_alpha", "length_normalize"],
-            "dpo": ["beta", "learning_rate", "max_steps", "loss_type"]}
     for s in resolved["stages"]:
         cfg = resolved[s]
-        rows.append([s, ", ".join(f"{k} {cfg[k]}" for k in keys[s] if k in cfg)])
+        rows.append([s, ", ".join(f"{k} {cfg[k]}" for k in kinds.get(s).report_keys if k in cfg)])
     return rows
 
 
 def build(exp: Path) -> Path:
     """Write exp/plots/ then exp/report.md; return the page's path."""
-    exp = Path(exp)
+    ex = plan.Experiment(exp)
+    exp = ex.folder
     resolved = yaml.safe_load((exp / plan.RESOLVED).read_text())
     stages = resolved["stages"]
     plots_tmp, plots = exp / "plots.tmp", exp / "plots"
@@ -153,7 +157,7 @@ def build(exp: Path) -> Path:
              "the resolved recipe is [recipe.yaml](recipe.yaml).", "", "## Recipe", "",
              summary.md_table(["key", "value"], recipe_rows(resolved)), ""]
 
-    prov = _stage_json(exp, stages[-1], "provenance.json") or {}
+    prov = _stage_json(ex, stages[-1], "provenance.json") or {}
     if prov:
         v = prov.get("versions", {})
         parts += ["## Provenance", "", summary.md_table(["", ""], [
@@ -168,20 +172,20 @@ def build(exp: Path) -> Path:
 
     timing = []
     for s in stages:
-        sm = _stage_json(exp, s, "summary.json")
+        sm = _stage_json(ex, s, "summary.json")
         if sm:
             rows = sm.get("rows") or {}
             fitted = (f"{rows.get('prompt_truncated', 0) + rows.get('completion_truncated', 0)} / "
                       f"{rows.get('dropped', 0)} of {sum(rows.get(k, 0) for k in ('kept', 'prompt_truncated', 'completion_truncated', 'dropped'))}"
                       if rows else "")
-            timing.append([s, f"`{plan.store_dir(exp, s).name}`", f"{sm['seconds']:.1f}", str(sm["steps"]),
+            timing.append([s, f"`{ex.dir(s).name}`", f"{sm['seconds']:.1f}", str(sm["steps"]),
                            f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}", fitted])
     planned = json.loads((exp / "stages.json").read_text())
-    for m in plan.eval_models(plan.load_resolved(exp)):
+    for m in plan.eval_models(ex.recipe):
         for kind, name in (("leaderboard", "table.json"), ("safety", "metrics.json")):
             if f"{kind}-{m}" not in planned:  # e.g. eval.leaderboard.enabled: false
                 continue
-            d = _stage_json(exp, f"{kind}-{m}", name)
+            d = _stage_json(ex, f"{kind}-{m}", name)
             if d:
                 secs = d["seconds"]["total"] if isinstance(d["seconds"], dict) else d["seconds"]
                 cut = d.get("prompts_truncated")
@@ -194,27 +198,27 @@ def build(exp: Path) -> Path:
 
     parts += ["## Training curves", ""]
     for s in stages:
-        log = read_log(plan.store_dir(exp, s))
+        log = read_log(ex.dir(s))
         n_steps = sum("loss" in r for r in log)
         if plot_stage(log, s, f"{exp.name}: {s} ({n_steps} logged steps)", plots_tmp / f"{s}_curves.png"):
             parts += [f"### {s}", "", f"![{s} training curves](plots/{s}_curves.png)", "",
                       f"Logged per step in [{s}/train_log.jsonl]({s}/train_log.jsonl)"
                       + (f"; TensorBoard, from this folder: `tensorboard --logdir {s}/tensorboard`"
-                         if (plan.store_dir(exp, s) / "tensorboard").exists() else "") + ".", ""]
+                         if (ex.dir(s) / "tensorboard").exists() else "") + ".", ""]
 
     ev = exp / "eval" / "summary.json"
     if ev.exists():
         s = json.loads(ev.read_text())
         body = summary.markdown(s).split("\n", 2)[2]  # drop its title line
         parts += ["## Evaluation", "", body.replace("\n## ", "\n### "), ""]
-        parts += sample_answers(exp, s)
+        parts += sample_answers(ex, s)
     shutil.rmtree(plots, ignore_errors=True)
     plots_tmp.rename(plots)
     fsutil.write_text_atomic(exp / "report.md", "\n".join(parts) + "\n")
     return exp / "report.md"
 
 
-def sample_answers(exp: Path, s: dict, n: int = 3) -> list[str]:
+def sample_answers(exp: plan.Experiment, s: dict, n: int = 3) -> list[str]:
     models = summary.order(s)
     base, last = _answers(exp, models[0]), _answers(exp, models[-1])
     if not base or not last:
@@ -309,12 +313,13 @@ def compare(exps: list[Path], out: Path) -> Path:
     with fsutil.staged_dir(out) as tmp:
         pref_logs, sft_logs = {}, {}
         for e in exps:
-            stages = yaml.safe_load((e / plan.RESOLVED).read_text())["stages"]
-            pref = [s for s in stages if s in PREFERENCE]
+            ex = plan.Experiment(e)
+            pref = [s for s in ex.recipe.stages if kinds.get(s).preference]
+            supervised = [s for s in ex.recipe.stages if not kinds.get(s).preference]
             if pref:
-                pref_logs[f"{e.name} ({pref[-1]})"] = read_log(plan.store_dir(e, pref[-1]))
-            if "sft" in stages:
-                sft_logs[e.name] = read_log(plan.store_dir(e, "sft"))
+                pref_logs[f"{e.name} ({pref[-1]})"] = read_log(ex.dir(pref[-1]))
+            if supervised:
+                sft_logs[e.name] = read_log(ex.dir(supervised[0]))
         figs = [("kl.png", pref_logs, "kl", "KL reference point z0 during preference training"),
                 ("rewards_desirable.png", pref_logs, "rewards/chosen", "Reward on desirable (chosen) rows"),
                 ("rewards_undesirable.png", pref_logs, "rewards/rejected", "Reward on undesirable (rejected) rows"),

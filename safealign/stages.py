@@ -1,17 +1,18 @@
 """Stage runners. Each builds its folder as `<stage>.tmp/`, stamps it last and renames it.
 
-    data  canonical JSONL -> sft/kto/dpo/test files + counts          (safealign.data)
-    sft   render templates/axolotl/sft.yaml.j2, run Axolotl, merge the LoRA adapter
-    kto   render templates/trl/kto.{py,yaml}.j2, run the script, merge
-    dpo   render templates/trl/dpo.{py,yaml}.j2, run the script, merge
-    judge        train the MiniLM judge heads, measure detector agreement      (safealign.judges)
-    leaderboard  lm-eval's leaderboard tasks on one model                      (safealign.leaderboard)
-    safety       answer held-out prompts, judge, aggregate with intervals      (safealign.safety)
-    eval         the experiment's summary, base beside aligned                  (safealign.summary)
+    data         canonical JSONL -> sft/kto/dpo/test files + counts        (safealign.data)
+    <training>   a kind of safealign/kinds.py: fit its rows, render its templates, train, merge
+                   axolotl (sft): templates/axolotl/<kind>.yaml.j2, `python -m axolotl.cli.train`
+                   trl (the other kinds): templates/trl/train.py.j2 + <kind>.yaml.j2
+    judge        train the MiniLM judge heads, measure detector agreement    (safealign.judges)
+    leaderboard  lm-eval's leaderboard tasks on one model                    (safealign.leaderboard)
+    safety       answer held-out prompts, judge, aggregate with intervals    (safealign.safety)
+    summary      the experiment's evaluation summary, base beside aligned    (safealign.summary)
 
 Training runs in a child process with its cwd in the stage folder, so the rendered config
 there is the exact, re-runnable record of what ran; its output goes to train.log and, line
-by line, to the terminal.
+by line, to the terminal. Every runner takes the experiment (plan.Experiment), loaded once
+per command.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
-from safealign import REPO, fsutil, health, models, plan, provenance
+from safealign import REPO, fsutil, health, kinds, models, provenance
 from safealign import data as data_mod
-from safealign.recipe import Recipe
+from safealign.plan import Experiment
 
 TEMPLATES = Path(os.environ.get("SAFEALIGN_TEMPLATES", REPO / "templates"))
 
@@ -45,14 +46,15 @@ def _float(x: float) -> str:
     return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
 
 
-def _tojson(value) -> str:
-    """A JSON (hence YAML) literal; unlike jinja's own filter, an undefined value is an error."""
+def _yaml_value(value) -> str:
+    """The `yaml` filter: a value as a flow-style YAML literal that PyYAML reads back as the same
+    value (floats as `1.0e-05`); an undefined value is an error (jinja's `tojson` would render it)."""
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
     if isinstance(value, float):
         return _float(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_tojson(v) for v in value) + "]"
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
     return json.dumps(value)
 
 
@@ -69,7 +71,7 @@ def render(template: str, **context) -> str:
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
                       keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, finalize=_finalize)
-    env.filters["tojson"] = _tojson
+    env.filters["yaml"] = _yaml_value
     try:
         return env.get_template(template).render(**context)
     except TemplateError as e:
@@ -81,19 +83,6 @@ def render(template: str, **context) -> str:
         raise StageError(f"{TEMPLATES / template}:{line}: {type(e).__name__}: {e.message or e}; the template uses "
                          "a variable or filter that the stage does not pass (see safealign/stages.py), or is not "
                          "valid Jinja") from e
-
-
-def model_path(recipe: Recipe, exp_dir: Path, model: str) -> str:
-    """An evaluated model by its name in the plan: `base` or a stage's merged model."""
-    if model == "base":
-        return models.resolve(recipe.base_model)
-    return str((plan.store_dir(exp_dir, model) / "merged").resolve())
-
-
-def input_model(recipe: Recipe, exp_dir: Path, stage: str) -> str:
-    """The model a stage starts from: the base model, or the previous stage's merged model."""
-    i = recipe.stages.index(stage)
-    return model_path(recipe, exp_dir, "base" if i == 0 else recipe.stages[i - 1])
 
 
 def tracker_env(tracker: str, project: str, stage_dir: Path) -> dict:
@@ -150,57 +139,37 @@ def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = Non
         raise StageError(f"{cmd[0]} exited with {rc}; full log: {log_path}\n{tail}")
 
 
-def _provenance(recipe: Recipe, exp_dir: Path, stage: str, **extra) -> dict:
-    data_dir = plan.store_dir(exp_dir, "data")
+def _provenance(exp: Experiment, stage: str, **extra) -> dict:
+    data_dir = exp.dir("data")
     counts = data_dir / "counts.json"
     hashes = {p.name: fsutil.sha256_file(p) for p in sorted(data_dir.glob("*.jsonl"))}
-    return provenance.collect(REPO, recipe.seed, hashes, stage=stage,
+    return provenance.collect(REPO, exp.recipe.seed, hashes, stage=stage,
                               data_source=json.loads(counts.read_text())["source"] if counts.exists() else None,
-                              built_for=exp_dir.name, **extra)
+                              built_for=exp.name, **extra)
 
 
-def _finish_training(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, base: str, t0: float,
-                     rows: dict) -> None:
-    cfg = getattr(recipe, stage)
-    log = [json.loads(l) for l in (tmp / "train_log.jsonl").read_text().splitlines() if l.strip()]
-    problems = health.check_training(log, recipe.health)
-    if problems and (recipe.health.enabled or not any("loss" in r for r in log)):
-        raise StageError(f"{stage}: the run failed its health check, so the stage is not done:\n  - "
-                         + "\n  - ".join(problems) + f"\n  log: {tmp / 'train_log.jsonl'}; thresholds: the recipe's "
-                         "health: section (health.enabled: false keeps such a run, to inspect it)")
-    for p in problems:
-        print(f"  warning: {stage}: {p} (health.enabled: false)", flush=True)
-    losses = [health._num(r["loss"]) for r in log if "loss" in r]
-    if not cfg.full_finetune:
-        print(f"  merging {stage} adapter into {base}", flush=True)
-        models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=models.pick_dtype(cfg.bf16))
+def warmup_steps(cfg, rows: int) -> int:
+    """`warmup_ratio` as the optimiser steps transformers will warm up for (it takes steps, not a
+    ratio, in version 5): ceil(ratio x total steps), total as the Trainer counts it."""
+    import math
+
+    if cfg.max_steps > 0:
+        total = cfg.max_steps
     else:
-        os.replace(tmp / "adapter", tmp / "merged")
-    summary = {"stage": stage, "input_model": base, "steps": log[-1]["step"], "first_loss": losses[0],
-               "last_loss": losses[-1], "seconds": round(time.time() - t0, 1), "rows": rows}
-    fsutil.write_json_atomic(tmp / "summary.json", summary)
-    fsutil.write_json_atomic(tmp / "provenance.json", _provenance(recipe, exp_dir, stage, input_model=base))
-    print(f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-          f"{summary['seconds']}s", flush=True)
+        per_epoch = max(math.ceil(rows / cfg.micro_batch_size) // cfg.gradient_accumulation_steps, 1)
+        total = math.ceil(cfg.num_epochs * per_epoch)
+    return math.ceil(total * cfg.warmup_ratio)
 
 
-def train_file_name(stage: str, cfg) -> str:
-    """The data stage's file a training stage learns from."""
-    if stage == "kto":
-        return "kto_paired.jsonl" if cfg.paired_only else "kto.jsonl"
-    return f"{stage}.jsonl"
-
-
-def train_rows(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, model: str) -> dict:
+def train_rows(exp: Experiment, stage: str, tmp: Path, model: str) -> dict:
     """Write the rows `stage` trains on to tmp/train.jsonl, each fitted to its max_length with the
     model's own tokenizer and chat template (safealign/truncate.py); return the outcome counts."""
     from safealign import truncate
 
-    cfg = getattr(recipe, stage)
-    src = plan.store_dir(exp_dir, "data") / train_file_name(stage, cfg)
-    rows = [json.loads(l) for l in src.read_text(encoding="utf-8").splitlines() if l.strip()]
-    fitted, counts = truncate.fit_rows(models.load_tokenizer(model), rows, "sft" if stage == "sft" else
-                                       ("dpo" if stage == "dpo" else "kto"), cfg.max_length)
+    kind, cfg = kinds.get(stage), getattr(exp.recipe, stage)
+    src = exp.dir("data") / kind.data_file(cfg)
+    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    fitted, counts = truncate.fit_rows(models.load_tokenizer(model), rows, kind.data, cfg.max_length)
     if not fitted:
         raise StageError(f"{stage}: every row of {src} is longer than max_length {cfg.max_length} even when cut")
     data_mod.write_jsonl(tmp / "train.jsonl", fitted)
@@ -212,77 +181,97 @@ def train_rows(recipe: Recipe, exp_dir: Path, stage: str, tmp: Path, model: str)
     return {"source": src.name, "max_length": cfg.max_length, **counts}
 
 
-def run_data(recipe: Recipe, exp_dir: Path) -> None:
-    with fsutil.staged_dir(plan.store_dir(exp_dir, "data")) as tmp:
-        c = data_mod.build(recipe.data.source, recipe.seed, tmp, root=REPO)
-        unmet = data_mod.unmet_needs(recipe.stages, recipe.kto.paired_only, c, judge=recipe.eval.safety.judge == "minilm"
-                                     or recipe.eval.safety.refusal == "minilm")
+def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float, rows: dict) -> None:
+    cfg = getattr(exp.recipe, stage)
+    log = [json.loads(line) for line in (tmp / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    problems = health.check_training(log, exp.recipe.health)
+    if problems and (exp.recipe.health.enabled or not any("loss" in r for r in log)):
+        raise StageError(f"{stage}: the run failed its health check, so the stage is not done:\n  - "
+                         + "\n  - ".join(problems) + f"\n  log: {tmp / 'train_log.jsonl'}; thresholds: the recipe's "
+                         "health: section (health.enabled: false keeps such a run, to inspect it)")
+    for p in problems:
+        print(f"  warning: {stage}: {p} (health.enabled: false)", flush=True)
+    losses = [health.number(r["loss"]) for r in log if "loss" in r]
+    if not cfg.full_finetune:
+        print(f"  merging {stage} adapter into {base}", flush=True)
+        models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=models.pick_dtype(cfg.bf16))
+    else:
+        os.replace(tmp / "adapter", tmp / "merged")
+    summary = {"stage": stage, "input_model": base, "steps": log[-1]["step"], "first_loss": losses[0],
+               "last_loss": losses[-1], "seconds": round(time.time() - t0, 1), "rows": rows}
+    fsutil.write_json_atomic(tmp / "summary.json", summary)
+    fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, stage, input_model=base))
+    print(f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
+          f"{summary['seconds']}s", flush=True)
+
+
+def run_data(exp: Experiment) -> None:
+    r = exp.recipe
+    with fsutil.staged_dir(exp.dir("data")) as tmp:
+        c = data_mod.build(r.data.source, r.seed, tmp, root=REPO)
+        unmet = data_mod.unmet_needs(r, c)
         if unmet:
-            raise StageError(f"data from {recipe.data.source} cannot serve this experiment's stages:\n  - "
+            raise StageError(f"data from {r.data.source} cannot serve this experiment's stages:\n  - "
                              + "\n  - ".join(unmet) + f"\n  (counts: {tmp / 'counts.json'})")
         fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
-            REPO, recipe.seed, {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items()
-                                if not v.startswith("hf://")}, stage="data"))
+            REPO, r.seed, {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items()
+                           if not v.startswith("hf://")}, stage="data"))
         print(f"  data: {c['train']['rows']} train rows ({c['train']['unsafe']} unsafe), "
               f"{c['test']['rows']} held-out; kto {c['stages']['kto']['desirable']} desirable / "
               f"{c['stages']['kto']['undesirable']} undesirable; dpo {c['stages']['dpo']['rows']} pairs", flush=True)
 
 
-def run_sft(recipe: Recipe, exp_dir: Path, recipe_path: str) -> None:
+def run_training(exp: Experiment, stage: str) -> None:
+    """Any training kind: fit the rows, render the kind's templates, run its tool, check, merge."""
     t0 = time.time()
-    base = input_model(recipe, exp_dir, "sft")
-    with fsutil.staged_dir(plan.store_dir(exp_dir, "sft")) as tmp:
-        rows = train_rows(recipe, exp_dir, "sft", tmp, base)
-        text = render("axolotl/sft.yaml.j2", recipe_path=recipe_path, base_model=base, seed=recipe.seed,
-                      train_file="train.jsonl", cfg=recipe.sft,
-                      bf16=models.use_bf16(recipe.sft.bf16), cuda=models.has_cuda(), tracker=recipe.tracker,
-                      tracker_project=recipe.tracker_project)
-        (tmp / "axolotl.yaml").write_text(text)
-        run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log",
-                   env=child_env(tmp, recipe.tracker, recipe.tracker_project))
-        shutil.rmtree(tmp / "prepared", ignore_errors=True)
-        _finish_training(recipe, exp_dir, "sft", tmp, base, t0, rows)
+    kind, cfg, r = kinds.get(stage), getattr(exp.recipe, stage), exp.recipe
+    base = exp.input_model(stage)
+    if kind.advice:
+        rows = [json.loads(line) for line in open(exp.dir("data") / kind.data_file(cfg), encoding="utf-8")]
+        for warning in kind.advice(cfg, rows):
+            print(f"  warning: {stage}: {warning}", flush=True)
+    with fsutil.staged_dir(exp.dir(stage)) as tmp:
+        rows = train_rows(exp, stage, tmp, base)
+        env = child_env(tmp, r.tracker, r.tracker_project)
+        if kind.tool == "axolotl":
+            (tmp / "axolotl.yaml").write_text(render(
+                f"axolotl/{stage}.yaml.j2", recipe_path=exp.recipe_file, base_model=base, seed=r.seed,
+                train_file="train.jsonl", cfg=cfg, bf16=models.use_bf16(cfg.bf16), cuda=models.has_cuda(),
+                tracker=r.tracker, tracker_project=r.tracker_project))
+            run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log", env=env)
+            shutil.rmtree(tmp / "prepared", ignore_errors=True)
+        else:
+            ctx = trl_context(kind, cfg, recipe_path=exp.recipe_file, model=base, seed=r.seed,
+                              warmup=warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"]
+                                                  + rows["completion_truncated"]), tracker=r.tracker)
+            (tmp / f"train_{stage}.py").write_text(render("trl/train.py.j2", **ctx))
+            (tmp / f"{stage}.yaml").write_text(render(f"trl/{stage}.yaml.j2", **ctx))
+            yaml.safe_load((tmp / f"{stage}.yaml").read_text())  # a template that renders bad YAML fails here
+            run_logged([sys.executable, f"train_{stage}.py", f"{stage}.yaml"], tmp, tmp / "train.log", env=env)
+        _finish_training(exp, stage, tmp, base, t0, rows)
 
 
-def check_rows(stage: str, cfg, data_dir: Path) -> list[str]:
-    """Warnings worth printing before a stage trains (the data stage already refused data that a
-    stage cannot use at all: data.unmet_needs)."""
-    if stage != "kto":
-        return []
-    rows = [json.loads(line) for line in open(data_dir / ("kto_paired.jsonl" if cfg.paired_only else "kto.jsonl"))]
-    n_d = sum(r["label"] for r in rows)
-    advice = data_mod.kto_weight_advice(n_d, len(rows) - n_d, cfg.desirable_weight, cfg.undesirable_weight)
-    if n_d in (0, len(rows)):  # one class only (data built before the data stage checked it)
-        raise StageError(f"kto: {advice}")
-    return [f"kto: {advice}"] if advice else []
+def trl_context(kind, cfg, *, recipe_path: str, model: str, seed: int, warmup: int, tracker: str) -> dict:
+    """What templates/trl/train.py.j2 and <kind>.yaml.j2 render from."""
+    def split(ref: str) -> tuple[str, str]:
+        module, _, cls = ref.partition(":")
+        return module, cls
+
+    return dict(kind=kind, cfg=cfg, recipe_path=recipe_path, model=model, seed=seed, train_file="train.jsonl",
+                warmup_steps=warmup, bf16=models.use_bf16(cfg.bf16), report_to=report_to(tracker),
+                trainer=split(kind.trainer), config_class=split(kind.trl_config),
+                variant=split(kind.variant) if kind.variant else None)
 
 
-def run_trl(recipe: Recipe, exp_dir: Path, stage: str, recipe_path: str) -> None:
-    t0 = time.time()
-    base = input_model(recipe, exp_dir, stage)
-    cfg = getattr(recipe, stage)
-    for warning in check_rows(stage, cfg, plan.store_dir(exp_dir, "data")):
-        print(f"  warning: {warning}", flush=True)
-    with fsutil.staged_dir(plan.store_dir(exp_dir, stage)) as tmp:
-        rows = train_rows(recipe, exp_dir, stage, tmp, base)
-        ctx = dict(recipe_path=recipe_path, model=base, seed=recipe.seed, cfg=cfg, train_file="train.jsonl",
-                   bf16=models.use_bf16(cfg.bf16), report_to=report_to(recipe.tracker))
-        (tmp / f"train_{stage}.py").write_text(render(f"trl/{stage}.py.j2", **ctx))
-        (tmp / f"{stage}.yaml").write_text(render(f"trl/{stage}.yaml.j2", **ctx))
-        yaml.safe_load((tmp / f"{stage}.yaml").read_text())  # a template that renders bad YAML fails here
-        run_logged([sys.executable, f"train_{stage}.py", f"{stage}.yaml"], tmp, tmp / "train.log",
-                   env=child_env(tmp, recipe.tracker, recipe.tracker_project))
-        _finish_training(recipe, exp_dir, stage, tmp, base, t0, rows)
-
-
-def run_judge(recipe: Recipe, exp_dir: Path) -> None:
+def run_judge(exp: Experiment) -> None:
     from safealign import judges
 
-    splits, origin = data_mod.load_canonical(recipe.data.source, REPO)
-    with fsutil.staged_dir(plan.store_dir(exp_dir, "judge")) as tmp:
-        report = judges.build(splits["train"], splits["test"], recipe.seed, tmp)
+    r = exp.recipe
+    splits, origin = data_mod.load_canonical(r.data.source, REPO)
+    with fsutil.staged_dir(exp.dir("judge")) as tmp:
+        report = judges.build(splits["train"], splits["test"], r.seed, tmp)
         fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
-            REPO, recipe.seed, {"hard_cases.jsonl": fsutil.sha256_file(judges.HARD_CASES)}, stage="judge",
+            REPO, r.seed, {"hard_cases.jsonl": fsutil.sha256_file(judges.HARD_CASES)}, stage="judge",
             data_source=origin))
         h = report["hard_cases"]
         print(f"  judge: agreement on held-out answers: refusal keyword {report['held_out']['refusal_keyword']:.0%}, "
@@ -290,43 +279,61 @@ def run_judge(recipe: Recipe, exp_dir: Path) -> None:
               f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}", flush=True)
 
 
-def run_leaderboard(recipe: Recipe, exp_dir: Path, model: str) -> None:
+def run_leaderboard(exp: Experiment, model: str) -> None:
     from safealign import leaderboard
 
-    path = model_path(recipe, exp_dir, model)
-    with fsutil.staged_dir(plan.store_dir(exp_dir, f"leaderboard-{model}")) as tmp:
-        tab = leaderboard.run(path, recipe.eval.leaderboard, tmp, recipe.seed,
-                              log=lambda m: print(m, flush=True))
+    r = exp.recipe
+    path = exp.model_path(model)
+    with fsutil.staged_dir(exp.dir(f"leaderboard-{model}")) as tmp:
+        tab = leaderboard.run(path, r.eval.leaderboard, tmp, r.seed, log=lambda m: print(m, flush=True))
         fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
-            REPO, recipe.seed, {}, stage="leaderboard", model=path, source=recipe.eval.leaderboard.source))
+            REPO, r.seed, {}, stage="leaderboard", model=path, source=r.eval.leaderboard.source))
         print("  leaderboard (normalised): " + ", ".join(f"{t} {n}" for t, _, n in leaderboard.format_rows(tab)),
               flush=True)
 
 
-def run_safety(recipe: Recipe, exp_dir: Path, model: str) -> None:
+def run_safety(exp: Experiment, model: str) -> None:
     from safealign import judges, safety
 
-    cfg = recipe.eval.safety
-    judges.check_name(cfg.judge, cfg.refusal)
-    path = model_path(recipe, exp_dir, model)
-    test = [json.loads(l) for l in (plan.store_dir(exp_dir, "data") / "test.jsonl").read_text().splitlines() if l.strip()]
-    judge = judges.Judge.from_dir(plan.store_dir(exp_dir, "judge"), cfg.judge, cfg.refusal)
-    reference = None if model == "base" else plan.store_dir(exp_dir, "safety-base") / "answers.jsonl"
-    with fsutil.staged_dir(plan.store_dir(exp_dir, f"safety-{model}")) as tmp:
-        m = safety.run(path, test, cfg, judge, tmp, recipe.seed, base_answers=reference, health_cfg=recipe.health)
-        fsutil.write_json_atomic(tmp / "provenance.json", _provenance(recipe, exp_dir, "safety", model=path))
+    r = exp.recipe
+    cfg = r.eval.safety
+    path = exp.model_path(model)
+    test = [json.loads(line) for line in (exp.dir("data") / "test.jsonl").read_text().splitlines() if line.strip()]
+    judge = judges.Judge.from_dir(exp.dir("judge"), cfg.judge, cfg.refusal)
+    reference = None if model == "base" else exp.dir("safety-base") / "answers.jsonl"
+    with fsutil.staged_dir(exp.dir(f"safety-{model}")) as tmp:
+        m = safety.run(path, test, cfg, judge, tmp, r.seed, base_answers=reference, health_cfg=r.health)
+        fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, "safety", model=path))
         o = m["overall"]
         print("  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items()),
               flush=True)
 
 
-def run_eval(recipe: Recipe, exp_dir: Path) -> None:
-    """The experiment's summary: every evaluated model's leaderboard and safety results side by side."""
+def run_summary(exp: Experiment) -> None:
+    """The experiment's evaluation summary (eval/): every evaluated model's results side by side."""
     from safealign import summary
 
-    with fsutil.staged_dir(exp_dir / "eval") as tmp:
-        s = summary.build(recipe, exp_dir)
+    with fsutil.staged_dir(exp.dir("summary")) as tmp:
+        s = summary.build(exp)
         fsutil.write_text_atomic(tmp / "summary.json", json.dumps(s, indent=2) + "\n")  # keeps the model order
         text = summary.markdown(s)
         (tmp / "summary.md").write_text(text)
         print(text, flush=True)
+
+
+def run(exp: Experiment, stage: str, model: str | None = None) -> None:
+    """Run one stage of `exp` by its kind: data, a training kind, judge, leaderboard, safety, summary."""
+    if stage == "data":
+        run_data(exp)
+    elif stage in kinds.KINDS:
+        run_training(exp, stage)
+    elif stage == "judge":
+        run_judge(exp)
+    elif stage == "leaderboard":
+        run_leaderboard(exp, model)
+    elif stage == "safety":
+        run_safety(exp, model)
+    elif stage == "summary":
+        run_summary(exp)
+    else:
+        raise StageError(f"unknown stage {stage!r}")

@@ -26,24 +26,25 @@ def _read(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def build(recipe, exp: Path) -> dict:
+def build(exp: plan.Experiment) -> dict:
+    recipe = exp.recipe
     models = plan.eval_models(recipe)
-    out = {"experiment": Path(exp).name, "base_model": recipe.base_model, "model_order": models, "models": {},
+    out = {"experiment": exp.name, "base_model": recipe.base_model, "model_order": models, "models": {},
            "judge": None,
            "leaderboard_source": recipe.eval.leaderboard.source if recipe.eval.leaderboard.enabled else None}
     for m in models:
         entry = {"stage_dirs": {}}
         if recipe.eval.leaderboard.enabled:
-            d = plan.store_dir(exp, f"leaderboard-{m}")
+            d = exp.dir(f"leaderboard-{m}")
             entry["stage_dirs"]["leaderboard"] = d.name
             entry["leaderboard"] = _read(d / "table.json")
-        d = plan.store_dir(exp, f"safety-{m}")
+        d = exp.dir(f"safety-{m}")
         entry["stage_dirs"]["safety"] = d.name
         met = _read(d / "metrics.json")
         entry["safety"] = {k: met.get(k) for k in ("overall", "by_category", "by_subset", "generation", "judge",
                                                     "refusal_detector", "cross_check")} if met else None
         out["models"][m] = entry
-    out["judge"] = _read(plan.store_dir(exp, "judge") / "agreement.json")
+    out["judge"] = _read(exp.dir("judge") / "agreement.json")
     return out
 
 

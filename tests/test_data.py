@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from safealign import data
+from safealign import data, kinds
 from safealign.data import DataError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,16 +175,34 @@ SAFE = {"id": "s", "prompt": "where to eat", "safe": True, "category": "food", "
 
 
 def test_unmet_needs_are_found_before_training():
+    from safealign import recipe
+
+    def needs(stages, counts, **kto):
+        extra = "".join(f"  {k}: {str(v).lower()}\n" for k, v in kto.items()) or "  beta: 0.1\n"
+        return data.unmet_needs(recipe.parse(f"stages: [{', '.join(stages)}]\nkto:\n" + extra), counts)
+
     only_safe = counts_for([SAFE, {**SAFE, "id": "s2"}])
-    needs = data.unmet_needs(["sft", "dpo"], False, only_safe)
-    assert any(n.startswith("dpo: no paired rows") for n in needs)
-    assert any(n.startswith("judge: the train split has no unsafe rows") for n in needs)
-    assert any(n.startswith("kto: 2 desirable and 0 undesirable") for n in data.unmet_needs(["kto"], False, only_safe))
-    assert data.unmet_needs(["sft"], False, only_safe, judge=False) == []
+    found = needs(["sft", "dpo"], only_safe)
+    assert any(n.startswith("dpo: dpo.jsonl has no paired rows") for n in found)
+    assert any(n.startswith("judge: the train split has no unsafe rows") for n in found)
+    assert any(n.startswith("kto: kto.jsonl has 2 desirable and 0 undesirable") for n in needs(["kto"], only_safe))
     both = counts_for([SAFE, ROW])
-    assert data.unmet_needs(["sft", "kto", "dpo"], False, both) == []
-    paired_only = counts_for([SAFE])  # symmetric KTO reads unsafe rows only
-    assert any("kto (paired_only): 0 desirable" in n for n in data.unmet_needs(["kto"], True, paired_only, judge=False))
+    assert needs(["sft", "kto", "dpo"], both) == []
+    paired_only = counts_for([SAFE, ROW])  # symmetric KTO reads unsafe rows only: both labels there too
+    assert needs(["kto"], paired_only, paired_only=True) == []
+    assert any("kto: kto_paired.jsonl has 0 desirable" in n
+               for n in needs(["kto"], counts_for([SAFE]), paired_only=True))
+
+
+@pytest.mark.parametrize("name", list(kinds.KINDS))
+def test_every_kind_refuses_data_without_what_it_needs(name):
+    """Read from the table: a kind that needs pairs or both labels is refused on safe-only data."""
+    from safealign import recipe
+
+    kind = kinds.get(name)
+    found = data.unmet_needs(recipe.parse(f"stages: [{name}]\n"), counts_for([SAFE, {**SAFE, "id": "s2"}]))
+    mine = [n for n in found if n.startswith(f"{name}: {kind.data_file(getattr(recipe.Recipe(), name))} ")]
+    assert bool(mine) == (kind.needs != "rows"), found
 
 
 def test_data_stage_refuses_data_a_planned_stage_cannot_use(tmp_path):
@@ -197,6 +215,6 @@ def test_data_stage_refuses_data_a_planned_stage_cannot_use(tmp_path):
     r = subprocess.run(["make", "--no-print-directory", "exp", "NAME=sft_dpo", f"EXPERIMENTS={root}",
                         f"SET=data.source={src}", "EXP_NAME=x"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
-    assert "cannot serve this experiment's stages" in r.stderr and "dpo: no paired rows" in r.stderr, r.stderr[-2000:]
+    assert "cannot serve this experiment's stages" in r.stderr and "dpo: dpo.jsonl has no paired rows" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "sft: start" not in r.stdout
     assert not list((root / ".stages").glob("*/.done")), "nothing may look finished"

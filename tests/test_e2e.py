@@ -79,9 +79,9 @@ def test_rendered_configs_are_exactly_the_templates_output(exp):
     """The stage folder's config is what the template renders from the resolved recipe, no more."""
     from safealign import models, plan, stages
 
-    r = plan.load_resolved(exp)
-    rfile = yaml.safe_load((exp / "recipe.yaml").read_text())["recipe_file"]
-    text = stages.render("axolotl/sft.yaml.j2", recipe_path=rfile, base_model=models.resolve(r.base_model),
+    ex = plan.Experiment(exp)
+    r, rfile = ex.recipe, ex.recipe_file
+    text = stages.render("axolotl/sft.yaml.j2", recipe_path=rfile, base_model=models.locate(r.base_model),
                          seed=r.seed, train_file="train.jsonl", cfg=r.sft, bf16=models.use_bf16(r.sft.bf16),
                          cuda=models.has_cuda(), tracker=r.tracker, tracker_project=r.tracker_project)
     assert (exp / "sft" / "axolotl.yaml").read_text() == text
@@ -169,16 +169,16 @@ def ran(out: str) -> list[str]:
 
 
 def test_touching_kto_template_reruns_kto_and_its_evaluation_only(root):
-    r = make("-n", "-W", "templates/trl/kto.py.j2", "exp", "NAME=sft_kto", f"EXPERIMENTS={root}")
-    assert sorted(ran(r.stdout)) == ["eval", "kto", "leaderboard-kto", "safety-kto"], r.stdout
+    r = make("-n", "-W", "templates/trl/kto.yaml.j2", "exp", "NAME=sft_kto", f"EXPERIMENTS={root}")
+    assert sorted(ran(r.stdout)) == ["kto", "leaderboard-kto", "safety-kto", "summary"], r.stdout
 
 
 def test_other_experiments_reuse_the_sft_stage_and_the_base_evaluation(root):
     r = make("-n", "exp", "NAME=sft_dpo", f"EXPERIMENTS={root}")
-    assert sorted(ran(r.stdout)) == ["dpo", "eval", "leaderboard-dpo", "safety-dpo"], r.stdout
+    assert sorted(ran(r.stdout)) == ["dpo", "leaderboard-dpo", "safety-dpo", "summary"], r.stdout
     assert "reusing" in r.stderr and "sft-" in r.stderr and "leaderboard-" in r.stderr
     r = make("-n", "exp", "NAME=sft", f"EXPERIMENTS={root}")  # same SFT model: its evaluation is shared too
-    assert ran(r.stdout) == ["eval"], r.stdout
+    assert ran(r.stdout) == ["summary"], r.stdout
     for beta in ("0.05", "0.2", "0.4"):
         make(f"{root}/sft_kto+kto.beta-{beta}/stages.mk", "NAME=sft_kto", f"SET=kto.beta={beta}",
              f"EXPERIMENTS={root}")
@@ -239,11 +239,11 @@ def test_code_prerequisites_follow_the_imports(root):
         return sorted(ran(make("-n", "-W", path, "exp", "NAME=sft_kto", f"EXPERIMENTS={root}").stdout))
 
     evals = ["leaderboard-kto", "safety-kto"]
-    assert rerun("safealign/losses.py") == ["eval", "kto", *evals]  # KTO's loss: not SFT, not DPO
-    assert rerun("safealign/refusal.py") == ["eval", "judge", "safety-base", "safety-kto", "safety-sft"]
+    assert rerun("safealign/losses.py") == ["kto", *evals, "summary"]  # KTO's loss: not SFT, not DPO
+    assert rerun("safealign/refusal.py") == ["judge", "safety-base", "safety-kto", "safety-sft", "summary"]
     assert set(rerun("safealign/models.py")) >= {"sft", "kto", "judge", "safety-base", "leaderboard-base"}
     assert rerun("safealign/report.py") == []
-    assert rerun("safealign/summary.py") == ["eval"]
+    assert rerun("safealign/summary.py") == ["summary"]
 
 
 def test_numerically_failed_training_is_not_done(root):

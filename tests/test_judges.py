@@ -13,9 +13,9 @@ REPO = judges.REPO
 def test_unknown_or_missing_judge_is_a_recipe_error_before_anything_runs(tmp_path):
     with pytest.raises(recipe.RecipeError, match=r"eval.safety.judge: unknown judge 'llamaguard'"):
         recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.safety.judge=llamaguard"])
-    with pytest.raises(recipe.RecipeError, match=r"no model there \(no config.json\)"):
+    with pytest.raises(recipe.RecipeError, match=r"no sequence-classification model there \(no config.json\)"):
         recipe.load(REPO / "recipes" / "sft_kto.yaml", [f"eval.safety.judge=classifier:{tmp_path}/nothing"])
-    with pytest.raises(recipe.RecipeError, match=r"eval.safety.refusal: expected minilm or keyword"):
+    with pytest.raises(recipe.RecipeError, match=r"eval.safety.refusal: unknown refusal detector .regex.; expected one of minilm, keyword"):
         recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.safety.refusal=regex"])
     with pytest.raises(JudgeError, match="unknown judge"):
         Judge("gpt4", "minilm", {})

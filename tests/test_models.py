@@ -9,10 +9,10 @@ from safealign import models
 def test_tiny_local_resolves_to_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("SAFEALIGN_CACHE", str(tmp_path))
     with pytest.raises(models.ModelUnavailable, match="base_model: tiny-local: .* run `make tiny-model`"):
-        models.resolve("tiny-local")
+        models.locate("tiny-local")
     (tmp_path / "models" / "tiny-local").mkdir(parents=True)
     (tmp_path / "models" / "tiny-local" / ".done").write_text("")
-    assert models.resolve("tiny-local") == str(tmp_path / "models" / "tiny-local")
+    assert models.locate("tiny-local") == str(tmp_path / "models" / "tiny-local")
 
 
 def fake_hub_cache(root, repo_id: str):
@@ -28,13 +28,13 @@ def test_local_path_and_hub_id(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     with pytest.raises(models.ModelUnavailable, match="no config.json"):
-        models.resolve(str(tmp_path))
+        models.locate(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
-    assert models.resolve(str(tmp_path)) == str(tmp_path)
+    assert models.locate(str(tmp_path)) == str(tmp_path)
     hub_id = "aisingapore/llama3-8b-cpt-sea-lionv2.1-instruct"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     fake_hub_cache(tmp_path / "hub", hub_id)
-    assert models.resolve(hub_id) == hub_id  # in the cache: the id goes to from_pretrained unchanged
+    assert models.locate(hub_id) == hub_id  # in the cache: the id goes to from_pretrained unchanged
     assert models.is_local("tiny-local") and not models.is_local("aisingapore/some-model")
 
 
@@ -44,12 +44,12 @@ def test_hub_id_that_cannot_be_had_is_one_paragraph(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(models.ModelUnavailable) as e:
-        models.resolve("aisingapore/not-cached-here")
+        models.locate("aisingapore/not-cached-here")
     msg = str(e.value)
     assert msg.startswith("base_model: aisingapore/not-cached-here is not in the local Hugging Face cache")
     assert "HF_HUB_OFFLINE=1" in msg and "hf download aisingapore/not-cached-here" in msg and "\n" not in msg
     with pytest.raises(models.ModelUnavailable, match="eval.safety.judge: 'not a valid id!' is not a local folder"):
-        models.resolve("not a valid id!", key="eval.safety.judge")
+        models.locate("not a valid id!", key="eval.safety.judge")
 
 
 def test_hub_id_offline_fails_fast_not_hangs(monkeypatch):

@@ -28,7 +28,7 @@ def problems(text: str) -> list[str]:
 
 
 def test_unknown_key_names_line_and_suggests():
-    text = GOOD.replace("  beta: 0.1", "  bta: 0.1")
+    text = GOOD.replace("  beta: 0.1", "  bta: 0.1", 1)  # kto.beta, the first
     line = text.splitlines().index(next(l for l in text.splitlines() if l.startswith("  bta:"))) + 1
     (msg,) = problems(text)
     assert msg == f"r.yaml:{line}: kto.bta: unknown key (did you mean 'beta'?)"

@@ -51,7 +51,7 @@ BASE = (0.80, 0.05, 0.00, None)
 
 
 def write_stage(exp, name, files: dict):
-    d = plan.store_dir(exp, name)
+    d = plan.Experiment(exp).dir(name)
     d.mkdir(parents=True, exist_ok=True)
     for fname, content in files.items():
         (d / fname).write_text(content if isinstance(content, str) else json.dumps(content))
@@ -64,7 +64,7 @@ def root(tmp_path_factory):
     for name, (final, shift, kl) in FIXTURE.items():
         exp = root / name
         plan.resolve(str(REPO / "recipes" / f"{name}.yaml"), exp)
-        r = plan.load_resolved(exp)
+        r = plan.Experiment(exp).recipe
         for s in r.stages:
             write_stage(exp, s, {
                 "train_log.jsonl": fake_log(12, kl or 0.0, 2.0 if s == "sft" else 0.7, s != "sft"),
@@ -84,7 +84,7 @@ def root(tmp_path_factory):
         write_stage(exp, "judge", {"agreement.json": {
             "held_out": {"n": 135, "refusal_keyword": 1.0, "refusal_minilm": 1.0, "toxic_minilm": 1.0},
             "hard_cases": {"n": 24, "refusal_keyword": 0.75, "refusal_minilm": 0.875, "toxic_minilm": 1.0}}})
-        s = summary.build(r, exp)
+        s = summary.build(plan.Experiment(exp))
         (exp / "eval").mkdir()
         (exp / "eval" / "summary.json").write_text(json.dumps(s))
         (exp / "eval" / "summary.md").write_text(summary.markdown(s))
@@ -140,7 +140,7 @@ def test_comparison_marks_the_best_per_column(root):
 
 
 def test_overlaid_curves_have_one_line_per_experiment_with_labels(root, tmp_path):
-    logs = {n: report.read_log(plan.store_dir(root / n, "kto" if n == "sft_kto" else "dpo"))
+    logs = {n: report.read_log(plan.Experiment(root / n).dir("kto" if n == "sft_kto" else "dpo"))
             for n in ("sft_kto", "sft_dpo")}
     import matplotlib.pyplot as plt
 
@@ -165,9 +165,8 @@ def test_overlaid_curves_have_one_line_per_experiment_with_labels(root, tmp_path
 def test_report_without_leaderboard(root):
     exp = root / "no_lb"
     plan.resolve(str(REPO / "recipes" / "sft.yaml"), exp, ["eval.leaderboard.enabled=false"])
-    r = plan.load_resolved(exp)
     assert not any(n.startswith("leaderboard-") for n in json.loads((exp / "stages.json").read_text()))
-    s = summary.build(r, exp)  # the sft stages and safety results are the fixture's, shared through the store
+    s = summary.build(plan.Experiment(exp))  # the sft stages and safety results are the fixture's, shared through the store
     (exp / "eval").mkdir()
     (exp / "eval" / "summary.json").write_text(json.dumps(s))
     page = report.build(exp).read_text()

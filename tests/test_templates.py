@@ -5,7 +5,7 @@ import jinja2
 import pytest
 import yaml
 
-from safealign import recipe, stages
+from safealign import kinds, recipe, stages
 
 REPO = stages.REPO
 SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
@@ -17,9 +17,9 @@ def sft_yaml(r, base="/models/base", cuda=False) -> str:
                          tracker_project=r.tracker_project)
 
 
-def kto_ctx(r):
-    return dict(recipe_path="recipes/x.yaml", model="/exp/sft/merged", seed=r.seed, cfg=r.kto,
-                train_file="train.jsonl", bf16=False, report_to=stages.report_to(r.tracker))
+def kto_ctx(r, stage="kto"):
+    return stages.trl_context(kinds.get(stage), getattr(r, stage), recipe_path="recipes/x.yaml",
+                              model="/exp/sft/merged", seed=r.seed, warmup=6, tracker=r.tracker)
 
 
 def test_sft_render_carries_recipe_values():
@@ -90,21 +90,21 @@ def test_trl_accepts_rendered_kto_config():
     assert not args.bf16 and args.learning_rate == SHIPPED.kto.learning_rate
     lora = LoraConfig(**cfg["lora"])
     assert lora.r == SHIPPED.kto.lora_r and cfg["train_file"] == "train.jsonl"
-    script = stages.render("trl/kto.py.j2", **kto_ctx(SHIPPED))
+    script = stages.render("trl/train.py.j2", **kto_ctx(SHIPPED))
     compile(script, "train_kto.py", "exec")
-    assert "(KTOTrainer if variant.is_plain else SafeKTOTrainer)(" in script and "recipes/x.yaml" in script
+    assert "(KTOTrainer, {}) if variant.is_plain else (SafeKTOTrainer, {\"variant\": variant})" in script
+    assert "recipes/x.yaml" in script and "from trl import KTOConfig, KTOTrainer" in script
     assert "variant" in cfg and cfg["variant"] == {"signed_kl": False, "nll_alpha": 0.0, "length_normalize": False}
 
 
 def test_symmetric_kto_reads_the_paired_file():
     r = recipe.parse("kto:\n  paired_only: true\n")
-    assert stages.train_file_name("kto", r.kto) == "kto_paired.jsonl"
-    assert stages.train_file_name("kto", SHIPPED.kto) == "kto.jsonl" and stages.train_file_name("dpo", r.dpo) == "dpo.jsonl"
+    assert kinds.get("kto").data_file(r.kto) == "kto_paired.jsonl"
+    assert kinds.get("kto").data_file(SHIPPED.kto) == "kto.jsonl" and kinds.get("dpo").data_file(r.dpo) == "dpo.jsonl"
 
 
-def test_kto_weight_advice_is_a_warning(tmp_path):
-    (tmp_path / "kto.jsonl").write_text('{"label": true}\n' * 3 + '{"label": false}\n')
-    (warning,) = stages.check_rows("kto", SHIPPED.kto, tmp_path)
+def test_kto_weight_advice_is_a_warning():
+    (warning,) = kinds.get("kto").advice(SHIPPED.kto, [{"label": True}] * 3 + [{"label": False}])
     assert "= 2.00, outside the KTO paper's recommended [1, 1.33]" in warning
 
 
@@ -113,7 +113,7 @@ def test_small_floats_stay_numbers_for_pyyaml():
                      "  loss_type: [sigmoid, sft]\n")
     assert yaml.safe_load(sft_yaml(r))["learning_rate"] == 1e-5
     assert yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))["trl"]["learning_rate"] == 5e-7
-    dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **{**kto_ctx(r), "cfg": r.dpo}))
+    dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **kto_ctx(r, "dpo")))
     assert dpo["trl"]["loss_weights"] == [1.0, 1e-5]
 
 
@@ -137,7 +137,7 @@ def test_tracker_key_reaches_axolotl_and_trl(tracker, tmp_path):
         finally:
             os.chdir(cwd)
         assert bool(cfg.use_wandb) == (tracker == "wandb")
-    ctx = {**kto_ctx(r), "cfg": r.dpo}
+    ctx = kto_ctx(r, "dpo")
     dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **ctx))
     assert DPOConfig(**dpo["trl"]).report_to == ([] if tracker == "none" else [tracker])
     env = stages.tracker_env(tracker, r.tracker_project, tmp_path) if tracker != "mlflow" else None

@@ -48,7 +48,7 @@ def main() -> int:
         return orig(cls, *args, **kw)
 
     transformers.AutoModelForCausalLM.from_pretrained = classmethod(counted)
-    recipe = plan.load_resolved(exp)
+    recipe = plan.Experiment(exp).recipe
     rows = []
     with tempfile.TemporaryDirectory(prefix="safealign-bench-eval-") as tmp:
         scratch = Path(tmp) / "experiments"
@@ -60,22 +60,17 @@ def main() -> int:
             if entry["dir"].startswith(("leaderboard-", "safety-", "judge-")):
                 continue
             (store / entry["dir"]).symlink_to(src.resolve(), target_is_directory=True)
-        sexp = scratch / a.name
+        sexp = plan.Experiment(scratch / a.name)
         os.environ["SAFEALIGN_QUIET"] = "1"
         steps = [("judge", None)] + [(k, m) for m in plan.eval_models(recipe) for k in ("safety", "leaderboard")
                                      if k == "safety" or recipe.eval.leaderboard.enabled]
         for kind, model in steps:
             n0, t0 = len(loads), time.time()
-            if kind == "judge":
-                stages.run_judge(recipe, sexp)
-            elif kind == "safety":
-                stages.run_safety(recipe, sexp, model)
-            else:
-                stages.run_leaderboard(recipe, sexp, model)
+            stages.run(sexp, kind, model)
             secs = time.time() - t0
             inv = ""
             if kind == "leaderboard":
-                inv = str(len(json.loads((plan.store_dir(sexp, f"leaderboard-{model}") / "table.json")
+                inv = str(len(json.loads((sexp.dir(f"leaderboard-{model}") / "table.json")
                                          .read_text())["invocations"]))
             rows.append((f"{kind}" + (f" ({model})" if model else ""), secs, len(loads) - n0, inv))
     print(f"\nevaluation stages of {a.name} ({len(plan.eval_models(recipe))} models), "
