@@ -81,6 +81,12 @@ class DpoCfg(TrainCfg):
     precompute_ref_log_probs: bool = False
 
 
+@dataclass
+class OrpoCfg(TrainCfg):
+    learning_rate: float = 8e-6
+    beta: float = 0.1  # lambda: weight of the odds-ratio term beside the NLL of the chosen answers
+
+
 # ----------------------------------------------------------------------------- per-kind checks
 def _check_kto(cfg: KtoCfg, where: Callable, problems: list[str]) -> None:
     if cfg.micro_batch_size < 2:
@@ -159,6 +165,10 @@ KINDS = {k.name: k for k in (
     Kind("dpo", "DPO", DpoCfg, "trl", data="dpo", needs="pairs", reference=True,
          trainer="trl:DPOTrainer", trl_config="trl:DPOConfig", plots=PREFERENCE_PLOTS, check=_check_dpo,
          report_keys=("beta", "learning_rate", "max_steps", "loss_type")),
+    Kind("orpo", "ORPO", OrpoCfg, "trl", data="dpo", needs="pairs", reference=False,
+         trainer="trl.experimental.orpo:ORPOTrainer", trl_config="trl.experimental.orpo:ORPOConfig",
+         plots=(*PREFERENCE_PLOTS, "nll_loss", "log_odds_ratio"), report_keys=("beta", "learning_rate", "max_steps"),
+         curves={"log_odds_ratio": ("log odds ratio, chosen over rejected", "log odds")}),
 )}
 NAMES = tuple(KINDS)
 
