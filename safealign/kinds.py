@@ -87,6 +87,14 @@ class OrpoCfg(TrainCfg):
     beta: float = 0.1  # lambda: weight of the odds-ratio term beside the NLL of the chosen answers
 
 
+@dataclass
+class SimpoCfg(TrainCfg):
+    learning_rate: float = 1e-6
+    beta: float = 2.0  # reward scale on the length-normalised log-probabilities (SimPO paper: 2 to 2.5)
+    simpo_gamma: float = 0.5  # target reward margin between chosen and rejected
+    cpo_alpha: float = 0.0  # > 0 adds alpha * NLL of the chosen answers (CPO-SimPO); 0 is SimPO itself
+
+
 # ----------------------------------------------------------------------------- per-kind checks
 def _check_kto(cfg: KtoCfg, where: Callable, problems: list[str]) -> None:
     if cfg.micro_batch_size < 2:
@@ -169,6 +177,9 @@ KINDS = {k.name: k for k in (
          trainer="trl.experimental.orpo:ORPOTrainer", trl_config="trl.experimental.orpo:ORPOConfig",
          plots=(*PREFERENCE_PLOTS, "nll_loss", "log_odds_ratio"), report_keys=("beta", "learning_rate", "max_steps"),
          curves={"log_odds_ratio": ("log odds ratio, chosen over rejected", "log odds")}),
+    Kind("simpo", "SimPO", SimpoCfg, "trl", data="dpo", needs="pairs", reference=False,
+         trainer="trl.experimental.cpo:CPOTrainer", trl_config="trl.experimental.cpo:CPOConfig",
+         plots=PREFERENCE_PLOTS, report_keys=("beta", "simpo_gamma", "cpo_alpha", "learning_rate", "max_steps")),
 )}
 NAMES = tuple(KINDS)
 
