@@ -95,6 +95,13 @@ class SimpoCfg(TrainCfg):
     cpo_alpha: float = 0.0  # > 0 adds alpha * NLL of the chosen answers (CPO-SimPO); 0 is SimPO itself
 
 
+@dataclass
+class BcoCfg(TrainCfg):
+    learning_rate: float = 5e-5
+    beta: float = 0.1  # strength of the implicit KL constraint to the reference model
+    precompute_ref_log_probs: bool = False
+
+
 # ----------------------------------------------------------------------------- per-kind checks
 def _check_kto(cfg: KtoCfg, where: Callable, problems: list[str]) -> None:
     if cfg.micro_batch_size < 2:
@@ -124,6 +131,12 @@ def _kto_advice(cfg: KtoCfg, rows: list[dict]) -> list[str]:
     n_d = sum(bool(r["label"]) for r in rows)
     advice = kto_weight_advice(n_d, len(rows) - n_d, cfg.desirable_weight, cfg.undesirable_weight)
     return [advice] if advice else []
+
+
+def _check_bco(cfg: BcoCfg, where: Callable, problems: list[str]) -> None:
+    if cfg.micro_batch_size < 2:
+        problems.append(f"{where(('micro_batch_size',))}: BCO's reward shift is a running mean over each "
+                        f"batch; micro_batch_size must be >= 2, got {cfg.micro_batch_size}")
 
 
 # ----------------------------------------------------------------------------- the table
@@ -180,6 +193,10 @@ KINDS = {k.name: k for k in (
     Kind("simpo", "SimPO", SimpoCfg, "trl", data="dpo", needs="pairs", reference=False,
          trainer="trl.experimental.cpo:CPOTrainer", trl_config="trl.experimental.cpo:CPOConfig",
          plots=PREFERENCE_PLOTS, report_keys=("beta", "simpo_gamma", "cpo_alpha", "learning_rate", "max_steps")),
+    Kind("bco", "BCO", BcoCfg, "trl", data="kto", needs="labels", reference=True,
+         trainer="trl.experimental.bco:BCOTrainer", trl_config="trl.experimental.bco:BCOConfig",
+         plots=(*PREFERENCE_PLOTS, "delta"), check=_check_bco, report_keys=("beta", "learning_rate", "max_steps"),
+         curves={"delta": ("reward shift delta (running mean of rewards)", "nats")}),
 )}
 NAMES = tuple(KINDS)
 
