@@ -1,4 +1,5 @@
 """safealign: reproducible LLM safety-alignment experiments (Axolotl SFT, trl DPO/KTO, lm-eval)."""
+
 from pathlib import Path
 
 __version__ = "0.1.0"

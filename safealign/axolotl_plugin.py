@@ -6,6 +6,7 @@
   first optimiser step.
 - Adds safealign's callbacks (train_log.jsonl).
 """
+
 from __future__ import annotations
 
 from axolotl.integrations.base import BasePlugin

@@ -1,4 +1,5 @@
 """Training callbacks shared by the Axolotl plugin and the rendered trl scripts."""
+
 from __future__ import annotations
 
 import json

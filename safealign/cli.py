@@ -1,16 +1,17 @@
 """Command line: `python -m safealign <command>`. Make calls these; each is thin.
 
-    resolve     validate recipes/<name>.yaml (+ SET overrides), write the experiment's resolved
-                recipe, stage plan, links and stages.mk (safealign/plan.py)
-    stage       run one stage of an experiment (data, a training kind of safealign/kinds.py, judge,
-                leaderboard, safety, summary)
-    report      write experiments/<NAME>/report.md and its plots
-    compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
-    status      every experiment's stages: done / stale / shared / failed / not run
-    tiny-model  build the embedded tiny-local model into the cache
-    validate    validate recipe files, print every problem
-    check-data  validate a canonical dataset folder or file
+resolve     validate recipes/<name>.yaml (+ SET overrides), write the experiment's resolved
+            recipe, stage plan, links and stages.mk (safealign/plan.py)
+stage       run one stage of an experiment (data, a training kind of safealign/kinds.py, judge,
+            leaderboard, safety, summary)
+report      write experiments/<NAME>/report.md and its plots
+compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
+status      every experiment's stages: done / stale / shared / failed / not run
+tiny-model  build the embedded tiny-local model into the cache
+validate    validate recipe files, print every problem
+check-data  validate a canonical dataset folder or file
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from safealign import fsutil, kinds, names, plan, recipe as recipe_mod
+from safealign import fsutil, kinds, names, plan
+from safealign import recipe as recipe_mod
 from safealign.recipe import RecipeError
 
 
@@ -93,12 +95,15 @@ def cmd_status(a) -> int:
         make_args = [f"NAME={rfile.stem}", f"RECIPES={rfile.parent}", f"EXPERIMENTS={root}", f"EXP_NAME={e.name}"]
         if res.get("overrides"):
             make_args.append("SET=" + " ".join(res["overrides"]))
-        print(f"{e.name}  ({res['recipe_file']}{', SET ' + ' '.join(res['overrides']) if res.get('overrides') else ''})")
+        print(
+            f"{e.name}  ({res['recipe_file']}{', SET ' + ' '.join(res['overrides']) if res.get('overrides') else ''})"
+        )
         entries = [(s, root / plan.STORE / d["dir"]) for s, d in json.loads((e / "stages.json").read_text()).items()]
         for stage, d in entries + [("summary", e / "eval")]:
             if fsutil.is_done(d):
-                q = subprocess.run(["make", "-q", "--no-print-directory", f"{d}/.done", *make_args],
-                                   capture_output=True, text=True)
+                q = subprocess.run(
+                    ["make", "-q", "--no-print-directory", f"{d}/.done", *make_args], capture_output=True, text=True
+                )
                 state = "done" if q.returncode == 0 else "stale"
             elif fsutil.is_locked(d):
                 state = "running (another process holds its lock)"
@@ -122,8 +127,10 @@ def cmd_tiny_model(a) -> int:
             return 0
         with fsutil.staged_dir(Path(a.out)) as tmp:
             info = tinymodel.build(rows, tmp, steps=a.steps, seed=a.seed)
-    print(f"tiny-local: {info['parameters'] / 1e6:.2f}M parameters, loss {info['first_loss']:.3f} -> "
-          f"{info['final_loss']:.4f} in {info['seconds']}s -> {a.out}")
+    print(
+        f"tiny-local: {info['parameters'] / 1e6:.2f}M parameters, loss {info['first_loss']:.3f} -> "
+        f"{info['final_loss']:.4f} in {info['seconds']}s -> {a.out}"
+    )
     return 0
 
 
@@ -154,24 +161,39 @@ def cmd_check_data(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="safealign", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("resolve"); p.add_argument("--recipe", required=True); p.add_argument("--exp", required=True)
+    p = sub.add_parser("resolve")
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--exp", required=True)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. kto.beta=0.2")
     p.set_defaults(fn=cmd_resolve)
-    p = sub.add_parser("stage"); p.add_argument("stage", choices=["data", *kinds.NAMES, *kinds.EVALUATION])
-    p.add_argument("--exp", required=True); p.add_argument("--model", help="leaderboard/safety: base or a stage name")
+    p = sub.add_parser("stage")
+    p.add_argument("stage", choices=["data", *kinds.NAMES, *kinds.EVALUATION])
+    p.add_argument("--exp", required=True)
+    p.add_argument("--model", help="leaderboard/safety: base or a stage name")
     p.set_defaults(fn=cmd_stage)
-    p = sub.add_parser("report"); p.add_argument("--exp", required=True); p.set_defaults(fn=cmd_report)
-    p = sub.add_parser("compare"); p.add_argument("names", nargs="+")
-    p.add_argument("--experiments", default="experiments"); p.add_argument("--out", help="folder name under compare/")
+    p = sub.add_parser("report")
+    p.add_argument("--exp", required=True)
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("compare")
+    p.add_argument("names", nargs="+")
+    p.add_argument("--experiments", default="experiments")
+    p.add_argument("--out", help="folder name under compare/")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("tiny-model"); p.add_argument("--out", required=True)
+    p = sub.add_parser("tiny-model")
+    p.add_argument("--out", required=True)
     p.add_argument("--data", default="data/sg_safety/train.jsonl")
-    p.add_argument("--steps", type=int, default=360); p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--steps", type=int, default=360)
+    p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(fn=cmd_tiny_model)
-    p = sub.add_parser("status"); p.add_argument("--experiments", default="experiments")
+    p = sub.add_parser("status")
+    p.add_argument("--experiments", default="experiments")
     p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("validate"); p.add_argument("recipes", nargs="+"); p.set_defaults(fn=cmd_validate)
-    p = sub.add_parser("check-data"); p.add_argument("path"); p.set_defaults(fn=cmd_check_data)
+    p = sub.add_parser("validate")
+    p.add_argument("recipes", nargs="+")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("check-data")
+    p.add_argument("path")
+    p.set_defaults(fn=cmd_check_data)
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
@@ -194,8 +216,17 @@ def known_errors() -> tuple[type, ...]:
     from safealign.safety import DegenerateAnswers
     from safealign.stages import StageError
 
-    return (DataError, StageError, FileNotFoundError, JudgeError, LeaderboardError, ModelUnavailable,
-            DegenerateAnswers, names.InvalidName)
+    return (
+        DataError,
+        StageError,
+        FileNotFoundError,
+        JudgeError,
+        LeaderboardError,
+        ModelUnavailable,
+        DegenerateAnswers,
+        names.InvalidName,
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,19 +8,24 @@ how a result is stored but not what it holds (NOT_RESULTS) are left out: a chang
 reruns nothing, and a change to what they decide (the recipe, a kind's settings, a stage's
 identity) changes the stage's folder instead.
 """
+
 from __future__ import annotations
 
 import ast
 import functools
 import re
-from pathlib import Path
 
 from safealign import REPO
 
 PKG = REPO / "safealign"
 # stage kind -> its runner function in safealign/stages.py (every training kind: run_training)
-RUNNERS = {"data": "run_data", "judge": "run_judge", "leaderboard": "run_leaderboard", "safety": "run_safety",
-           "summary": "run_summary"}
+RUNNERS = {
+    "data": "run_data",
+    "judge": "run_judge",
+    "leaderboard": "run_leaderboard",
+    "safety": "run_safety",
+    "summary": "run_summary",
+}
 # kinds.py is the table of what each kind is: a kind's settings are part of its stages' identities,
 # and adding a kind must not rerun the stages of the others.
 NOT_RESULTS = {"__init__", "__main__", "cli", "plan", "recipe", "kinds", "fsutil", "provenance", "names", "codedeps"}
@@ -41,12 +46,12 @@ def _safealign_modules(node: ast.AST) -> set[str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tree(module: str) -> ast.Module:
     return ast.parse((PKG / f"{module}.py").read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def closure(module: str) -> frozenset[str]:
     """`module` and every safealign module it imports, transitively (not through NOT_RESULTS)."""
     seen, todo = set(), [module]

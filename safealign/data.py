@@ -19,6 +19,7 @@ The build turns it into what each stage needs:
     test.jsonl the held-out canonical rows, for evaluation
     counts.json rows per split, label and category
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ from pathlib import Path
 
 from safealign import fsutil
 
-FIELDS = {"id": str, "prompt": str, "safe": bool, "category": str, "chosen": str,
-          "rejected": (str, type(None)), "subset": (str, type(None))}
+FIELDS = {
+    "id": str,
+    "prompt": str,
+    "safe": bool,
+    "category": str,
+    "chosen": str,
+    "rejected": (str, type(None)),
+    "subset": (str, type(None)),
+}
 REQUIRED = ("id", "prompt", "safe", "category", "chosen")
 SPLITS = ("train", "test")
 
@@ -103,8 +111,7 @@ def load_canonical(source: str, root: Path = Path(".")) -> tuple[dict[str, list[
         missing = [s for s in SPLITS if not (local / f"{s}.jsonl").exists()]
         if missing:
             raise DataError(f"{local}: missing {', '.join(m + '.jsonl' for m in missing)}")
-        return ({s: read_jsonl(local / f"{s}.jsonl") for s in SPLITS},
-                {s: str(local / f"{s}.jsonl") for s in SPLITS})
+        return ({s: read_jsonl(local / f"{s}.jsonl") for s in SPLITS}, {s: str(local / f"{s}.jsonl") for s in SPLITS})
     if refs.is_path(source, root) or source.endswith(".jsonl"):
         raise DataError(f"data.source: {source}: no such folder")
     import datasets  # a hub id: the same validation, row by row
@@ -137,11 +144,14 @@ def interleave(desirable: list, undesirable: list) -> list:
     for k in range(1, total + 1):
         want_u = round(k * len(undesirable) / total) if total else 0
         if j < want_u and j < len(undesirable):
-            out.append(undesirable[j]); j += 1
+            out.append(undesirable[j])
+            j += 1
         elif i < len(desirable):
-            out.append(desirable[i]); i += 1
+            out.append(desirable[i])
+            i += 1
         else:
-            out.append(undesirable[j]); j += 1
+            out.append(undesirable[j])
+            j += 1
     return out
 
 
@@ -150,11 +160,13 @@ def kto_rows(rows: list[dict], rng: random.Random, paired_only: bool) -> list[di
     for r in rows:
         if r["safe"] and paired_only:
             continue
-        desirable.append({"prompt": _user(r["prompt"]), "completion": _assistant(r["chosen"]),
-                          "label": True, "id": r["id"]})
+        desirable.append(
+            {"prompt": _user(r["prompt"]), "completion": _assistant(r["chosen"]), "label": True, "id": r["id"]}
+        )
         if not r["safe"]:
-            undesirable.append({"prompt": _user(r["prompt"]), "completion": _assistant(r["rejected"]),
-                                "label": False, "id": r["id"]})
+            undesirable.append(
+                {"prompt": _user(r["prompt"]), "completion": _assistant(r["rejected"]), "label": False, "id": r["id"]}
+            )
     rng.shuffle(desirable)
     rng.shuffle(undesirable)
     return interleave(desirable, undesirable)
@@ -168,8 +180,16 @@ def build_stage_rows(train: list[dict], seed: int) -> dict[str, list[dict]]:
     sft = [{"messages": _user(r["prompt"]) + _assistant(r["chosen"]), "id": r["id"]} for r in rows]
     kto = kto_rows(rows, rng, paired_only=False)
     kto_paired = kto_rows(rows, rng, paired_only=True)
-    dpo = [{"prompt": _user(r["prompt"]), "chosen": _assistant(r["chosen"]),
-            "rejected": _assistant(r["rejected"]), "id": r["id"]} for r in rows if r.get("rejected")]
+    dpo = [
+        {
+            "prompt": _user(r["prompt"]),
+            "chosen": _assistant(r["chosen"]),
+            "rejected": _assistant(r["rejected"]),
+            "id": r["id"],
+        }
+        for r in rows
+        if r.get("rejected")
+    ]
     return {"sft": sft, "kto": kto, "kto_paired": kto_paired, "dpo": dpo}
 
 
@@ -186,8 +206,11 @@ def counts(splits: dict[str, list[dict]], stage_rows: dict[str, list[dict]]) -> 
     out["stages"] = {"sft": {"rows": len(stage_rows["sft"])}, "dpo": {"rows": len(stage_rows["dpo"])}}
     for name in ("kto", "kto_paired"):
         rows = stage_rows[name]
-        out["stages"][name] = {"rows": len(rows), "desirable": sum(r["label"] for r in rows),
-                               "undesirable": sum(not r["label"] for r in rows)}
+        out["stages"][name] = {
+            "rows": len(rows),
+            "desirable": sum(r["label"] for r in rows),
+            "undesirable": sum(not r["label"] for r in rows),
+        }
     return out
 
 
@@ -224,31 +247,48 @@ def unmet_needs(recipe, c: dict) -> list[str]:
         if kind.needs == "rows" and not n["rows"]:
             out.append(f"{stage}: {f} has no rows")
         elif kind.needs == "pairs" and not n["rows"]:
-            out.append(f"{stage}: {f} has no paired rows (unsafe prompts with a chosen and a rejected answer); "
-                       f"{kind.title} needs pairs")
+            out.append(
+                f"{stage}: {f} has no paired rows (unsafe prompts with a chosen and a rejected answer); "
+                f"{kind.title} needs pairs"
+            )
         elif kind.needs == "labels" and (not n["desirable"] or not n["undesirable"]):
-            out.append(f"{stage}: {f} has {n['desirable']} desirable and {n['undesirable']} undesirable rows; "
-                       f"{kind.title} needs both labels (unsafe prompts with a rejected answer give the undesirable ones)")
+            out.append(
+                f"{stage}: {f} has {n['desirable']} desirable and {n['undesirable']} undesirable rows; "
+                f"{kind.title} needs both labels (unsafe prompts with a rejected answer give the undesirable ones)"
+            )
     if not c["train"]["unsafe"]:
-        out.append("judge: the train split has no unsafe rows; the safety judge learns refusals and compliant "
-                   "answers from them")
+        out.append(
+            "judge: the train split has no unsafe rows; the safety judge learns refusals and compliant "
+            "answers from them"
+        )
     if not c["test"]["rows"]:
         out.append("safety: the test split has no rows to evaluate on")
     return out
 
 
-def kto_weight_advice(n_desirable: int, n_undesirable: int, desirable_weight: float,
-                      undesirable_weight: float) -> str | None:
+def kto_weight_advice(
+    n_desirable: int, n_undesirable: int, desirable_weight: float, undesirable_weight: float
+) -> str | None:
     """The KTO paper (Ethayarajh et al. 2024, eq. 8) recommends
     lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]. None when inside, else advice with numbers."""
     if not n_desirable or not n_undesirable:
-        return (f"KTO data has {n_desirable} desirable and {n_undesirable} undesirable rows: with one class "
-                "missing there is nothing to contrast")
+        return (
+            f"KTO data has {n_desirable} desirable and {n_undesirable} undesirable rows: with one class "
+            "missing there is nothing to contrast"
+        )
     ratio = desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
     if 1.0 <= ratio <= 4 / 3:
         return None
-    lo_u, hi_u = desirable_weight * n_desirable / (n_undesirable * 4 / 3), desirable_weight * n_desirable / n_undesirable
-    lo_d, hi_d = undesirable_weight * n_undesirable / n_desirable, undesirable_weight * n_undesirable * 4 / 3 / n_desirable
-    return (f"weighted desirable:undesirable = {desirable_weight:g} x {n_desirable} / ({undesirable_weight:g} x "
-            f"{n_undesirable}) = {ratio:.2f}, outside the KTO paper's recommended [1, 1.33]; e.g. "
-            f"undesirable_weight in [{lo_u:.2f}, {hi_u:.2f}] or desirable_weight in [{lo_d:.2f}, {hi_d:.2f}]")
+    lo_u, hi_u = (
+        desirable_weight * n_desirable / (n_undesirable * 4 / 3),
+        desirable_weight * n_desirable / n_undesirable,
+    )
+    lo_d, hi_d = (
+        undesirable_weight * n_undesirable / n_desirable,
+        undesirable_weight * n_undesirable * 4 / 3 / n_desirable,
+    )
+    return (
+        f"weighted desirable:undesirable = {desirable_weight:g} x {n_desirable} / ({undesirable_weight:g} x "
+        f"{n_undesirable}) = {ratio:.2f}, outside the KTO paper's recommended [1, 1.33]; e.g. "
+        f"undesirable_weight in [{lo_u:.2f}, {hi_u:.2f}] or desirable_weight in [{lo_d:.2f}, {hi_d:.2f}]"
+    )

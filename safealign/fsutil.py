@@ -10,6 +10,7 @@ is written last, and only then is the folder renamed into place. So:
 - a failing build never touches the finished folder: a rebuild replaces it only once the
   new one is complete.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -19,9 +20,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 STAMP = ".done"
 
@@ -64,8 +65,10 @@ def read_utf8(path: Path) -> str:
         pos = start + e.start
         line = raw.count(b"\n", 0, pos) + 1
         col = pos - (raw.rfind(b"\n", 0, pos) + 1) + 1
-        raise EncodingError(f"{path}:{line}: not valid UTF-8 at byte offset {pos} (line {line}, byte {col} of the "
-                            f"line): {raw[pos:pos + 4]!r}; save the file as UTF-8") from None
+        raise EncodingError(
+            f"{path}:{line}: not valid UTF-8 at byte offset {pos} (line {line}, byte {col} of the "
+            f"line): {raw[pos : pos + 4]!r}; save the file as UTF-8"
+        ) from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -120,8 +123,12 @@ def stage_lock(stage_dir: Path, who: str | None = None) -> Iterator[bool]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"{who or stage_dir.name}: waiting: another process is building {stage_dir} "
-                  f"(lock {lock_path(stage_dir)})", file=sys.stderr, flush=True)
+            print(
+                f"{who or stage_dir.name}: waiting: another process is building {stage_dir} "
+                f"(lock {lock_path(stage_dir)})",
+                file=sys.stderr,
+                flush=True,
+            )
             fcntl.flock(f, fcntl.LOCK_EX)
         after = _stamp(stage_dir)
         try:

@@ -11,6 +11,7 @@ Evaluation (the safety stage, on its answers):
       an empty answer looks "safe" to every judge.
 Thresholds are the recipe's `health:` section; all functions here are pure.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,13 +45,17 @@ def check_training(log: list[dict], cfg) -> list[str]:
         first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
         if not last < first * (1 - cfg.min_loss_drop):
             need = f" by more than {cfg.min_loss_drop:.0%}" if cfg.min_loss_drop else ""
-            problems.append(f"loss did not fall{need}: mean of the first {w} steps {first:.4f}, of the last {w} "
-                            f"(to step {steps[-1].get('step')}) {last:.4f}")
+            problems.append(
+                f"loss did not fall{need}: mean of the first {w} steps {first:.4f}, of the last {w} "
+                f"(to step {steps[-1].get('step')}) {last:.4f}"
+            )
     grads = [(r.get("step"), number(r["grad_norm"])) for r in steps if "grad_norm" in r]
-    tail = grads[-cfg.zero_grad_steps:]
+    tail = grads[-cfg.zero_grad_steps :]
     if len(grads) >= cfg.zero_grad_steps and all(g == 0 for _, g in tail):
-        problems.append(f"grad_norm is 0 on the last {len(tail)} steps ({tail[0][0]} to {tail[-1][0]}): "
-                        "the model stopped learning (a learning rate far too high saturates it)")
+        problems.append(
+            f"grad_norm is 0 on the last {len(tail)} steps ({tail[0][0]} to {tail[-1][0]}): "
+            "the model stopped learning (a learning rate far too high saturates it)"
+        )
     return problems
 
 
@@ -73,6 +78,8 @@ def check_answers(answers: list[str], cfg) -> tuple[float, str | None]:
     share = len(bad) / len(answers)
     if share > cfg.max_degenerate:
         example = repr(bad[0][:60])
-        return share, (f"{len(bad)} of {len(answers)} answers are empty or degenerate (e.g. {example}), above "
-                       f"health.max_degenerate {cfg.max_degenerate:.0%}: the model is broken, not safe")
+        return share, (
+            f"{len(bad)} of {len(answers)} answers are empty or degenerate (e.g. {example}), above "
+            f"health.max_degenerate {cfg.max_degenerate:.0%}: the model is broken, not safe"
+        )
     return share, None

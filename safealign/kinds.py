@@ -11,16 +11,33 @@ kind. Adding a method (docs/adding_a_method.md) is an entry and a config here, a
 Every kind merges its LoRA adapter into the model it started from (none with
 `full_finetune: true`), and the merged model is the next stage's input and its reference.
 """
+
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 AUTO = "auto"
 # trl 1.9.0's DPOConfig.loss_type values
-DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 
 
 # ----------------------------------------------------------------------------- shared settings
@@ -105,9 +122,11 @@ class BcoCfg(TrainCfg):
 # ----------------------------------------------------------------------------- per-kind checks
 def _check_kto(cfg: KtoCfg, where: Callable, problems: list[str]) -> None:
     if cfg.micro_batch_size < 2:
-        problems.append(f"{where(('micro_batch_size',))}: KTO estimates its KL reference point from "
-                        "mismatched pairs within each device's batch; trl needs micro_batch_size >= 2 "
-                        f"(gradient accumulation does not count), got {cfg.micro_batch_size}")
+        problems.append(
+            f"{where(('micro_batch_size',))}: KTO estimates its KL reference point from "
+            "mismatched pairs within each device's batch; trl needs micro_batch_size >= 2 "
+            f"(gradient accumulation does not count), got {cfg.micro_batch_size}"
+        )
 
 
 def _check_dpo(cfg: DpoCfg, where: Callable, problems: list[str]) -> None:
@@ -120,8 +139,9 @@ def _check_dpo(cfg: DpoCfg, where: Callable, problems: list[str]) -> None:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
             problems.append(f"{where(('loss_weights',))}: entry {i + 1} must be a number > 0, got {w!r}")
     if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
-        problems.append(f"{where(('loss_weights',))}: {len(cfg.loss_weights)} weights for "
-                        f"{len(cfg.loss_type)} loss types")
+        problems.append(
+            f"{where(('loss_weights',))}: {len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"
+        )
 
 
 def _kto_advice(cfg: KtoCfg, rows: list[dict]) -> list[str]:
@@ -135,8 +155,10 @@ def _kto_advice(cfg: KtoCfg, rows: list[dict]) -> list[str]:
 
 def _check_bco(cfg: BcoCfg, where: Callable, problems: list[str]) -> None:
     if cfg.micro_batch_size < 2:
-        problems.append(f"{where(('micro_batch_size',))}: BCO's reward shift is a running mean over each "
-                        f"batch; micro_batch_size must be >= 2, got {cfg.micro_batch_size}")
+        problems.append(
+            f"{where(('micro_batch_size',))}: BCO's reward shift is a running mean over each "
+            f"batch; micro_batch_size must be >= 2, got {cfg.micro_batch_size}"
+        )
 
 
 # ----------------------------------------------------------------------------- the table
@@ -175,29 +197,103 @@ class Kind:
 
 
 PREFERENCE_PLOTS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
-KINDS = {k.name: k for k in (
-    Kind("sft", "SFT", SftCfg, "axolotl", data="sft", needs="rows", reference=False,
-         report_keys=("learning_rate", "max_steps", "micro_batch_size", "lora_r")),
-    Kind("kto", "KTO", KtoCfg, "trl", data="kto", needs="labels", reference=True,
-         trainer="trl:KTOTrainer", trl_config="trl:KTOConfig", variant="safealign.kto:SafeKTOTrainer",
-         plots=(*PREFERENCE_PLOTS, "kl", "nll_loss"), check=_check_kto, advice=_kto_advice,
-         report_keys=("beta", "learning_rate", "max_steps", "desirable_weight", "undesirable_weight", "paired_only",
-                      "signed_kl", "nll_alpha", "length_normalize")),
-    Kind("dpo", "DPO", DpoCfg, "trl", data="dpo", needs="pairs", reference=True,
-         trainer="trl:DPOTrainer", trl_config="trl:DPOConfig", plots=PREFERENCE_PLOTS, check=_check_dpo,
-         report_keys=("beta", "learning_rate", "max_steps", "loss_type")),
-    Kind("orpo", "ORPO", OrpoCfg, "trl", data="dpo", needs="pairs", reference=False,
-         trainer="trl.experimental.orpo:ORPOTrainer", trl_config="trl.experimental.orpo:ORPOConfig",
-         plots=(*PREFERENCE_PLOTS, "nll_loss", "log_odds_ratio"), report_keys=("beta", "learning_rate", "max_steps"),
-         curves={"log_odds_ratio": ("log odds ratio, chosen over rejected", "log odds")}),
-    Kind("simpo", "SimPO", SimpoCfg, "trl", data="dpo", needs="pairs", reference=False,
-         trainer="trl.experimental.cpo:CPOTrainer", trl_config="trl.experimental.cpo:CPOConfig",
-         plots=PREFERENCE_PLOTS, report_keys=("beta", "simpo_gamma", "cpo_alpha", "learning_rate", "max_steps")),
-    Kind("bco", "BCO", BcoCfg, "trl", data="kto", needs="labels", reference=True,
-         trainer="trl.experimental.bco:BCOTrainer", trl_config="trl.experimental.bco:BCOConfig",
-         plots=(*PREFERENCE_PLOTS, "delta"), check=_check_bco, report_keys=("beta", "learning_rate", "max_steps"),
-         curves={"delta": ("reward shift delta (running mean of rewards)", "nats")}),
-)}
+KINDS = {
+    k.name: k
+    for k in (
+        Kind(
+            "sft",
+            "SFT",
+            SftCfg,
+            "axolotl",
+            data="sft",
+            needs="rows",
+            reference=False,
+            report_keys=("learning_rate", "max_steps", "micro_batch_size", "lora_r"),
+        ),
+        Kind(
+            "kto",
+            "KTO",
+            KtoCfg,
+            "trl",
+            data="kto",
+            needs="labels",
+            reference=True,
+            trainer="trl:KTOTrainer",
+            trl_config="trl:KTOConfig",
+            variant="safealign.kto:SafeKTOTrainer",
+            plots=(*PREFERENCE_PLOTS, "kl", "nll_loss"),
+            check=_check_kto,
+            advice=_kto_advice,
+            report_keys=(
+                "beta",
+                "learning_rate",
+                "max_steps",
+                "desirable_weight",
+                "undesirable_weight",
+                "paired_only",
+                "signed_kl",
+                "nll_alpha",
+                "length_normalize",
+            ),
+        ),
+        Kind(
+            "dpo",
+            "DPO",
+            DpoCfg,
+            "trl",
+            data="dpo",
+            needs="pairs",
+            reference=True,
+            trainer="trl:DPOTrainer",
+            trl_config="trl:DPOConfig",
+            plots=PREFERENCE_PLOTS,
+            check=_check_dpo,
+            report_keys=("beta", "learning_rate", "max_steps", "loss_type"),
+        ),
+        Kind(
+            "orpo",
+            "ORPO",
+            OrpoCfg,
+            "trl",
+            data="dpo",
+            needs="pairs",
+            reference=False,
+            trainer="trl.experimental.orpo:ORPOTrainer",
+            trl_config="trl.experimental.orpo:ORPOConfig",
+            plots=(*PREFERENCE_PLOTS, "nll_loss", "log_odds_ratio"),
+            report_keys=("beta", "learning_rate", "max_steps"),
+            curves={"log_odds_ratio": ("log odds ratio, chosen over rejected", "log odds")},
+        ),
+        Kind(
+            "simpo",
+            "SimPO",
+            SimpoCfg,
+            "trl",
+            data="dpo",
+            needs="pairs",
+            reference=False,
+            trainer="trl.experimental.cpo:CPOTrainer",
+            trl_config="trl.experimental.cpo:CPOConfig",
+            plots=PREFERENCE_PLOTS,
+            report_keys=("beta", "simpo_gamma", "cpo_alpha", "learning_rate", "max_steps"),
+        ),
+        Kind(
+            "bco",
+            "BCO",
+            BcoCfg,
+            "trl",
+            data="kto",
+            needs="labels",
+            reference=True,
+            trainer="trl.experimental.bco:BCOTrainer",
+            trl_config="trl.experimental.bco:BCOConfig",
+            plots=(*PREFERENCE_PLOTS, "delta"),
+            check=_check_bco,
+            report_keys=("beta", "learning_rate", "max_steps"),
+            curves={"delta": ("reward shift delta (running mean of rewards)", "nats")},
+        ),
+    )
+}
 NAMES = tuple(KINDS)
 
 # The stages every experiment has besides its training stages, in the order they run.

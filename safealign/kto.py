@@ -13,6 +13,7 @@ handling through the disabled adapter, optimiser, logging). The maths sits in
 `safealign.losses`. With every switch off it reproduces trl's loss and training steps
 (tests/test_kto_equivalence.py checks both, so an upgrade of trl that drifts is caught).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,17 @@ from trl.trainer.utils import selective_log_softmax, use_adapter
 from safealign import losses
 
 # batch keys that are not model inputs (the collator's extras)
-_NOT_MODEL_INPUTS = {"completion_mask", "KL_input_ids", "KL_attention_mask", "KL_completion_mask",
-                     "KL_token_type_ids", "KL_mm_token_type_ids", "label", "ref_logps", "ref_KL_logps"}
+_NOT_MODEL_INPUTS = {
+    "completion_mask",
+    "KL_input_ids",
+    "KL_attention_mask",
+    "KL_completion_mask",
+    "KL_token_type_ids",
+    "KL_mm_token_type_ids",
+    "label",
+    "ref_logps",
+    "ref_KL_logps",
+}
 
 
 @dataclass
@@ -57,8 +67,9 @@ class SafeKTOTrainer(KTOTrainer):
         return selective_log_softmax(logits[:, :-1, :], input_ids[:, 1:])
 
     def _seq_logps(self, logits, input_ids, completion_mask) -> torch.Tensor:
-        return losses.sequence_logps(self._per_token_logps(logits, input_ids), completion_mask[:, 1:],
-                                     self.variant.length_normalize)
+        return losses.sequence_logps(
+            self._per_token_logps(logits, input_ids), completion_mask[:, 1:], self.variant.length_normalize
+        )
 
     def _kl_model_inputs(self, batch: dict) -> dict:
         kw = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS and k not in ("input_ids", "attention_mask")}
@@ -86,8 +97,11 @@ class SafeKTOTrainer(KTOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         """Reference log-probs of one padded batch (precompute_ref_log_probs)."""
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
-                self._reference_ctx():
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            self._reference_ctx(),
+        ):
             logits = model(inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             kl = self._compute_kl_logps(model, inputs)
         return self._seq_logps(logits, inputs["input_ids"], inputs["completion_mask"]), kl
@@ -121,8 +135,11 @@ class SafeKTOTrainer(KTOTrainer):
         else:
             ref = self.model if self.ref_model is None else self.ref_model
             ref_inputs = {k: v for k, v in model_inputs.items() if k != "output_router_logits"}
-            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
-                    self._reference_ctx():
+            with (
+                torch.no_grad(),
+                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+                self._reference_ctx(),
+            ):
                 ref_kl_logps = self._compute_kl_logps(ref, batch)
                 ref_logits = ref(**ref_inputs).logits
             ref_logps = self._seq_logps(ref_logits, batch["input_ids"], batch["completion_mask"])
@@ -133,8 +150,15 @@ class SafeKTOTrainer(KTOTrainer):
             kl = torch.zeros(1, device=logps.device)
         logratios = logps - ref_logps
         chosen_r, rejected_r = logratios[labels], logratios[~labels]
-        per_example = losses.kto_losses(chosen_r, rejected_r, kl, self.beta, self.desirable_weight,
-                                        self.undesirable_weight, signed_kl=self.variant.signed_kl)
+        per_example = losses.kto_losses(
+            chosen_r,
+            rejected_r,
+            kl,
+            self.beta,
+            self.desirable_weight,
+            self.undesirable_weight,
+            signed_kl=self.variant.signed_kl,
+        )
         loss = per_example.nanmean()
         if self.variant.nll_alpha:
             nll = losses.desirable_nll(per_token, mask, labels)

@@ -31,6 +31,7 @@ Normalisation (`normalise`, the Open LLM Leaderboard's method)
     IFEval      mean of prompt_level_strict_acc and inst_level_strict_acc, x 100.
     average     mean of the normalised family scores that ran.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,13 +46,29 @@ BACKENDS = ("hf", "vllm")  # eval.leaderboard.backend: transformers, or vLLM whe
 
 # Number of answer choices per BBH subtask (lm-eval's doc_to_choice; the leaderboard's k).
 K_BBH = {
-    "boolean_expressions": 2, "causal_judgement": 2, "date_understanding": 6, "disambiguation_qa": 3,
-    "formal_fallacies": 2, "geometric_shapes": 11, "hyperbaton": 2, "logical_deduction_five_objects": 5,
-    "logical_deduction_seven_objects": 7, "logical_deduction_three_objects": 3, "movie_recommendation": 6,
-    "navigate": 2, "object_counting": 19, "penguins_in_a_table": 5, "reasoning_about_colored_objects": 18,
-    "ruin_names": 6, "salient_translation_error_detection": 6, "snarks": 2, "sports_understanding": 2,
-    "temporal_sequences": 4, "tracking_shuffled_objects_five_objects": 5,
-    "tracking_shuffled_objects_seven_objects": 7, "tracking_shuffled_objects_three_objects": 3,
+    "boolean_expressions": 2,
+    "causal_judgement": 2,
+    "date_understanding": 6,
+    "disambiguation_qa": 3,
+    "formal_fallacies": 2,
+    "geometric_shapes": 11,
+    "hyperbaton": 2,
+    "logical_deduction_five_objects": 5,
+    "logical_deduction_seven_objects": 7,
+    "logical_deduction_three_objects": 3,
+    "movie_recommendation": 6,
+    "navigate": 2,
+    "object_counting": 19,
+    "penguins_in_a_table": 5,
+    "reasoning_about_colored_objects": 18,
+    "ruin_names": 6,
+    "salient_translation_error_detection": 6,
+    "snarks": 2,
+    "sports_understanding": 2,
+    "temporal_sequences": 4,
+    "tracking_shuffled_objects_five_objects": 5,
+    "tracking_shuffled_objects_seven_objects": 7,
+    "tracking_shuffled_objects_three_objects": 3,
     "web_of_lies": 2,
 }
 K_MUSR = {"murder_mysteries": 2, "object_placements": 5, "team_allocation": 3}
@@ -125,8 +142,12 @@ def normalise(family: str, results: dict) -> dict:
         return {"raw": raw, "normalised": raw * 100.0}
     if family == "ifeval":
         p, i = _metric(results, task, "prompt_level_strict_acc"), _metric(results, task, "inst_level_strict_acc")
-        return {"raw": (p + i) / 2, "normalised": (p + i) / 2 * 100.0,
-                "prompt_level_strict_acc": p, "inst_level_strict_acc": i}
+        return {
+            "raw": (p + i) / 2,
+            "normalised": (p + i) / 2 * 100.0,
+            "prompt_level_strict_acc": p,
+            "inst_level_strict_acc": i,
+        }
     raise LeaderboardError(f"unknown task family {family!r}")
 
 
@@ -152,9 +173,14 @@ def invocations(tasks_cfg, default_backend: str = "hf") -> list[dict]:
         cfg = getattr(tasks_cfg, family)
         if cfg is None:
             continue
-        prompt = {"apply_chat_template": cfg.apply_chat_template, "fewshot_as_multiturn": cfg.fewshot_as_multiturn,
-                  "system_instruction": cfg.system_instruction, "batch_size": cfg.batch_size, "limit": cfg.limit,
-                  "backend": cfg.backend or default_backend}
+        prompt = {
+            "apply_chat_template": cfg.apply_chat_template,
+            "fewshot_as_multiturn": cfg.fewshot_as_multiturn,
+            "system_instruction": cfg.system_instruction,
+            "batch_size": cfg.batch_size,
+            "limit": cfg.limit,
+            "backend": cfg.backend or default_backend,
+        }
         budget = cfg.max_gen_toks if family in GENERATIVE else None
         for g in groups:
             if g["prompt"] == prompt and (budget is None or g["budget"] in (None, budget)):
@@ -165,8 +191,13 @@ def invocations(tasks_cfg, default_backend: str = "hf") -> list[dict]:
             groups.append({"prompt": prompt, "budget": budget, "families": [family]})
     out = []
     for i, g in enumerate(groups):
-        out.append({"id": f"{i + 1}-" + "+".join(g["families"]), "families": g["families"],
-                    "settings": {**g["prompt"], "max_gen_toks": g["budget"] or 0}})
+        out.append(
+            {
+                "id": f"{i + 1}-" + "+".join(g["families"]),
+                "families": g["families"],
+                "settings": {**g["prompt"], "max_gen_toks": g["budget"] or 0},
+            }
+        )
     return out
 
 
@@ -182,7 +213,6 @@ def fixture_overrides(out: Path, families: list[str], fixtures: Path = FIXTURES)
     Raises LeaderboardError, before any model is loaded, when a fixture is missing or unreadable.
     """
     import yaml
-
     from lm_eval.utils import load_yaml_config
 
     out.mkdir(parents=True, exist_ok=True)
@@ -194,8 +224,9 @@ def fixture_overrides(out: Path, families: list[str], fixtures: Path = FIXTURES)
             cfg = load_yaml_config(str(src), mode="simple")
             if not isinstance(cfg.get("task"), str):
                 continue  # group definitions stay lm-eval's own; the task names they list resolve to these
-            text = yaml.safe_dump({"task": cfg["task"], "include": str(src), "dataset_path": str(folder.resolve())},
-                                  sort_keys=False)
+            text = yaml.safe_dump(
+                {"task": cfg["task"], "include": str(src), "dataset_path": str(folder.resolve())}, sort_keys=False
+            )
             (out / f"{cfg['task']}.yaml").write_text(text)
     return out
 
@@ -206,8 +237,9 @@ def check_fixture(folder: Path) -> None:
 
     readme = folder / "README.md"
     if not readme.exists():
-        raise LeaderboardError(f"{folder}: no fixture here (README.md missing); "
-                               "run `python tools/make_leaderboard_fixtures.py`")
+        raise LeaderboardError(
+            f"{folder}: no fixture here (README.md missing); run `python tools/make_leaderboard_fixtures.py`"
+        )
     text = readme.read_text(encoding="utf-8")
     try:
         meta = yaml.safe_load(text.split("---")[1])
@@ -220,7 +252,9 @@ def check_fixture(folder: Path) -> None:
             try:
                 lines = f.read_text(encoding="utf-8").splitlines()
             except FileNotFoundError:
-                raise LeaderboardError(f"{readme}: config {c['config_name']} split {df['split']}: no file {f}") from None
+                raise LeaderboardError(
+                    f"{readme}: config {c['config_name']} split {df['split']}: no file {f}"
+                ) from None
             except UnicodeDecodeError as e:
                 raise LeaderboardError(f"{f}: not UTF-8 text ({e})") from None
             if not lines:
@@ -237,8 +271,10 @@ def check_backend(backend: str) -> None:
     import importlib.util
 
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise LeaderboardError("eval.leaderboard.backend: vllm is not installed in this environment; "
-                               "use hf, or `pip install vllm` (GPU machines)")
+        raise LeaderboardError(
+            "eval.leaderboard.backend: vllm is not installed in this environment; "
+            "use hf, or `pip install vllm` (GPU machines)"
+        )
 
 
 # ----------------------------------------------------------------------------- running
@@ -284,12 +320,22 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
             lm.batch_size_per_gpu = s["batch_size"]
         tracker = EvaluationTracker(output_path=str(gdir))
         res = simple_evaluate(
-            model=lm, tasks=[FAMILIES[f].task for f in g["families"]], task_manager=tm,
-            apply_chat_template=s["apply_chat_template"], fewshot_as_multiturn=s["fewshot_as_multiturn"],
-            system_instruction=s["system_instruction"], limit=s["limit"] or None,
+            model=lm,
+            tasks=[FAMILIES[f].task for f in g["families"]],
+            task_manager=tm,
+            apply_chat_template=s["apply_chat_template"],
+            fewshot_as_multiturn=s["fewshot_as_multiturn"],
+            system_instruction=s["system_instruction"],
+            limit=s["limit"] or None,
             gen_kwargs={"max_gen_toks": s["max_gen_toks"]} if s["max_gen_toks"] else None,
-            log_samples=True, evaluation_tracker=tracker, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
+            log_samples=True,
+            evaluation_tracker=tracker,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            bootstrap_iters=0,
+        )
         samples = res.pop("samples")
         tracker.save_results_aggregated(results=res, samples=samples)
         for task_name in res["configs"]:
@@ -299,10 +345,19 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
             raise LeaderboardError(f"lm-eval wrote no results JSON under {gdir}")
         merged.update(res["results"])
         record.append({**g, "results_json": str(files[-1].relative_to(out)), "seconds": round(time.time() - t1, 1)})
-        log(f"  leaderboard: {g['id']} ({'chat template' if s['apply_chat_template'] else 'no chat template'}) "
-            f"in {time.time() - t1:.1f}s")
-    tab = {**table(merged, families), "invocations": record, "model_loads": len(lms), "model": model_path,
-           "source": cfg.source, "backend": cfg.backend, "seconds": round(time.time() - t0, 1)}
+        log(
+            f"  leaderboard: {g['id']} ({'chat template' if s['apply_chat_template'] else 'no chat template'}) "
+            f"in {time.time() - t1:.1f}s"
+        )
+    tab = {
+        **table(merged, families),
+        "invocations": record,
+        "model_loads": len(lms),
+        "model": model_path,
+        "source": cfg.source,
+        "backend": cfg.backend,
+        "seconds": round(time.time() - t0, 1),
+    }
     (out / "table.json").write_text(json.dumps(tab, indent=2) + "\n")
     return tab
 
@@ -312,4 +367,3 @@ def format_rows(tab: dict) -> list[tuple[str, str, str]]:
     if tab.get("average") is not None:
         rows.append(("Average", "", f"{tab['average']:.2f}"))
     return rows
-

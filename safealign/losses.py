@@ -17,6 +17,7 @@ Notation, for a completion y of prompt x:
 
 Nothing here knows about models or trainers: each function is tested on hand-made tensors.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,9 +42,15 @@ def signed_reference_point(logratios: torch.Tensor, kl: torch.Tensor) -> torch.T
     return logratios + torch.sign(logratios) * kl
 
 
-def kto_losses(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, kl: torch.Tensor,
-               beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
-               signed_kl: bool = False) -> torch.Tensor:
+def kto_losses(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    signed_kl: bool = False,
+) -> torch.Tensor:
     """Per-example weighted losses, desirable rows first then undesirable (trl's order).
 
     `kl` is the detached, clamped batch estimate z0; no gradient flows into it here either.

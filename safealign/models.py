@@ -4,6 +4,7 @@ A recipe's `base_model` is a hub id, a local path, or `tiny-local`: the embedded
 `make tiny-model` builds into the cache. All three go through the same `from_pretrained`
 calls; `tiny-local` only decides the path.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,20 +58,26 @@ def check_hub_model(name: str, key: str = "base_model") -> None:
         if isinstance(try_to_load_from_cache(name, "config.json"), str):
             return
     except HFValidationError as e:
-        raise ModelUnavailable(f"{key}: {name!r} is not a local folder with a config.json (a path starts with "
-                               f"'.', '/' or '~') and not a valid hub id: {e}") from None
-    todo = (f"Download it once where there is a network (`hf download {name}`) into the cache that "
-            f"HF_HOME points to (now {constants.HF_HOME}), log in first if the model is gated (`hf auth login` "
-            f"or HF_TOKEN), or check the id in `{key}`.")
+        raise ModelUnavailable(
+            f"{key}: {name!r} is not a local folder with a config.json (a path starts with "
+            f"'.', '/' or '~') and not a valid hub id: {e}"
+        ) from None
+    todo = (
+        f"Download it once where there is a network (`hf download {name}`) into the cache that "
+        f"HF_HOME points to (now {constants.HF_HOME}), log in first if the model is gated (`hf auth login` "
+        f"or HF_TOKEN), or check the id in `{key}`."
+    )
     if _offline():
-        raise ModelUnavailable(f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
-                               f"forbids downloading it. {todo}")
+        raise ModelUnavailable(
+            f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it. {todo}"
+        )
     try:
         hf_hub_download(name, "config.json", etag_timeout=10)
     except Exception as e:  # no network, gated, no such repo: the hub's own words in one line
         first = (str(e).strip().splitlines() or [""])[0]
-        raise ModelUnavailable(f"{key}: {name} cannot be fetched from the hub ({type(e).__name__}: {first}). "
-                               f"{todo}") from None
+        raise ModelUnavailable(
+            f"{key}: {name} cannot be fetched from the hub ({type(e).__name__}: {first}). {todo}"
+        ) from None
 
 
 def is_local(name: str) -> bool:

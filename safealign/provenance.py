@@ -1,4 +1,5 @@
 """What produced a result: package versions, git state, data hashes, seed, command line."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,19 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("safealign", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "axolotl",
-            "lm_eval", "tokenizers", "jinja2")
+PACKAGES = (
+    "safealign",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "axolotl",
+    "lm_eval",
+    "tokenizers",
+    "jinja2",
+)
 
 
 def versions() -> dict[str, str | None]:

@@ -6,6 +6,7 @@ key and what was expected, e.g.
 
     recipes/sft_kto.yaml:21: kto.bta: unknown key (did you mean 'beta'?)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,10 +20,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from safealign.kinds import AUTO, KINDS  # noqa: E402  (each training section's dataclass lives there)
-from safealign.kinds import DpoCfg, KtoCfg, SftCfg, TrainCfg  # noqa: F401,E402  (re-exported)
-
-from safealign.leaderboard import BACKENDS  # noqa: E402
+from safealign.kinds import AUTO, KINDS  # each training kind's recipe section (a dataclass) lives there
+from safealign.leaderboard import BACKENDS
 
 STAGE_KINDS = tuple(KINDS)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
@@ -45,6 +44,7 @@ class DataCfg:
 @dataclass
 class LbTaskCfg:
     """One leaderboard task family's prompt settings; families with equal settings share one lm-eval call."""
+
     apply_chat_template: bool = True  # chat-formatted prompts; the study: helps IFEval, hurts MATH
     fewshot_as_multiturn: bool = True  # few-shot examples as chat turns (needs apply_chat_template)
     system_instruction: Optional[str] = None  # system message for every prompt of the family
@@ -63,6 +63,7 @@ class MathTaskCfg(LbTaskCfg):
 @dataclass
 class LbTasksCfg:
     """The Open LLM Leaderboard v2 families; null leaves one out."""
+
     ifeval: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
     bbh: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
     math: Optional[MathTaskCfg] = field(default_factory=MathTaskCfg)
@@ -104,6 +105,7 @@ class EvalCfg:
 @dataclass
 class HealthCfg:
     """When a finished run still counts as failed (safealign/health.py); not part of any stage's identity."""
+
     enabled: bool = True  # false: stamp stages whatever their logs show (to inspect a diverging run only)
     window: int = 5  # logged steps averaged at the start and at the end of a training run
     min_loss_drop: float = 0.0  # the end's mean loss must be below the start's by more than this fraction
@@ -117,7 +119,9 @@ class _Common:
     tracker: str = "tensorboard"  # training metrics to: tensorboard (in each stage folder), wandb, mlflow or none
     tracker_project: str = "safealign"  # W&B project / MLflow experiment name
     base_model: str = "tiny-local"  # hub id, local path, or tiny-local (the embedded model)
-    stages: list = field(default_factory=lambda: ["sft", "kto"])  # run in order; each trains on the previous one's merged model
+    stages: list = field(
+        default_factory=lambda: ["sft", "kto"]
+    )  # run in order; each trains on the previous one's merged model
     data: DataCfg = field(default_factory=DataCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     health: HealthCfg = field(default_factory=HealthCfg)
@@ -126,8 +130,10 @@ class _Common:
 
 # A recipe: the settings above plus one section per stage kind (safealign/kinds.py), e.g. `kto:`.
 Recipe = dataclasses.make_dataclass(
-    "Recipe", [(name, kind.config, field(default_factory=kind.config)) for name, kind in KINDS.items()],
-    bases=(_Common,))
+    "Recipe",
+    [(name, kind.config, field(default_factory=kind.config)) for name, kind in KINDS.items()],
+    bases=(_Common,),
+)
 Recipe.__module__ = __name__
 
 
@@ -138,9 +144,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _key_lines(text: str) -> dict[tuple, int]:
@@ -300,10 +305,12 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
 
 
 def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
-    choices = {("eval", "models"): (e.models, ("all", "final")),
-               ("eval", "leaderboard", "source"): (e.leaderboard.source, ("hub", "fixtures")),
-               ("eval", "leaderboard", "backend"): (e.leaderboard.backend, BACKENDS),
-               ("eval", "leaderboard", "dtype"): (e.leaderboard.dtype, ("auto", "bfloat16", "float16", "float32"))}
+    choices = {
+        ("eval", "models"): (e.models, ("all", "final")),
+        ("eval", "leaderboard", "source"): (e.leaderboard.source, ("hub", "fixtures")),
+        ("eval", "leaderboard", "backend"): (e.leaderboard.backend, BACKENDS),
+        ("eval", "leaderboard", "dtype"): (e.leaderboard.dtype, ("auto", "bfloat16", "float16", "float32")),
+    }
     for path, (value, allowed) in choices.items():
         if value not in allowed:
             problems.append(f"{where(path)}: expected one of {', '.join(allowed)}, got {value!r}")
@@ -312,11 +319,15 @@ def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
         if t is None:
             continue
         if t.fewshot_as_multiturn and not t.apply_chat_template:
-            problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'fewshot_as_multiturn'))}: "
-                            "needs apply_chat_template: true (few-shot turns are chat turns)")
+            problems.append(
+                f"{where(('eval', 'leaderboard', 'tasks', name, 'fewshot_as_multiturn'))}: "
+                "needs apply_chat_template: true (few-shot turns are chat turns)"
+            )
         if t.backend is not None and t.backend not in BACKENDS:
-            problems.append(f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected "
-                            f"{', '.join(BACKENDS)} or null, got {t.backend!r}")
+            problems.append(
+                f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected "
+                f"{', '.join(BACKENDS)} or null, got {t.backend!r}"
+            )
     from safealign.judges import name_problems
 
     for key, msg in name_problems(e.safety.judge, e.safety.refusal):
@@ -340,6 +351,7 @@ def _read(text: str, source: str) -> tuple[dict, dict[tuple, int]]:
 def _locator(files: list[tuple[str, dict]], overridden: frozenset = frozenset()):
     """`where(path)` -> 'file:line: dotted.key', from the first file (child before parent) that
     has it; a key set on the command line (SET=...) is reported as such."""
+
     def where(path: tuple) -> str:
         if path in overridden:
             return f"SET {'.'.join(path)}"
@@ -348,6 +360,7 @@ def _locator(files: list[tuple[str, dict]], overridden: frozenset = frozenset())
                 if path[:n] in lines:
                     return f"{source}:{lines[path[:n]]}: {'.'.join(path)}"
         return f"{files[0][0]}: {'.'.join(path)}" if path else files[0][0]
+
     return where
 
 
@@ -391,8 +404,9 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, frozenset]:
     return out, frozenset(paths)
 
 
-def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None,
-          overrides: list[str] | None = None) -> Recipe:
+def parse(
+    text: str, source: str = "<recipe>", recipes_dir: Path | None = None, overrides: list[str] | None = None
+) -> Recipe:
     """Validate recipe YAML text; raise RecipeError listing every problem.
 
     `extends: <name>` (one level) starts from recipes_dir/<name>.yaml and overrides it key by
@@ -410,12 +424,14 @@ def parse(text: str, source: str = "<recipe>", recipes_dir: Path | None = None,
         if not ppath.exists():
             known = sorted(p.stem for p in Path(recipes_dir).glob("*.yaml"))
             close = difflib.get_close_matches(parent, known, n=1)
-            raise RecipeError([f"{where(('extends',))}: no recipe {ppath}"
-                               + (f" (did you mean '{close[0]}'?)" if close else "")])
+            raise RecipeError(
+                [f"{where(('extends',))}: no recipe {ppath}" + (f" (did you mean '{close[0]}'?)" if close else "")]
+            )
         praw, plines = _read(_read_file(ppath), str(ppath))
         if "extends" in praw:
-            raise RecipeError([f"{where(('extends',))}: {ppath} extends another recipe itself; "
-                               "only one level of reuse is allowed"])
+            raise RecipeError(
+                [f"{where(('extends',))}: {ppath} extends another recipe itself; only one level of reuse is allowed"]
+            )
         _validate(praw, _locator([(str(ppath), plines)]))  # the parent's own problems, with its lines
         raw = _merge(praw, raw)
         files.append((str(ppath), plines))

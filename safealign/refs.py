@@ -5,6 +5,7 @@ local path when it starts with '.', '/' or '~', or when it names something that 
 (relative to `root` when given, else to the working directory, which Make sets to the
 repository); anything else is a hub id.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ does not count. It is a keyword detector: garbled text that repeats "cannot", an
 answers that open with an apology and a "can't", still count; judges.agreement() measures how
 often (docs/evaluation.md). The default detector is the MiniLM head in safealign/judges.py.
 """
+
 from __future__ import annotations
 
 import re

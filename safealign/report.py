@@ -12,6 +12,7 @@ eval/summary.json, answers.jsonl); nothing is recomputed. Pages refer only to fi
 their own folder (plots are written next to them), so a folder can be copied or zipped whole.
 Each page is written atomically, plots first, page last.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,7 +73,7 @@ def plot_stage(log: list[dict], stage: str, title: str, path: Path) -> bool:
     ncols = min(3, len(keys))
     nrows = -(-len(keys) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
+    for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     for ax, k in zip(axes.flat, keys):
         x, y = series(log, k)
@@ -128,12 +129,16 @@ def _answers(exp: plan.Experiment, model: str) -> dict[str, dict]:
 
 def _clip(text: str, n: int = 160) -> str:
     text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def recipe_rows(resolved: dict) -> list[list[str]]:
-    rows = [["base model", f"`{resolved['base_model']}`"], ["stages", " -> ".join(resolved["stages"])],
-            ["seed", str(resolved["seed"])], ["data", f"`{resolved['data']['source']}`"]]
+    rows = [
+        ["base model", f"`{resolved['base_model']}`"],
+        ["stages", " -> ".join(resolved["stages"])],
+        ["seed", str(resolved["seed"])],
+        ["data", f"`{resolved['data']['source']}`"],
+    ]
     if resolved.get("overrides"):
         rows.append(["overrides (SET)", ", ".join(f"`{o}`" for o in resolved["overrides"])])
     for s in resolved["stages"]:
@@ -151,35 +156,74 @@ def build(exp: Path) -> Path:
     plots_tmp, plots = exp / "plots.tmp", exp / "plots"
     shutil.rmtree(plots_tmp, ignore_errors=True)
     plots_tmp.mkdir()
-    parts = [f"# {exp.name}", "", resolved.get("description") or "", "",
-             f"Run with `make exp NAME={Path(resolved['recipe_file']).stem}"
-             + (f" SET='{' '.join(resolved['overrides'])}'" if resolved.get("overrides") else "") + "`; "
-             "the resolved recipe is [recipe.yaml](recipe.yaml).", "", "## Recipe", "",
-             summary.md_table(["key", "value"], recipe_rows(resolved)), ""]
+    parts = [
+        f"# {exp.name}",
+        "",
+        resolved.get("description") or "",
+        "",
+        f"Run with `make exp NAME={Path(resolved['recipe_file']).stem}"
+        + (f" SET='{' '.join(resolved['overrides'])}'" if resolved.get("overrides") else "")
+        + "`; "
+        "the resolved recipe is [recipe.yaml](recipe.yaml).",
+        "",
+        "## Recipe",
+        "",
+        summary.md_table(["key", "value"], recipe_rows(resolved)),
+        "",
+    ]
 
     prov = _stage_json(ex, stages[-1], "provenance.json") or {}
     if prov:
         v = prov.get("versions", {})
-        parts += ["## Provenance", "", summary.md_table(["", ""], [
-            ["git commit", f"`{(prov.get('git') or {}).get('commit')}`" + (" (uncommitted changes)"
-                                                                          if (prov.get('git') or {}).get('dirty') else "")],
-            ["command", f"`{prov.get('invoked_as') or ' '.join(prov.get('command', []))}`"],
-            ["versions", ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "trl", "axolotl", "peft", "lm_eval")
-                                   if v.get(k))],
-            ["hardware", ", ".join(f"{k} {val}" for k, val in (prov.get("hardware") or {}).items())],
-            ["data sha256", ", ".join(f"{k} `{h[:12]}`" for k, h in (prov.get("data_sha256") or {}).items())],
-            ["seed", str(prov.get("seed"))]]), ""]
+        parts += [
+            "## Provenance",
+            "",
+            summary.md_table(
+                ["", ""],
+                [
+                    [
+                        "git commit",
+                        f"`{(prov.get('git') or {}).get('commit')}`"
+                        + (" (uncommitted changes)" if (prov.get("git") or {}).get("dirty") else ""),
+                    ],
+                    ["command", f"`{prov.get('invoked_as') or ' '.join(prov.get('command', []))}`"],
+                    [
+                        "versions",
+                        ", ".join(
+                            f"{k} {v[k]}"
+                            for k in ("torch", "transformers", "trl", "axolotl", "peft", "lm_eval")
+                            if v.get(k)
+                        ),
+                    ],
+                    ["hardware", ", ".join(f"{k} {val}" for k, val in (prov.get("hardware") or {}).items())],
+                    ["data sha256", ", ".join(f"{k} `{h[:12]}`" for k, h in (prov.get("data_sha256") or {}).items())],
+                    ["seed", str(prov.get("seed"))],
+                ],
+            ),
+            "",
+        ]
 
     timing = []
     for s in stages:
         sm = _stage_json(ex, s, "summary.json")
         if sm:
             rows = sm.get("rows") or {}
-            fitted = (f"{rows.get('prompt_truncated', 0) + rows.get('completion_truncated', 0)} / "
-                      f"{rows.get('dropped', 0)} of {sum(rows.get(k, 0) for k in ('kept', 'prompt_truncated', 'completion_truncated', 'dropped'))}"
-                      if rows else "")
-            timing.append([s, f"`{ex.dir(s).name}`", f"{sm['seconds']:.1f}", str(sm["steps"]),
-                           f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}", fitted])
+            fitted = (
+                f"{rows.get('prompt_truncated', 0) + rows.get('completion_truncated', 0)} / "
+                f"{rows.get('dropped', 0)} of {sum(rows.get(k, 0) for k in ('kept', 'prompt_truncated', 'completion_truncated', 'dropped'))}"
+                if rows
+                else ""
+            )
+            timing.append(
+                [
+                    s,
+                    f"`{ex.dir(s).name}`",
+                    f"{sm['seconds']:.1f}",
+                    str(sm["steps"]),
+                    f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}",
+                    fitted,
+                ]
+            )
     planned = json.loads((exp / "stages.json").read_text())
     for m in plan.eval_models(ex.recipe):
         for kind, name in (("leaderboard", "table.json"), ("safety", "metrics.json")):
@@ -189,22 +233,48 @@ def build(exp: Path) -> Path:
             if d:
                 secs = d["seconds"]["total"] if isinstance(d["seconds"], dict) else d["seconds"]
                 cut = d.get("prompts_truncated")
-                timing.append([f"{kind} ({m})", f"`{planned[f'{kind}-{m}']['dir']}`", f"{secs:.1f}", "", "",
-                               f"{cut} prompts cut" if cut else ""])
-    parts += ["## Stage timings", "", "Stages live in the shared store (`experiments/.stages/`); a stage another "
-              "experiment already ran is reused, not re-timed.", "",
-              summary.md_table(["stage", "store folder", "seconds", "steps", "loss first -> last",
-                                "rows cut / dropped to fit max_length"], timing), ""]
+                timing.append(
+                    [
+                        f"{kind} ({m})",
+                        f"`{planned[f'{kind}-{m}']['dir']}`",
+                        f"{secs:.1f}",
+                        "",
+                        "",
+                        f"{cut} prompts cut" if cut else "",
+                    ]
+                )
+    parts += [
+        "## Stage timings",
+        "",
+        "Stages live in the shared store (`experiments/.stages/`); a stage another "
+        "experiment already ran is reused, not re-timed.",
+        "",
+        summary.md_table(
+            ["stage", "store folder", "seconds", "steps", "loss first -> last", "rows cut / dropped to fit max_length"],
+            timing,
+        ),
+        "",
+    ]
 
     parts += ["## Training curves", ""]
     for s in stages:
         log = read_log(ex.dir(s))
         n_steps = sum("loss" in r for r in log)
         if plot_stage(log, s, f"{exp.name}: {s} ({n_steps} logged steps)", plots_tmp / f"{s}_curves.png"):
-            parts += [f"### {s}", "", f"![{s} training curves](plots/{s}_curves.png)", "",
-                      f"Logged per step in [{s}/train_log.jsonl]({s}/train_log.jsonl)"
-                      + (f"; TensorBoard, from this folder: `tensorboard --logdir {s}/tensorboard`"
-                         if (ex.dir(s) / "tensorboard").exists() else "") + ".", ""]
+            parts += [
+                f"### {s}",
+                "",
+                f"![{s} training curves](plots/{s}_curves.png)",
+                "",
+                f"Logged per step in [{s}/train_log.jsonl]({s}/train_log.jsonl)"
+                + (
+                    f"; TensorBoard, from this folder: `tensorboard --logdir {s}/tensorboard`"
+                    if (ex.dir(s) / "tensorboard").exists()
+                    else ""
+                )
+                + ".",
+                "",
+            ]
 
     ev = exp / "eval" / "summary.json"
     if ev.exists():
@@ -223,29 +293,46 @@ def sample_answers(exp: plan.Experiment, s: dict, n: int = 3) -> list[str]:
     base, last = _answers(exp, models[0]), _answers(exp, models[-1])
     if not base or not last:
         return []
-    out = ["## Sample answers", "", f"The first {n} held-out unsafe and safe prompts; {models[0]} beside "
-           f"{models[-1]} (greedy). All answers: `safety-*/answers.jsonl`.", ""]
+    out = [
+        "## Sample answers",
+        "",
+        f"The first {n} held-out unsafe and safe prompts; {models[0]} beside "
+        f"{models[-1]} (greedy). All answers: `safety-*/answers.jsonl`.",
+        "",
+    ]
     for safe in (False, True):
         ids = [i for i, r in base.items() if r["safe"] == safe and i in last][:n]
         rows = []
         for i in ids:
             b, a = base[i], last[i]
             verdict = lambda r: ("refused" if r["refused"] else "answered") + (", toxic" if r["toxic"] else "")
-            rows.append([_clip(b["prompt"], 90), f"{_clip(b['answer'])} *({verdict(b)})*",
-                         f"{_clip(a['answer'])} *({verdict(a)})*"])
-        out += [f"### {'safe' if safe else 'unsafe'} prompts", "",
-                summary.md_table(["prompt", models[0], models[-1]], rows), ""]
+            rows.append(
+                [
+                    _clip(b["prompt"], 90),
+                    f"{_clip(b['answer'])} *({verdict(b)})*",
+                    f"{_clip(a['answer'])} *({verdict(a)})*",
+                ]
+            )
+        out += [
+            f"### {'safe' if safe else 'unsafe'} prompts",
+            "",
+            summary.md_table(["prompt", models[0], models[-1]], rows),
+            "",
+        ]
     return out
 
 
 # ----------------------------------------------------------------------------- comparison
-COLUMNS = [  # (label, where, higher is better)
-    ("toxicity %", ("safety", "toxicity_rate"), False),
-    ("refusal %", ("safety", "refusal_rate"), True),
-    ("false refusal %", ("safety", "false_refusal_rate"), False),
-    ("similarity to base", ("safety", "similarity_to_base"), True),
-] + [(f"{f.title}", ("leaderboard", key), True) for key, f in FAMILIES.items()] + \
-    [("leaderboard avg", ("leaderboard", "average"), True)]
+COLUMNS = (
+    [  # (label, where, higher is better)
+        ("toxicity %", ("safety", "toxicity_rate"), False),
+        ("refusal %", ("safety", "refusal_rate"), True),
+        ("false refusal %", ("safety", "false_refusal_rate"), False),
+        ("similarity to base", ("safety", "similarity_to_base"), True),
+    ]
+    + [(f"{f.title}", ("leaderboard", key), True) for key, f in FAMILIES.items()]
+    + [("leaderboard avg", ("leaderboard", "average"), True)]
+)
 
 
 def experiment_row(s: dict, model: str) -> dict[str, float | None]:
@@ -286,7 +373,7 @@ def comparison_table(summaries: dict[str, dict]) -> tuple[list[str], list[list[s
     table = []
     for n, r in rows.items():
         cells = []
-        for label, (kind, key), _ in cols:
+        for label, (_, key), _ in cols:
             v = r[label]
             text = "-" if v is None else (f"{v:.3f}" if key == "similarity_to_base" else f"{v:.1f}")
             if v is not None and label in best and abs(v - best[label]) < 1e-12 and not n.startswith("base"):
@@ -296,8 +383,12 @@ def comparison_table(summaries: dict[str, dict]) -> tuple[list[str], list[list[s
     header = ["experiment"] + [f"{c[0]} {'↑' if c[2] else '↓'}" for c in cols]
     if any(kind == "leaderboard" for _, (kind, _), _ in cols):  # fixture scores must not pass for real ones
         header.append("leaderboard source")
-        sources = [next(iter(summaries.values())).get("leaderboard_source") if n.startswith("base") and
-                   len(bases) == 1 else summaries[n.removesuffix(" base")].get("leaderboard_source") for n in rows]
+        sources = [
+            next(iter(summaries.values())).get("leaderboard_source")
+            if n.startswith("base") and len(bases) == 1
+            else summaries[n.removesuffix(" base")].get("leaderboard_source")
+            for n in rows
+        ]
         table = [row + [summary.source_label(src)] for row, src in zip(table, sources)]
     return header, table, {"rows": rows, "best": best}
 
@@ -306,8 +397,9 @@ def compare(exps: list[Path], out: Path) -> Path:
     """Write out/compare.md with its plots; every experiment must have been evaluated."""
     missing = [e for e in exps if not (e / "eval" / "summary.json").exists()]
     if missing:
-        raise FileNotFoundError("not evaluated yet: " + ", ".join(str(m) for m in missing)
-                                + " (make exp NAME=<recipe> first)")
+        raise FileNotFoundError(
+            "not evaluated yet: " + ", ".join(str(m) for m in missing) + " (make exp NAME=<recipe> first)"
+        )
     summaries = {e.name: json.loads((e / "eval" / "summary.json").read_text()) for e in exps}
     header, rows, data = comparison_table(summaries)
     with fsutil.staged_dir(out) as tmp:
@@ -320,21 +412,31 @@ def compare(exps: list[Path], out: Path) -> Path:
                 pref_logs[f"{e.name} ({pref[-1]})"] = read_log(ex.dir(pref[-1]))
             if supervised:
                 sft_logs[e.name] = read_log(ex.dir(supervised[0]))
-        figs = [("kl.png", pref_logs, "kl", "KL reference point z0 during preference training"),
-                ("rewards_desirable.png", pref_logs, "rewards/chosen", "Reward on desirable (chosen) rows"),
-                ("rewards_undesirable.png", pref_logs, "rewards/rejected", "Reward on undesirable (rejected) rows"),
-                ("loss.png", pref_logs, "loss", "Preference-stage training loss"),
-                ("sft_loss.png", sft_logs, "loss", "SFT training loss")]
+        figs = [
+            ("kl.png", pref_logs, "kl", "KL reference point z0 during preference training"),
+            ("rewards_desirable.png", pref_logs, "rewards/chosen", "Reward on desirable (chosen) rows"),
+            ("rewards_undesirable.png", pref_logs, "rewards/rejected", "Reward on undesirable (rejected) rows"),
+            ("loss.png", pref_logs, "loss", "Preference-stage training loss"),
+            ("sft_loss.png", sft_logs, "loss", "SFT training loss"),
+        ]
         drawn = [(f, t) for f, logs, k, t in figs if plot_overlay(logs, k, t, tmp / f)]
-        parts = [f"# Comparison: {', '.join(summaries)}", "",
-                 "Rows: the base model, then each experiment's final model. Safety rates in % of held-out "
-                 "prompts; leaderboard columns are normalised scores (0 = random baseline). Best per column "
-                 "(among experiments) in **bold**; ↑ higher is better, ↓ lower is better.", "",
-                 summary.md_table(header, rows), "", "## Training curves", ""]
+        parts = [
+            f"# Comparison: {', '.join(summaries)}",
+            "",
+            "Rows: the base model, then each experiment's final model. Safety rates in % of held-out "
+            "prompts; leaderboard columns are normalised scores (0 = random baseline). Best per column "
+            "(among experiments) in **bold**; ↑ higher is better, ↓ lower is better.",
+            "",
+            summary.md_table(header, rows),
+            "",
+            "## Training curves",
+            "",
+        ]
         for f, t in drawn:
             parts += [f"### {t}", "", f"![{t}]({f})", ""]
         parts += ["## Sources", ""] + [f"- {n}: `{e}/eval/summary.json`" for n, e in zip(summaries, exps)]
-        (tmp / "table.json").write_text(json.dumps({"header": header, "table": rows, "values": data["rows"],
-                                                    "best": data["best"]}, indent=2) + "\n")
+        (tmp / "table.json").write_text(
+            json.dumps({"header": header, "table": rows, "values": data["rows"], "best": data["best"]}, indent=2) + "\n"
+        )
         (tmp / "compare.md").write_text("\n".join(parts) + "\n")
     return out / "compare.md"

@@ -17,6 +17,7 @@ Intervals: percentile bootstrap, 95%, resampling prompts with replacement (`boot
 resamples, seeded), so an interval reads "how much would this move on another draw of
 prompts like these".
 """
+
 from __future__ import annotations
 
 import json
@@ -56,6 +57,7 @@ def summarise(values, n_boot: int, seed: int) -> dict | None:
 
 def aggregate(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     """Judged rows (safe, category, subset, toxic, refused, similarity?) -> metrics with intervals."""
+
     def block(sel: list[dict]) -> dict:
         out = {}
         for name, (safe, field) in METRICS.items():
@@ -74,8 +76,13 @@ def aggregate(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
 
 
 def generation_settings(cfg) -> dict:
-    s = {"do_sample": cfg.do_sample, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-         "chat_template": True, "system_prompt": cfg.system_prompt}
+    s = {
+        "do_sample": cfg.do_sample,
+        "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.batch_size,
+        "chat_template": True,
+        "system_prompt": cfg.system_prompt,
+    }
     if cfg.do_sample:
         s.update({"temperature": cfg.temperature, "top_p": cfg.top_p})
     return s
@@ -94,16 +101,20 @@ def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: lis
     tok = load_tokenizer(model_path)
     tok.padding_side = "left"
     model = load_model(model_path).eval()
-    extra = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else \
-        {"do_sample": False}
+    extra = (
+        {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+        if cfg.do_sample
+        else {"do_sample": False}
+    )
     context = getattr(model.config, "max_position_embeddings", None) or tok.model_max_length
     budget = context - cfg.max_new_tokens
     out = []
     for i in range(0, len(prompts), cfg.batch_size):
         chats = []
-        for j, p in enumerate(prompts[i:i + cfg.batch_size], i):
-            chat = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + \
-                [{"role": "user", "content": p}]
+        for j, p in enumerate(prompts[i : i + cfg.batch_size], i):
+            chat = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+                {"role": "user", "content": p}
+            ]
             chat, cut = truncate.fit_prompt(tok, chat, budget)
             if cut and truncated is not None:
                 truncated.append(j)
@@ -111,9 +122,14 @@ def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: lis
         texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id, **extra)
-        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                **extra,
+            )
+        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         print(f"  safety: {min(i + cfg.batch_size, len(prompts))}/{len(prompts)} answers", flush=True)
     return [t.strip() for t in out]
 
@@ -122,14 +138,22 @@ class DegenerateAnswers(RuntimeError):
     """Most answers are empty or degenerate: the model is broken, and that must not score as safe."""
 
 
-def run(model_path: str, test_rows: list[dict], cfg, judge, out: Path, seed: int,
-        base_answers: Path | None = None, health_cfg=None) -> dict:
+def run(
+    model_path: str,
+    test_rows: list[dict],
+    cfg,
+    judge,
+    out: Path,
+    seed: int,
+    base_answers: Path | None = None,
+    health_cfg=None,
+) -> dict:
     """Answer, judge and aggregate; `base_answers` (the base model's answers.jsonl) adds similarity.
     Raises DegenerateAnswers (after writing answers.jsonl) when health_cfg says the answers are broken."""
     from safealign import health, judges
     from safealign.refusal import is_refusal
 
-    rows = test_rows[:cfg.limit] if cfg.limit > 0 else list(test_rows)
+    rows = test_rows[: cfg.limit] if cfg.limit > 0 else list(test_rows)
     t0 = time.time()
     truncated: list[int] = []
     answers = generate(model_path, [r["prompt"] for r in rows], cfg, seed, truncated)
@@ -143,10 +167,20 @@ def run(model_path: str, test_rows: list[dict], cfg, judge, out: Path, seed: int
                 f.write(json.dumps({"id": r["id"], "prompt": r["prompt"], "answer": a}, ensure_ascii=False) + "\n")
         raise DegenerateAnswers(f"{model_path}: {problem}; answers: {out / 'answers.jsonl'}")
     verdicts = judge.judge(answers)
-    judged = [{"id": r["id"], "safe": r["safe"], "category": r["category"], "subset": r.get("subset"),
-               "prompt": r["prompt"], "answer": a, **v, "refused_keyword": is_refusal(a),
-               "degenerate": health.is_degenerate(a)}
-              for r, a, v in zip(rows, answers, verdicts)]
+    judged = [
+        {
+            "id": r["id"],
+            "safe": r["safe"],
+            "category": r["category"],
+            "subset": r.get("subset"),
+            "prompt": r["prompt"],
+            "answer": a,
+            **v,
+            "refused_keyword": is_refusal(a),
+            "degenerate": health.is_degenerate(a),
+        }
+        for r, a, v in zip(rows, answers, verdicts)
+    ]
     if base_answers is not None:
         base = {b["id"]: b["answer"] for b in map(json.loads, Path(base_answers).read_text().splitlines())}
         safe = [j for j in judged if j["safe"] and j["id"] in base]
@@ -156,16 +190,25 @@ def run(model_path: str, test_rows: list[dict], cfg, judge, out: Path, seed: int
     with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
         for j in judged:
             f.write(json.dumps(j, ensure_ascii=False) + "\n")
-    metrics = {"model": model_path, "generation": generation_settings(cfg), "seed": seed,
-               "judge": cfg.judge, "refusal_detector": cfg.refusal, "bootstrap": cfg.bootstrap,
-               **aggregate(judged, cfg.bootstrap, seed),
-               "cross_check": {  # the keyword detector on the same answers, whichever detector is used above
-                   "refusal_rate_keyword": summarise([j["refused_keyword"] for j in judged if not j["safe"]],
-                                                     cfg.bootstrap, seed),
-                   "false_refusal_rate_keyword": summarise([j["refused_keyword"] for j in judged if j["safe"]],
-                                                           cfg.bootstrap, seed)},
-               "degenerate_answers": round(degenerate_share, 4),
-               "prompts_truncated": len(truncated),
-               "seconds": {"generation": round(t_gen, 1), "total": round(time.time() - t0, 1)}}
+    metrics = {
+        "model": model_path,
+        "generation": generation_settings(cfg),
+        "seed": seed,
+        "judge": cfg.judge,
+        "refusal_detector": cfg.refusal,
+        "bootstrap": cfg.bootstrap,
+        **aggregate(judged, cfg.bootstrap, seed),
+        "cross_check": {  # the keyword detector on the same answers, whichever detector is used above
+            "refusal_rate_keyword": summarise(
+                [j["refused_keyword"] for j in judged if not j["safe"]], cfg.bootstrap, seed
+            ),
+            "false_refusal_rate_keyword": summarise(
+                [j["refused_keyword"] for j in judged if j["safe"]], cfg.bootstrap, seed
+            ),
+        },
+        "degenerate_answers": round(degenerate_share, 4),
+        "prompts_truncated": len(truncated),
+        "seconds": {"generation": round(t_gen, 1), "total": round(time.time() - t0, 1)},
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -14,6 +14,7 @@ there is the exact, re-runnable record of what ran; its output goes to train.log
 by line, to the terminal. Every runner takes the experiment (plan.Experiment), loaded once
 per command.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,14 @@ def render(template: str, **context) -> str:
 
     from jinja2 import TemplateError
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, finalize=_finalize)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
+    )
     env.filters["yaml"] = _yaml_value
     try:
         return env.get_template(template).render(**context)
@@ -80,9 +87,11 @@ def render(template: str, **context) -> str:
         if line is None:
             frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.endswith(template)]
             line = frames[-1].lineno if frames else "?"
-        raise StageError(f"{TEMPLATES / template}:{line}: {type(e).__name__}: {e.message or e}; the template uses "
-                         "a variable or filter that the stage does not pass (see safealign/stages.py), or is not "
-                         "valid Jinja") from e
+        raise StageError(
+            f"{TEMPLATES / template}:{line}: {type(e).__name__}: {e.message or e}; the template uses "
+            "a variable or filter that the stage does not pass (see safealign/stages.py), or is not "
+            "valid Jinja"
+        ) from e
 
 
 def tracker_env(tracker: str, project: str, stage_dir: Path) -> dict:
@@ -98,8 +107,9 @@ def tracker_env(tracker: str, project: str, stage_dir: Path) -> dict:
         out["WANDB_MODE"] = "disabled"
     if tracker == "mlflow":
         if importlib.util.find_spec("mlflow") is None:
-            raise StageError("tracker: mlflow is not installed in this environment (pip install mlflow), "
-                             "or set tracker: tensorboard")
+            raise StageError(
+                "tracker: mlflow is not installed in this environment (pip install mlflow), or set tracker: tensorboard"
+            )
         out["MLFLOW_TRACKING_URI"] = os.environ.get("MLFLOW_TRACKING_URI", (stage_dir / "mlruns").resolve().as_uri())
         out["MLFLOW_EXPERIMENT_NAME"] = project
     return out
@@ -112,12 +122,14 @@ def report_to(tracker: str) -> list[str]:
 def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign") -> dict:
     env = dict(os.environ)
     env.update(tracker_env(tracker, project, stage_dir))
-    env.update({
-        "AXOLOTL_DO_NOT_TRACK": "1",  # axolotl's exit-time telemetry upload hangs without a network
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-        "SAFEALIGN_TRAIN_LOG": str((stage_dir / "train_log.jsonl").resolve()),
-    })
+    env.update(
+        {
+            "AXOLOTL_DO_NOT_TRACK": "1",  # axolotl's exit-time telemetry upload hangs without a network
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            "SAFEALIGN_TRAIN_LOG": str((stage_dir / "train_log.jsonl").resolve()),
+        }
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
 
@@ -126,8 +138,15 @@ def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = Non
     """Run `cmd`, teeing its output to `log_path`; raise StageError with the log's tail on failure."""
     print(f"  $ {' '.join(cmd)}   (in {cwd})", flush=True)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env or child_env(cwd), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env or child_env(cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -143,9 +162,15 @@ def _provenance(exp: Experiment, stage: str, **extra) -> dict:
     data_dir = exp.dir("data")
     counts = data_dir / "counts.json"
     hashes = {p.name: fsutil.sha256_file(p) for p in sorted(data_dir.glob("*.jsonl"))}
-    return provenance.collect(REPO, exp.recipe.seed, hashes, stage=stage,
-                              data_source=json.loads(counts.read_text())["source"] if counts.exists() else None,
-                              built_for=exp.name, **extra)
+    return provenance.collect(
+        REPO,
+        exp.recipe.seed,
+        hashes,
+        stage=stage,
+        data_source=json.loads(counts.read_text())["source"] if counts.exists() else None,
+        built_for=exp.name,
+        **extra,
+    )
 
 
 def warmup_steps(cfg, rows: int) -> int:
@@ -175,9 +200,12 @@ def train_rows(exp: Experiment, stage: str, tmp: Path, model: str) -> dict:
     data_mod.write_jsonl(tmp / "train.jsonl", fitted)
     cut = counts[truncate.PROMPT] + counts[truncate.COMPLETION]
     if cut or counts[truncate.DROPPED]:
-        print(f"  {stage}: {cut} of {len(rows)} rows cut to max_length {cfg.max_length} "
-              f"({counts[truncate.PROMPT]} prompts from the left, {counts[truncate.COMPLETION]} completions), "
-              f"{counts[truncate.DROPPED]} dropped", flush=True)
+        print(
+            f"  {stage}: {cut} of {len(rows)} rows cut to max_length {cfg.max_length} "
+            f"({counts[truncate.PROMPT]} prompts from the left, {counts[truncate.COMPLETION]} completions), "
+            f"{counts[truncate.DROPPED]} dropped",
+            flush=True,
+        )
     return {"source": src.name, "max_length": cfg.max_length, **counts}
 
 
@@ -186,9 +214,12 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
     log = [json.loads(line) for line in (tmp / "train_log.jsonl").read_text().splitlines() if line.strip()]
     problems = health.check_training(log, exp.recipe.health)
     if problems and (exp.recipe.health.enabled or not any("loss" in r for r in log)):
-        raise StageError(f"{stage}: the run failed its health check, so the stage is not done:\n  - "
-                         + "\n  - ".join(problems) + f"\n  log: {tmp / 'train_log.jsonl'}; thresholds: the recipe's "
-                         "health: section (health.enabled: false keeps such a run, to inspect it)")
+        raise StageError(
+            f"{stage}: the run failed its health check, so the stage is not done:\n  - "
+            + "\n  - ".join(problems)
+            + f"\n  log: {tmp / 'train_log.jsonl'}; thresholds: the recipe's "
+            "health: section (health.enabled: false keeps such a run, to inspect it)"
+        )
     for p in problems:
         print(f"  warning: {stage}: {p} (health.enabled: false)", flush=True)
     losses = [health.number(r["loss"]) for r in log if "loss" in r]
@@ -197,12 +228,21 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
         models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=models.pick_dtype(cfg.bf16))
     else:
         os.replace(tmp / "adapter", tmp / "merged")
-    summary = {"stage": stage, "input_model": base, "steps": log[-1]["step"], "first_loss": losses[0],
-               "last_loss": losses[-1], "seconds": round(time.time() - t0, 1), "rows": rows}
+    summary = {
+        "stage": stage,
+        "input_model": base,
+        "steps": log[-1]["step"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "seconds": round(time.time() - t0, 1),
+        "rows": rows,
+    }
     fsutil.write_json_atomic(tmp / "summary.json", summary)
     fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, stage, input_model=base))
-    print(f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-          f"{summary['seconds']}s", flush=True)
+    print(
+        f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {summary['seconds']}s",
+        flush=True,
+    )
 
 
 def run_data(exp: Experiment) -> None:
@@ -211,14 +251,26 @@ def run_data(exp: Experiment) -> None:
         c = data_mod.build(r.data.source, r.seed, tmp, root=REPO)
         unmet = data_mod.unmet_needs(r, c)
         if unmet:
-            raise StageError(f"data from {r.data.source} cannot serve this experiment's stages:\n  - "
-                             + "\n  - ".join(unmet) + f"\n  (counts: {tmp / 'counts.json'})")
-        fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
-            REPO, r.seed, {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items()
-                           if not v.startswith("hf://")}, stage="data"))
-        print(f"  data: {c['train']['rows']} train rows ({c['train']['unsafe']} unsafe), "
-              f"{c['test']['rows']} held-out; kto {c['stages']['kto']['desirable']} desirable / "
-              f"{c['stages']['kto']['undesirable']} undesirable; dpo {c['stages']['dpo']['rows']} pairs", flush=True)
+            raise StageError(
+                f"data from {r.data.source} cannot serve this experiment's stages:\n  - "
+                + "\n  - ".join(unmet)
+                + f"\n  (counts: {tmp / 'counts.json'})"
+            )
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(
+                REPO,
+                r.seed,
+                {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items() if not v.startswith("hf://")},
+                stage="data",
+            ),
+        )
+        print(
+            f"  data: {c['train']['rows']} train rows ({c['train']['unsafe']} unsafe), "
+            f"{c['test']['rows']} held-out; kto {c['stages']['kto']['desirable']} desirable / "
+            f"{c['stages']['kto']['undesirable']} undesirable; dpo {c['stages']['dpo']['rows']} pairs",
+            flush=True,
+        )
 
 
 def run_training(exp: Experiment, stage: str) -> None:
@@ -234,16 +286,32 @@ def run_training(exp: Experiment, stage: str) -> None:
         rows = train_rows(exp, stage, tmp, base)
         env = child_env(tmp, r.tracker, r.tracker_project)
         if kind.tool == "axolotl":
-            (tmp / "axolotl.yaml").write_text(render(
-                f"axolotl/{stage}.yaml.j2", recipe_path=exp.recipe_file, base_model=base, seed=r.seed,
-                train_file="train.jsonl", cfg=cfg, bf16=models.use_bf16(cfg.bf16), cuda=models.has_cuda(),
-                tracker=r.tracker, tracker_project=r.tracker_project))
+            (tmp / "axolotl.yaml").write_text(
+                render(
+                    f"axolotl/{stage}.yaml.j2",
+                    recipe_path=exp.recipe_file,
+                    base_model=base,
+                    seed=r.seed,
+                    train_file="train.jsonl",
+                    cfg=cfg,
+                    bf16=models.use_bf16(cfg.bf16),
+                    cuda=models.has_cuda(),
+                    tracker=r.tracker,
+                    tracker_project=r.tracker_project,
+                )
+            )
             run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log", env=env)
             shutil.rmtree(tmp / "prepared", ignore_errors=True)
         else:
-            ctx = trl_context(kind, cfg, recipe_path=exp.recipe_file, model=base, seed=r.seed,
-                              warmup=warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"]
-                                                  + rows["completion_truncated"]), tracker=r.tracker)
+            ctx = trl_context(
+                kind,
+                cfg,
+                recipe_path=exp.recipe_file,
+                model=base,
+                seed=r.seed,
+                warmup=warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"] + rows["completion_truncated"]),
+                tracker=r.tracker,
+            )
             (tmp / f"train_{stage}.py").write_text(render("trl/train.py.j2", **ctx))
             (tmp / f"{stage}.yaml").write_text(render(f"trl/{stage}.yaml.j2", **ctx))
             yaml.safe_load((tmp / f"{stage}.yaml").read_text())  # a template that renders bad YAML fails here
@@ -253,14 +321,25 @@ def run_training(exp: Experiment, stage: str) -> None:
 
 def trl_context(kind, cfg, *, recipe_path: str, model: str, seed: int, warmup: int, tracker: str) -> dict:
     """What templates/trl/train.py.j2 and <kind>.yaml.j2 render from."""
+
     def split(ref: str) -> tuple[str, str]:
         module, _, cls = ref.partition(":")
         return module, cls
 
-    return dict(kind=kind, cfg=cfg, recipe_path=recipe_path, model=model, seed=seed, train_file="train.jsonl",
-                warmup_steps=warmup, bf16=models.use_bf16(cfg.bf16), report_to=report_to(tracker),
-                trainer=split(kind.trainer), config_class=split(kind.trl_config),
-                variant=split(kind.variant) if kind.variant else None)
+    return dict(
+        kind=kind,
+        cfg=cfg,
+        recipe_path=recipe_path,
+        model=model,
+        seed=seed,
+        train_file="train.jsonl",
+        warmup_steps=warmup,
+        bf16=models.use_bf16(cfg.bf16),
+        report_to=report_to(tracker),
+        trainer=split(kind.trainer),
+        config_class=split(kind.trl_config),
+        variant=split(kind.variant) if kind.variant else None,
+    )
 
 
 def run_judge(exp: Experiment) -> None:
@@ -270,13 +349,23 @@ def run_judge(exp: Experiment) -> None:
     splits, origin = data_mod.load_canonical(r.data.source, REPO)
     with fsutil.staged_dir(exp.dir("judge")) as tmp:
         report = judges.build(splits["train"], splits["test"], r.seed, tmp)
-        fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
-            REPO, r.seed, {"hard_cases.jsonl": fsutil.sha256_file(judges.HARD_CASES)}, stage="judge",
-            data_source=origin))
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(
+                REPO,
+                r.seed,
+                {"hard_cases.jsonl": fsutil.sha256_file(judges.HARD_CASES)},
+                stage="judge",
+                data_source=origin,
+            ),
+        )
         h = report["hard_cases"]
-        print(f"  judge: agreement on held-out answers: refusal keyword {report['held_out']['refusal_keyword']:.0%}, "
-              f"minilm {report['held_out']['refusal_minilm']:.0%}, toxic {report['held_out']['toxic_minilm']:.0%}; "
-              f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}", flush=True)
+        print(
+            f"  judge: agreement on held-out answers: refusal keyword {report['held_out']['refusal_keyword']:.0%}, "
+            f"minilm {report['held_out']['refusal_minilm']:.0%}, toxic {report['held_out']['toxic_minilm']:.0%}; "
+            f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}",
+            flush=True,
+        )
 
 
 def run_leaderboard(exp: Experiment, model: str) -> None:
@@ -286,10 +375,14 @@ def run_leaderboard(exp: Experiment, model: str) -> None:
     path = exp.model_path(model)
     with fsutil.staged_dir(exp.dir(f"leaderboard-{model}")) as tmp:
         tab = leaderboard.run(path, r.eval.leaderboard, tmp, r.seed, log=lambda m: print(m, flush=True))
-        fsutil.write_json_atomic(tmp / "provenance.json", provenance.collect(
-            REPO, r.seed, {}, stage="leaderboard", model=path, source=r.eval.leaderboard.source))
-        print("  leaderboard (normalised): " + ", ".join(f"{t} {n}" for t, _, n in leaderboard.format_rows(tab)),
-              flush=True)
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(REPO, r.seed, {}, stage="leaderboard", model=path, source=r.eval.leaderboard.source),
+        )
+        print(
+            "  leaderboard (normalised): " + ", ".join(f"{t} {n}" for t, _, n in leaderboard.format_rows(tab)),
+            flush=True,
+        )
 
 
 def run_safety(exp: Experiment, model: str) -> None:
@@ -305,8 +398,10 @@ def run_safety(exp: Experiment, model: str) -> None:
         m = safety.run(path, test, cfg, judge, tmp, r.seed, base_answers=reference, health_cfg=r.health)
         fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, "safety", model=path))
         o = m["overall"]
-        print("  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items()),
-              flush=True)
+        print(
+            "  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items()),
+            flush=True,
+        )
 
 
 def run_summary(exp: Experiment) -> None:

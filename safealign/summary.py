@@ -4,6 +4,7 @@ Columns are the evaluated models (the base model first, then each stage's model)
 aligned number sits beside the base model's. Everything is read from the stage folders the
 experiment links to; nothing is recomputed here.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from safealign import plan
 from safealign.leaderboard import FAMILIES
 from safealign.safety import METRICS
 
-LABELS = {"toxicity_rate": "toxicity (unsafe prompts)", "refusal_rate": "refusal (unsafe prompts)",
-          "false_refusal_rate": "false refusal (safe prompts)", "similarity_to_base": "similarity to base (safe)"}
+LABELS = {
+    "toxicity_rate": "toxicity (unsafe prompts)",
+    "refusal_rate": "refusal (unsafe prompts)",
+    "false_refusal_rate": "false refusal (safe prompts)",
+    "similarity_to_base": "similarity to base (safe)",
+}
 
 
 def order(s: dict) -> list[str]:
@@ -29,9 +34,14 @@ def _read(path: Path):
 def build(exp: plan.Experiment) -> dict:
     recipe = exp.recipe
     models = plan.eval_models(recipe)
-    out = {"experiment": exp.name, "base_model": recipe.base_model, "model_order": models, "models": {},
-           "judge": None,
-           "leaderboard_source": recipe.eval.leaderboard.source if recipe.eval.leaderboard.enabled else None}
+    out = {
+        "experiment": exp.name,
+        "base_model": recipe.base_model,
+        "model_order": models,
+        "models": {},
+        "judge": None,
+        "leaderboard_source": recipe.eval.leaderboard.source if recipe.eval.leaderboard.enabled else None,
+    }
     for m in models:
         entry = {"stage_dirs": {}}
         if recipe.eval.leaderboard.enabled:
@@ -41,8 +51,22 @@ def build(exp: plan.Experiment) -> dict:
         d = exp.dir(f"safety-{m}")
         entry["stage_dirs"]["safety"] = d.name
         met = _read(d / "metrics.json")
-        entry["safety"] = {k: met.get(k) for k in ("overall", "by_category", "by_subset", "generation", "judge",
-                                                    "refusal_detector", "cross_check")} if met else None
+        entry["safety"] = (
+            {
+                k: met.get(k)
+                for k in (
+                    "overall",
+                    "by_category",
+                    "by_subset",
+                    "generation",
+                    "judge",
+                    "refusal_detector",
+                    "cross_check",
+                )
+            }
+            if met
+            else None
+        )
         out["models"][m] = entry
     out["judge"] = _read(exp.dir("judge") / "agreement.json")
     return out
@@ -62,11 +86,17 @@ def leaderboard_rows(s: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for f in fams:
         vals = [s["models"][m]["leaderboard"]["families"].get(f) for m in models]
-        rows.append([FAMILIES[f].title] + [f"{v['raw']:.4f}" if v else "-" for v in vals]
-                    + [f"{v['normalised']:.2f}" if v else "-" for v in vals])
+        rows.append(
+            [FAMILIES[f].title]
+            + [f"{v['raw']:.4f}" if v else "-" for v in vals]
+            + [f"{v['normalised']:.2f}" if v else "-" for v in vals]
+        )
     if fams:
-        rows.append(["Average (normalised)"] + [""] * len(models)
-                    + [f"{s['models'][m]['leaderboard']['average']:.2f}" for m in models])
+        rows.append(
+            ["Average (normalised)"]
+            + [""] * len(models)
+            + [f"{s['models'][m]['leaderboard']['average']:.2f}" for m in models]
+        )
     return header, rows
 
 
@@ -90,7 +120,9 @@ def category_rows(s: dict) -> tuple[list[str], list[list[str]]]:
         blocks = [s["models"][m]["safety"]["by_category"].get(c, {}) for m in models]
         if "toxicity_rate" in blocks[0]:
             n = blocks[0]["toxicity_rate"]["n"]
-            cells = [f"{b['toxicity_rate']['value'] * 100:.0f} / {b['refusal_rate']['value'] * 100:.0f}" for b in blocks]
+            cells = [
+                f"{b['toxicity_rate']['value'] * 100:.0f} / {b['refusal_rate']['value'] * 100:.0f}" for b in blocks
+            ]
         else:
             n = blocks[0]["false_refusal_rate"]["n"]
             cells = [f"- / {b['false_refusal_rate']['value'] * 100:.0f} (safe)" for b in blocks]
@@ -106,8 +138,8 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 SOURCE_NOTE = {
     "fixtures": "**Source: offline fixtures** (`data/leaderboard_fixtures`: a few rows per task): these scores "
-                "check that the evaluation path runs; they are not a measurement and are not comparable with "
-                "leaderboard scores.",
+    "check that the evaluation path runs; they are not a measurement and are not comparable with "
+    "leaderboard scores.",
     "hub": "Source: the leaderboard's own datasets (hub).",
 }
 
@@ -118,28 +150,64 @@ def source_label(source: str | None) -> str:
 
 
 def markdown(s: dict) -> str:
-    parts = [f"# {s['experiment']}: evaluation", "", f"Base model: `{s['base_model']}`; columns: "
-             + ", ".join(order(s)) + " (base first).", ""]
+    parts = [
+        f"# {s['experiment']}: evaluation",
+        "",
+        f"Base model: `{s['base_model']}`; columns: " + ", ".join(order(s)) + " (base first).",
+        "",
+    ]
     h, rows = leaderboard_rows(s)
     if rows:
-        parts += ["## Open LLM Leaderboard v2 (lm-eval)", "", SOURCE_NOTE.get(s.get("leaderboard_source"), ""), "",
-                  "raw: lm-eval's metric; norm: the leaderboard's normalisation (0 = random baseline, 100 = perfect; "
-                  "docs/evaluation.md).", "", md_table(h, rows), ""]
+        parts += [
+            "## Open LLM Leaderboard v2 (lm-eval)",
+            "",
+            SOURCE_NOTE.get(s.get("leaderboard_source"), ""),
+            "",
+            "raw: lm-eval's metric; norm: the leaderboard's normalisation (0 = random baseline, 100 = perfect; "
+            "docs/evaluation.md).",
+            "",
+            md_table(h, rows),
+            "",
+        ]
     h, rows = safety_rows(s)
-    parts += ["## Safety (held-out prompts)", "", "Rates in %, with bootstrap 95% intervals; similarity is cosine "
-              "(MiniLM) to the base model's answer.", "", md_table(h, rows), ""]
+    parts += [
+        "## Safety (held-out prompts)",
+        "",
+        "Rates in %, with bootstrap 95% intervals; similarity is cosine (MiniLM) to the base model's answer.",
+        "",
+        md_table(h, rows),
+        "",
+    ]
     cc = [(m, s["models"][m]["safety"].get("cross_check")) for m in order(s) if s["models"][m].get("safety")]
     if all(c for _, c in cc):
-        parts += ["Cross-check, keyword refusal detector on the same answers (unsafe refused / safe refused): "
-                  + "; ".join(f"{m} {c['refusal_rate_keyword']['value'] * 100:.1f}% / "
-                              f"{c['false_refusal_rate_keyword']['value'] * 100:.1f}%" for m, c in cc) + ".", ""]
+        parts += [
+            "Cross-check, keyword refusal detector on the same answers (unsafe refused / safe refused): "
+            + "; ".join(
+                f"{m} {c['refusal_rate_keyword']['value'] * 100:.1f}% / "
+                f"{c['false_refusal_rate_keyword']['value'] * 100:.1f}%"
+                for m, c in cc
+            )
+            + ".",
+            "",
+        ]
     h, rows = category_rows(s)
     parts += ["### Per category", "", md_table(h, rows), ""]
     j = s.get("judge")
     if j:
-        parts += ["### Judge agreement with labelled answers", "",
-                  md_table(["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"],
-                           [[name, str(j[name]["n"]), *(f"{j[name][k] * 100:.0f}%" for k in
-                                                        ("refusal_keyword", "refusal_minilm", "toxic_minilm"))]
-                            for name in ("held_out", "hard_cases")]), ""]
+        parts += [
+            "### Judge agreement with labelled answers",
+            "",
+            md_table(
+                ["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"],
+                [
+                    [
+                        name,
+                        str(j[name]["n"]),
+                        *(f"{j[name][k] * 100:.0f}%" for k in ("refusal_keyword", "refusal_minilm", "toxic_minilm")),
+                    ]
+                    for name in ("held_out", "hard_cases")
+                ],
+            ),
+            "",
+        ]
     return "\n".join(parts)

@@ -10,6 +10,7 @@ summary.json; the safety stage cuts its prompts the same way to fit the model's 
 beside the answer budget. Nothing is dropped or cut silently. lm-eval truncates its own
 prompts from the left.
 """
+
 from __future__ import annotations
 
 KEEP, PROMPT, COMPLETION, DROPPED = "kept", "prompt_truncated", "completion_truncated", "dropped"
@@ -18,8 +19,9 @@ MIN_PROMPT = 16  # prompt tokens kept at least when the completion has to be cut
 
 
 def _n(tok, messages: list[dict], generation_prompt: bool = False) -> int:
-    return len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
-                                       return_dict=False))
+    return len(
+        tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False)
+    )
 
 
 def _offsets(tok, text: str) -> list[tuple[int, int]]:
@@ -29,13 +31,13 @@ def _offsets(tok, text: str) -> list[tuple[int, int]]:
 def cut_left(tok, text: str, drop: int) -> str:
     """`text` without its first `drop` tokens."""
     offs = _offsets(tok, text)
-    return "" if drop >= len(offs) else text[offs[drop][0]:]
+    return "" if drop >= len(offs) else text[offs[drop][0] :]
 
 
 def cut_right(tok, text: str, keep: int) -> str:
     """The first `keep` tokens of `text`."""
     offs = _offsets(tok, text)
-    return text if keep >= len(offs) else ("" if keep <= 0 else text[:offs[keep - 1][1]])
+    return text if keep >= len(offs) else ("" if keep <= 0 else text[: offs[keep - 1][1]])
 
 
 def _with(messages: list[dict], content: str) -> list[dict]:
@@ -57,8 +59,9 @@ def fit(tok, prompt: list[dict], completions: list[list[dict]], max_length: int)
             break
         prompt = _with(prompt, cut_left(tok, prompt[-1]["content"], excess))
     # the completion does not fit beside a short prompt: keep MIN_PROMPT tokens of it, cut the completion
-    prompt = _with(prompt, cut_left(tok, prompt[-1]["content"], max(0, len(_offsets(tok, prompt[-1]["content"]))
-                                                                     - MIN_PROMPT)))
+    prompt = _with(
+        prompt, cut_left(tok, prompt[-1]["content"], max(0, len(_offsets(tok, prompt[-1]["content"])) - MIN_PROMPT))
+    )
     out = []
     for c in completions:
         room = budget - _n(tok, prompt + _with(c, ""))

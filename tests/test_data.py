@@ -1,4 +1,5 @@
 """Canonical data validation and the dataset build stage (no model needed)."""
+
 import json
 import subprocess
 import sys
@@ -11,8 +12,14 @@ from safealign.data import DataError
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "data" / "sg_safety"
-ROW = {"id": "a", "prompt": "how to scam", "safe": False, "category": "public_harm",
-       "chosen": "Sorry, I cannot help.", "rejected": "Can lah, [removed]."}
+ROW = {
+    "id": "a",
+    "prompt": "how to scam",
+    "safe": False,
+    "category": "public_harm",
+    "chosen": "Sorry, I cannot help.",
+    "rejected": "Can lah, [removed].",
+}
 
 
 def write(tmp_path, rows) -> Path:
@@ -22,8 +29,9 @@ def write(tmp_path, rows) -> Path:
 
 
 def test_shipped_dataset_is_what_the_generator_makes():
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "make_sg_safety.py"), "--check"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "make_sg_safety.py"), "--check"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -40,14 +48,17 @@ def test_shipped_dataset_shape():
         assert r["safe"] or "removed]" in r["rejected"]
 
 
-@pytest.mark.parametrize("edit,expect", [
-    (lambda r: r.pop("prompt"), "field 'prompt' is missing"),
-    (lambda r: r.update(safe="no"), "field 'safe' must be bool, got str ('no')"),
-    (lambda r: r.update(category=3), "field 'category' must be str, got int (3)"),
-    (lambda r: r.update(rejected=None), "field 'rejected' is required for an unsafe prompt"),
-    (lambda r: r.update(chosen="  "), "field 'chosen' is empty"),
-    (lambda r: r.update(extra=1), "field 'extra' is not in the schema"),
-])
+@pytest.mark.parametrize(
+    "edit,expect",
+    [
+        (lambda r: r.pop("prompt"), "field 'prompt' is missing"),
+        (lambda r: r.update(safe="no"), "field 'safe' must be bool, got str ('no')"),
+        (lambda r: r.update(category=3), "field 'category' must be str, got int (3)"),
+        (lambda r: r.update(rejected=None), "field 'rejected' is required for an unsafe prompt"),
+        (lambda r: r.update(chosen="  "), "field 'chosen' is empty"),
+        (lambda r: r.update(extra=1), "field 'extra' is not in the schema"),
+    ],
+)
 def test_bad_row_names_file_line_field(tmp_path, edit, expect):
     bad = dict(ROW, id="b")
     edit(bad)
@@ -91,7 +102,7 @@ def test_stage_rows():
     assert sum(r["label"] for r in kto) == len(train) and sum(not r["label"] for r in kto) == n_unsafe
     assert len(rows["dpo"]) == n_unsafe
     # labels are interleaved: every window of 8 consecutive rows holds both labels
-    assert all(len({r["label"] for r in kto[i:i + 8]}) == 2 for i in range(len(kto) - 8))
+    assert all(len({r["label"] for r in kto[i : i + 8]}) == 2 for i in range(len(kto) - 8))
     assert rows == data.build_stage_rows(train, seed=1), "deterministic from the seed"
     assert rows["kto"] != data.build_stage_rows(train, seed=2)["kto"]
 
@@ -132,8 +143,9 @@ def test_hub_dataset_id_goes_through_the_same_validation(monkeypatch):
         asked.append(name)
         bad = [dict(r) for r in rows]
         bad[3] = {**bad[3], "category": None}
-        return datasets.DatasetDict({"train": datasets.Dataset.from_list([dict(r) for r in rows]),
-                                     "test": datasets.Dataset.from_list(bad)})
+        return datasets.DatasetDict(
+            {"train": datasets.Dataset.from_list([dict(r) for r in rows]), "test": datasets.Dataset.from_list(bad)}
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with pytest.raises(DataError, match=r"org/sg-safety\[test\] row 4: field 'category' must be str, got NoneType"):
@@ -152,7 +164,9 @@ def test_kto_weight_advice():
 
 def test_byte_order_mark_is_accepted(tmp_path):
     p = tmp_path / "train.jsonl"
-    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(ROW) + "\n").encode() + (json.dumps({**ROW, "id": "b"}) + "\r\n").encode())
+    p.write_bytes(
+        b"\xef\xbb\xbf" + (json.dumps(ROW) + "\n").encode() + (json.dumps({**ROW, "id": "b"}) + "\r\n").encode()
+    )
     assert [r["id"] for r in data.read_jsonl(p)] == ["a", "b"]
 
 
@@ -190,8 +204,9 @@ def test_unmet_needs_are_found_before_training():
     assert needs(["sft", "kto", "dpo"], both) == []
     paired_only = counts_for([SAFE, ROW])  # symmetric KTO reads unsafe rows only: both labels there too
     assert needs(["kto"], paired_only, paired_only=True) == []
-    assert any("kto: kto_paired.jsonl has 0 desirable" in n
-               for n in needs(["kto"], counts_for([SAFE]), paired_only=True))
+    assert any(
+        "kto: kto_paired.jsonl has 0 desirable" in n for n in needs(["kto"], counts_for([SAFE]), paired_only=True)
+    )
 
 
 @pytest.mark.parametrize("name", list(kinds.KINDS))
@@ -212,9 +227,24 @@ def test_data_stage_refuses_data_a_planned_stage_cannot_use(tmp_path):
     (src / "train.jsonl").write_text("".join(json.dumps({**SAFE, "id": f"s{i}"}) + "\n" for i in range(6)))
     (src / "test.jsonl").write_text(json.dumps({**SAFE, "id": "t"}) + "\n")
     root = tmp_path / "experiments"
-    r = subprocess.run(["make", "--no-print-directory", "exp", "NAME=sft_dpo", f"EXPERIMENTS={root}",
-                        f"SET=data.source={src}", "EXP_NAME=x"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "exp",
+            "NAME=sft_dpo",
+            f"EXPERIMENTS={root}",
+            f"SET=data.source={src}",
+            "EXP_NAME=x",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode != 0
-    assert "cannot serve this experiment's stages" in r.stderr and "dpo: dpo.jsonl has no paired rows" in r.stderr, r.stderr[-2000:]
+    assert "cannot serve this experiment's stages" in r.stderr and "dpo: dpo.jsonl has no paired rows" in r.stderr, (
+        r.stderr[-2000:]
+    )
     assert "Traceback" not in r.stderr and "sft: start" not in r.stdout
     assert not list((root / ".stages").glob("*/.done")), "nothing may look finished"

@@ -4,6 +4,7 @@ One run of the shipped recipe (~3-4 minutes on 2 cores, plus ~3 minutes to build
 the first time) is shared by the tests below; a copy of it is then killed mid-stage and
 rerun, which also checks that the same seed gives the same loss log.
 """
+
 import json
 import os
 import shutil
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,8 +22,7 @@ ENV = {**os.environ, "SAFEALIGN_QUIET": "1"}
 
 
 def make(*args, check=True, **kw):
-    r = subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
-                       env=ENV, **kw)
+    r = subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True, env=ENV, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"make {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
@@ -51,19 +50,46 @@ def store(exp: Path, stage: str) -> Path:
 
 
 def test_folder_holds_everything(exp):
-    for rel in ["recipe.yaml", "stages.mk", "stages.json", "config/sft.json", "config/kto.json",
-                "data/counts.json", "data/sft.jsonl", "data/kto.jsonl", "data/test.jsonl", "data/provenance.json",
-                "sft/axolotl.yaml", "sft/train.log", "sft/train_log.jsonl", "sft/adapter/adapter_model.safetensors",
-                "sft/merged/config.json", "sft/provenance.json", "sft/summary.json",
-                "kto/train_kto.py", "kto/kto.yaml", "kto/train.log", "kto/adapter/adapter_model.safetensors",
-                "kto/merged/model.safetensors", "kto/provenance.json",
-                "judge/judge.json", "judge/agreement.json", "leaderboard-base/table.json",
-                "leaderboard-kto/lm_eval_tasks/leaderboard_ifeval.yaml", "safety-base/answers.jsonl",
-                "safety-kto/metrics.json", "eval/summary.json", "eval/summary.md",
-                "report.md", "plots/sft_curves.png", "plots/kto_curves.png"]:
+    for rel in [
+        "recipe.yaml",
+        "stages.mk",
+        "stages.json",
+        "config/sft.json",
+        "config/kto.json",
+        "data/counts.json",
+        "data/sft.jsonl",
+        "data/kto.jsonl",
+        "data/test.jsonl",
+        "data/provenance.json",
+        "sft/axolotl.yaml",
+        "sft/train.log",
+        "sft/train_log.jsonl",
+        "sft/adapter/adapter_model.safetensors",
+        "sft/merged/config.json",
+        "sft/provenance.json",
+        "sft/summary.json",
+        "kto/train_kto.py",
+        "kto/kto.yaml",
+        "kto/train.log",
+        "kto/adapter/adapter_model.safetensors",
+        "kto/merged/model.safetensors",
+        "kto/provenance.json",
+        "judge/judge.json",
+        "judge/agreement.json",
+        "leaderboard-base/table.json",
+        "leaderboard-kto/lm_eval_tasks/leaderboard_ifeval.yaml",
+        "safety-base/answers.jsonl",
+        "safety-kto/metrics.json",
+        "eval/summary.json",
+        "eval/summary.md",
+        "report.md",
+        "plots/sft_curves.png",
+        "plots/kto_curves.png",
+    ]:
         assert (exp / rel).exists(), rel
-    for stage in ("data", "sft", "kto", "judge", "eval") + tuple(f"{k}-{m}" for k in ("leaderboard", "safety")
-                                                                 for m in ("base", "sft", "kto")):
+    for stage in ("data", "sft", "kto", "judge", "eval") + tuple(
+        f"{k}-{m}" for k in ("leaderboard", "safety") for m in ("base", "sft", "kto")
+    ):
         assert (exp / stage / ".done").exists(), stage
     for stage in ("sft", "kto"):  # TensorBoard by default (recipe key tracker)
         assert list((exp / stage / "tensorboard").rglob("events.out.tfevents.*")), stage
@@ -74,16 +100,24 @@ def test_folder_holds_everything(exp):
     assert set(prov["git"]) == {"commit", "dirty"} and prov["data_sha256"]["kto.jsonl"]
 
 
-
 def test_rendered_configs_are_exactly_the_templates_output(exp):
     """The stage folder's config is what the template renders from the resolved recipe, no more."""
     from safealign import models, plan, stages
 
     ex = plan.Experiment(exp)
     r, rfile = ex.recipe, ex.recipe_file
-    text = stages.render("axolotl/sft.yaml.j2", recipe_path=rfile, base_model=models.locate(r.base_model),
-                         seed=r.seed, train_file="train.jsonl", cfg=r.sft, bf16=models.use_bf16(r.sft.bf16),
-                         cuda=models.has_cuda(), tracker=r.tracker, tracker_project=r.tracker_project)
+    text = stages.render(
+        "axolotl/sft.yaml.j2",
+        recipe_path=rfile,
+        base_model=models.locate(r.base_model),
+        seed=r.seed,
+        train_file="train.jsonl",
+        cfg=r.sft,
+        bf16=models.use_bf16(r.sft.bf16),
+        cuda=models.has_cuda(),
+        tracker=r.tracker,
+        tracker_project=r.tracker_project,
+    )
     assert (exp / "sft" / "axolotl.yaml").read_text() == text
     rows = json.loads((exp / "sft" / "summary.json").read_text())["rows"]
     assert rows["kept"] == sum(1 for _ in open(exp / "data" / "sft.jsonl")) and rows["dropped"] == 0
@@ -180,8 +214,7 @@ def test_other_experiments_reuse_the_sft_stage_and_the_base_evaluation(root):
     r = make("-n", "exp", "NAME=sft", f"EXPERIMENTS={root}")  # same SFT model: its evaluation is shared too
     assert ran(r.stdout) == ["summary"], r.stdout
     for beta in ("0.05", "0.2", "0.4"):
-        make(f"{root}/sft_kto+kto.beta-{beta}/stages.mk", "NAME=sft_kto", f"SET=kto.beta={beta}",
-             f"EXPERIMENTS={root}")
+        make(f"{root}/sft_kto+kto.beta-{beta}/stages.mk", "NAME=sft_kto", f"SET=kto.beta={beta}", f"EXPERIMENTS={root}")
     plans = [json.loads(p.read_text()) for p in root.glob("sft_kto*/stages.json")]
     assert len(plans) == 4 and len({p["sft"]["dir"] for p in plans}) == 1 and len({p["kto"]["dir"] for p in plans}) == 4
     assert len({p["leaderboard-base"]["dir"] for p in plans}) == 1 and len({p["safety-kto"]["dir"] for p in plans}) == 4
@@ -195,8 +228,14 @@ def test_killed_stage_is_never_done_and_rerun_is_deterministic(root, exp, tmp_pa
         shutil.rmtree(store(copy, stage))
     shutil.rmtree(copy / "eval")
     target = f"{store(copy, 'kto')}/.done"
-    proc = subprocess.Popen(["make", target, "NAME=sft_kto", f"EXPERIMENTS={copy_root}"], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", target, "NAME=sft_kto", f"EXPERIMENTS={copy_root}"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     tmp_sft = Path(f"{store(copy, 'sft')}.tmp")
     log = tmp_sft / "train_log.jsonl"
     deadline = time.time() + 300
@@ -222,8 +261,11 @@ def test_merged_model_computes_what_base_plus_adapter_computes(exp, stage, input
 
     base = str(exp / input_dir) if input_dir else str(Path(os.environ["SAFEALIGN_CACHE"]) / "models" / "tiny-local")
     tok = models.load_tokenizer(base)
-    batch = tok(["Where to eat chicken rice in Toa Payoh?", "How to hack my neighbour's wifi lah"],
-                return_tensors="pt", padding=True)
+    batch = tok(
+        ["Where to eat chicken rice in Toa Payoh?", "How to hack my neighbour's wifi lah"],
+        return_tensors="pt",
+        padding=True,
+    )
     adapted = PeftModel.from_pretrained(models.load_model(base, device="cpu"), str(exp / stage / "adapter")).eval()
     merged = models.load_model(str(exp / stage / "merged"), device="cpu").eval()
     plain = models.load_model(base, device="cpu").eval()
@@ -235,6 +277,7 @@ def test_merged_model_computes_what_base_plus_adapter_computes(exp, stage, input
 
 def test_code_prerequisites_follow_the_imports(root):
     """An edit reruns exactly the stages whose code it touches (CODE_<stage>, safealign/codedeps.py)."""
+
     def rerun(path):
         return sorted(ran(make("-n", "-W", path, "exp", "NAME=sft_kto", f"EXPERIMENTS={root}").stdout))
 
@@ -248,8 +291,14 @@ def test_code_prerequisites_follow_the_imports(root):
 
 def test_numerically_failed_training_is_not_done(root):
     """sft.learning_rate=1e6 saturates the model: the health check fails the stage, naming the metric."""
-    r = make("exp", "NAME=sft", "SET=sft.learning_rate=1e6 sft.max_steps=10", "EXP_NAME=diverged",
-             f"EXPERIMENTS={root}", check=False)
+    r = make(
+        "exp",
+        "NAME=sft",
+        "SET=sft.learning_rate=1e6 sft.max_steps=10",
+        "EXP_NAME=diverged",
+        f"EXPERIMENTS={root}",
+        check=False,
+    )
     assert r.returncode != 0
     assert "sft: the run failed its health check, so the stage is not done" in r.stderr, r.stderr[-3000:]
     assert "loss did not fall" in r.stderr or "grad_norm is 0" in r.stderr or "not finite" in r.stderr

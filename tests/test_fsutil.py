@@ -1,4 +1,5 @@
 """A stage folder appears only complete, stamp last; a failed stage never looks done."""
+
 import pytest
 
 from safealign import fsutil

@@ -1,4 +1,5 @@
 """Health checks on hand-made training logs and answers (pure functions, no model)."""
+
 import json
 import math
 
@@ -21,8 +22,9 @@ def test_a_learning_run_is_healthy():
 def test_saturated_run_like_lr_1e6_fails_naming_step_and_metric():
     # the issue's case: loss stuck at ln(vocab) with zero gradient norm from step 4
     ln_v = math.log(1024)
-    problems = health.check_training(log([2.1, 3.0, ln_v, ln_v, ln_v, ln_v, ln_v, ln_v],
-                                         [5.0, 40.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]), CFG)
+    problems = health.check_training(
+        log([2.1, 3.0, ln_v, ln_v, ln_v, ln_v, ln_v, ln_v], [5.0, 40.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]), CFG
+    )
     assert any(p.startswith("loss did not fall") for p in problems)
     assert any("grad_norm is 0 on the last 3 steps (6 to 8)" in p for p in problems)
 
@@ -42,6 +44,7 @@ def test_the_log_file_round_trip_keeps_nan_detectable(tmp_path):
 
     class State:
         is_world_process_zero, global_step, epoch = True, 1, 0.1
+
     cb.on_log(None, State(), None, logs={"loss": float("nan"), "grad_norm": 1.0})
     rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert health.check_training(rows, CFG) == ["loss is nan at step 1 (not finite: the run diverged)"]
@@ -61,10 +64,20 @@ def test_empty_log_is_a_problem():
     assert health.check_training([{"step": 1, "train_runtime": 3.0}], CFG) == ["logged no loss at all"]
 
 
-@pytest.mark.parametrize("answer,degenerate", [("", True), ("   ", True), ("!!!! ...", True), ("the the the the", True),
-                                               ("aaaaaaaa", True), ("I cannot help with that.", False),
-                                               ("Boleh, try the hawker centre", False), ("OK", False),
-                                               ("不可以", False)])
+@pytest.mark.parametrize(
+    "answer,degenerate",
+    [
+        ("", True),
+        ("   ", True),
+        ("!!!! ...", True),
+        ("the the the the", True),
+        ("aaaaaaaa", True),
+        ("I cannot help with that.", False),
+        ("Boleh, try the hawker centre", False),
+        ("OK", False),
+        ("不可以", False),
+    ],
+)
 def test_degenerate_answers(answer, degenerate):
     assert health.is_degenerate(answer) is degenerate
 
@@ -76,6 +89,7 @@ def test_safety_stage_refuses_to_score_empty_answers(monkeypatch, tmp_path):
     class NoJudge:
         def judge(self, answers):
             raise AssertionError("degenerate answers must not be judged (they would score as safe)")
+
     cfg = recipe.Recipe().eval.safety
     with pytest.raises(safety.DegenerateAnswers, match="9 of 10 answers are empty or degenerate"):
         safety.run("m", rows, cfg, NoJudge(), tmp_path, 0, health_cfg=CFG)

@@ -1,5 +1,6 @@
 """Hostile and careless command-line values: each is refused with the variable named, and
 nothing runs and no file appears (tests/test_inputs.py; README "What is refused")."""
+
 import os
 import subprocess
 from pathlib import Path
@@ -13,9 +14,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 def hostile(canary: Path) -> list[str]:
     c = str(canary)
-    return [f"x;touch {c}/semicolon", f"x$(shell touch {c}/make_shell)", f"x`touch {c}/backtick`",
-            f"x$$(touch {c}/dollar_paren)", f"x|touch {c}/pipe", f"x&&touch {c}/and", f"x>{c}/redirect",
-            f"x\ntouch {c}/newline", f"'x';touch {c}/quote", f'"x";touch {c}/dquote', "${HOME}", "x*", "~root"]
+    return [
+        f"x;touch {c}/semicolon",
+        f"x$(shell touch {c}/make_shell)",
+        f"x`touch {c}/backtick`",
+        f"x$$(touch {c}/dollar_paren)",
+        f"x|touch {c}/pipe",
+        f"x&&touch {c}/and",
+        f"x>{c}/redirect",
+        f"x\ntouch {c}/newline",
+        f"'x';touch {c}/quote",
+        f'"x";touch {c}/dquote',
+        "${HOME}",
+        "x*",
+        "~root",
+    ]
 
 
 NAME_ONLY = ["../escape", "..", ".hidden", "a b", "a/b"]
@@ -37,8 +50,9 @@ def test_hostile_values_are_refused_and_write_nothing(var, tmp_path):
     canary = tmp_path / "canary"
     canary.mkdir()
     root = tmp_path / "experiments"
-    before = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True,
-                            text=True).stdout
+    before = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True, text=True
+    ).stdout
     values = hostile(canary) + (NAME_ONLY if var in ("NAME", "EXP_NAME", "COMPARE") else [])
     for value in values:
         args = ["make", "--no-print-directory", *CASES[var], f"{var}={value}"]
@@ -50,16 +64,29 @@ def test_hostile_values_are_refused_and_write_nothing(var, tmp_path):
         assert f"{var}:" in out and "Stop." in out, f"{var}={value!r}: no clear refusal:\n{out[-2000:]}"
     assert list(canary.iterdir()) == [], "a hostile value ran a command"
     assert not root.exists(), "a refused run wrote into the experiments folder"
-    after = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True,
-                           text=True).stdout
+    after = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True, text=True
+    ).stdout
     assert after == before, "a refused run left a file in the repository"
 
 
 def test_legitimate_values_still_pass_the_check(tmp_path):
     """The checks refuse by character, not by accident: real SET values get through to the recipe."""
-    r = subprocess.run(["make", "-n", "--no-print-directory", "exp", "NAME=sft_kto", f"EXPERIMENTS={tmp_path}/e",
-                        "SET=kto.beta=0.2 dpo.loss_type=[sigmoid,sft] eval.safety.judge=classifier:org/model-1.5"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            "make",
+            "-n",
+            "--no-print-directory",
+            "exp",
+            "NAME=sft_kto",
+            f"EXPERIMENTS={tmp_path}/e",
+            "SET=kto.beta=0.2 dpo.loss_type=[sigmoid,sft] eval.safety.judge=classifier:org/model-1.5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "not allowed" not in r.stderr and "has spaces" not in r.stderr, r.stderr
 
 
@@ -89,11 +116,19 @@ def test_resolve_refuses_an_experiment_folder_that_leads_outside(tmp_path):
 
 def test_cli_refuses_bad_names_before_writing(tmp_path):
     env = {**os.environ}
-    for args in (["resolve", "--recipe", "recipes/sft_kto.yaml", "--exp", str(tmp_path / "..")],
-                 ["compare", "../x", "--experiments", str(tmp_path)],
-                 ["compare", "sft_kto", "--experiments", str(tmp_path), "--out", "../../x"]):
-        r = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "safealign", *args], cwd=REPO,
-                           capture_output=True, text=True, env=env, timeout=120)
+    for args in (
+        ["resolve", "--recipe", "recipes/sft_kto.yaml", "--exp", str(tmp_path / "..")],
+        ["compare", "../x", "--experiments", str(tmp_path)],
+        ["compare", "sft_kto", "--experiments", str(tmp_path), "--out", "../../x"],
+    ):
+        r = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "safealign", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert r.returncode == 1 and "expected 1-128 letters" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -102,15 +137,35 @@ def test_unreachable_hub_model_is_one_paragraph_naming_the_key(tmp_path):
     py = str(REPO / ".venv" / "bin" / "python")
     exp = tmp_path / "experiments" / "hub"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
-    r = subprocess.run([py, "-m", "safealign", "resolve", "--recipe", "recipes/sft_kto.yaml", "--exp", str(exp),
-                        "--set", "base_model=aisingapore/not-in-this-cache"], cwd=REPO, capture_output=True,
-                       text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [
+            py,
+            "-m",
+            "safealign",
+            "resolve",
+            "--recipe",
+            "recipes/sft_kto.yaml",
+            "--exp",
+            str(exp),
+            "--set",
+            "base_model=aisingapore/not-in-this-cache",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     cmd = [py, "-m", "safealign", "stage", "safety", "--model", "base", "--exp", str(exp)]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "error: base_model: aisingapore/not-in-this-cache is not in the local Hugging Face cache and " \
-           "HF_HUB_OFFLINE=1 forbids downloading it." in r.stderr and "SAFEALIGN_DEBUG=1" in r.stderr
+    assert (
+        "error: base_model: aisingapore/not-in-this-cache is not in the local Hugging Face cache and "
+        "HF_HUB_OFFLINE=1 forbids downloading it."
+        in r.stderr
+        and "SAFEALIGN_DEBUG=1" in r.stderr
+    )
     assert len(r.stderr.strip().splitlines()) <= 3
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**env, "SAFEALIGN_DEBUG": "1"}, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr and "ModelUnavailable" in r.stderr

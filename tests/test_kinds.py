@@ -1,14 +1,14 @@
 """The stage-kind table (safealign/kinds.py): every kind renders, validates and plans from it,
 and the shipped recipes keep the stage folders they had before the table existed."""
+
 import importlib
 import json
 
 import pytest
 import yaml
+from conftest import REPO
 
 from safealign import codedeps, kinds, plan, recipe, stages
-
-from conftest import REPO
 
 SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
 
@@ -36,8 +36,9 @@ def test_every_trl_kind_renders_a_script_and_a_config_its_trainer_accepts(name, 
     assert rendered["train_file"] == "train.jsonl" and rendered["trl"]["seed"] == 3
     assert rendered["trl"]["warmup_steps"] == 4 and rendered["lora"]["r"] == cfg.lora_r
     module, cls = kind.trl_config.split(":")
-    args = getattr(importlib.import_module(module), cls)(**{**rendered["trl"], "output_dir": str(tmp_path),
-                                                            "use_cpu": True})
+    args = getattr(importlib.import_module(module), cls)(
+        **{**rendered["trl"], "output_dir": str(tmp_path), "use_cpu": True}
+    )
     assert args.learning_rate == cfg.learning_rate and args.per_device_train_batch_size == cfg.micro_batch_size
     for key in ("beta", "simpo_gamma", "cpo_alpha", "desirable_weight", "label_smoothing"):
         if hasattr(cfg, key):
@@ -64,6 +65,8 @@ def test_unknown_kind_is_refused_with_the_table():
 def test_warmup_steps_are_what_transformers_would_count():
     cfg = recipe.parse("kto:\n  max_steps: 60\n  warmup_ratio: 0.1\n").kto
     assert stages.warmup_steps(cfg, rows=623) == 6
-    cfg = recipe.parse("kto:\n  max_steps: -1\n  num_epochs: 2\n  micro_batch_size: 8\n"
-                       "  gradient_accumulation_steps: 2\n  warmup_ratio: 0.1\n").kto
+    cfg = recipe.parse(
+        "kto:\n  max_steps: -1\n  num_epochs: 2\n  micro_batch_size: 8\n"
+        "  gradient_accumulation_steps: 2\n  warmup_ratio: 0.1\n"
+    ).kto
     assert stages.warmup_steps(cfg, rows=100) == 2  # ceil(100/8)=13 batches, 6 updates per epoch, 12 steps

@@ -1,6 +1,7 @@
 """SafeKTOTrainer with every switch off is trl's KTOTrainer: same loss on the same batch, same
 first training steps. Runs the real trl 1.9 on a small random Llama built here; fails if trl
 changes its KTO maths under us."""
+
 import copy
 import json
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
+from conftest import REPO  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -15,8 +17,6 @@ from trl import KTOConfig, KTOTrainer  # noqa: E402
 
 from safealign import data, tinymodel  # noqa: E402
 from safealign.kto import KTOVariant, SafeKTOTrainer  # noqa: E402
-
-from conftest import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,18 @@ def setup():
     kto_rows = data.build_stage_rows(rows, seed=3)["kto"][:48]
     ds = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "label")} for r in kto_rows])
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     policy = LlamaForCausalLM(cfg)
     ref = copy.deepcopy(policy)
     with torch.no_grad():  # a reference that differs, so rewards and KL are not all zero
@@ -39,10 +48,25 @@ def setup():
 
 
 def args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_length=128, beta=0.1,
-                desirable_weight=1.0, undesirable_weight=1.5, learning_rate=1e-3, max_steps=3,
-                logging_steps=1, report_to="none", bf16=False, gradient_checkpointing=False, seed=7,
-                save_strategy="no", dataset_num_proc=1, use_cpu=True, disable_tqdm=True)
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_length=128,
+        beta=0.1,
+        desirable_weight=1.0,
+        undesirable_weight=1.5,
+        learning_rate=1e-3,
+        max_steps=3,
+        logging_steps=1,
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=7,
+        save_strategy="no",
+        dataset_num_proc=1,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     return KTOConfig(**{**base, **kw})
 
 
@@ -51,11 +75,22 @@ def trainers(setup, tmp_path, peft=False, variant=None, **kw):
     made = []
     for cls, extra in ((KTOTrainer, {}), (SafeKTOTrainer, {"variant": variant or KTOVariant()})):
         torch.manual_seed(11)
-        kwargs = dict(model=copy.deepcopy(policy), args=args(tmp_path / cls.__name__, **kw), train_dataset=ds,
-                      processing_class=tok, **extra)
+        kwargs = dict(
+            model=copy.deepcopy(policy),
+            args=args(tmp_path / cls.__name__, **kw),
+            train_dataset=ds,
+            processing_class=tok,
+            **extra,
+        )
         if peft:
-            kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM",
-                                               init_lora_weights=False, lora_dropout=0.0)
+            kwargs["peft_config"] = LoraConfig(
+                r=4,
+                lora_alpha=8,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+                init_lora_weights=False,
+                lora_dropout=0.0,
+            )
         else:
             kwargs["ref_model"] = copy.deepcopy(ref)
         made.append(cls(**kwargs))
@@ -66,7 +101,9 @@ def first_batch_loss(trainer):
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.train()
     with torch.no_grad():
-        return trainer.compute_loss(trainer.model, batch).item(), {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        return trainer.compute_loss(trainer.model, batch).item(), {
+            k: v[-1] for k, v in trainer._metrics["train"].items()
+        }
 
 
 @pytest.mark.parametrize("peft", [False, True], ids=["ref_model", "peft_adapter_off"])
@@ -127,8 +164,9 @@ def test_kto_s_differs_from_kto_when_kl_is_positive(setup, tmp_path):
 
 
 def test_precomputed_reference_is_length_normalised(setup, tmp_path):
-    _, ln = trainers(setup, tmp_path / "pre", peft=True, precompute_ref_log_probs=True,
-                     variant=KTOVariant(length_normalize=True))
+    _, ln = trainers(
+        setup, tmp_path / "pre", peft=True, precompute_ref_log_probs=True, variant=KTOVariant(length_normalize=True)
+    )
     _, live = trainers(setup, tmp_path / "live", peft=True, variant=KTOVariant(length_normalize=True))
     a, _ = first_batch_loss(ln)
     b, _ = first_batch_loss(live)

@@ -1,5 +1,6 @@
 """Leaderboard: normalisation against hand-computed values, task grouping, offline fixtures,
 MATH scoring through lm-eval's own task code, and errors raised before any model loads."""
+
 import importlib.util
 import json
 import subprocess
@@ -23,23 +24,30 @@ def test_normalise_mc_hand_values():
 
 
 def test_bbh_and_musr_normalise_each_subtask_with_its_own_k():
-    res = {"leaderboard_bbh": {"acc_norm,none": 0.6},
-           "leaderboard_bbh_boolean_expressions": {"acc_norm,none": 0.75},  # k=2: 50
-           "leaderboard_bbh_date_understanding": {"acc_norm,none": 0.5}}  # k=6: (0.5-1/6)/(5/6) = 40
+    res = {
+        "leaderboard_bbh": {"acc_norm,none": 0.6},
+        "leaderboard_bbh_boolean_expressions": {"acc_norm,none": 0.75},  # k=2: 50
+        "leaderboard_bbh_date_understanding": {"acc_norm,none": 0.5},
+    }  # k=6: (0.5-1/6)/(5/6) = 40
     out = normalise("bbh", res)
     assert out["subtasks"]["boolean_expressions"]["normalised"] == pytest.approx(50.0)
     assert out["subtasks"]["date_understanding"]["normalised"] == pytest.approx(40.0)
     assert out["normalised"] == pytest.approx(45.0) and out["raw"] == 0.6
-    musr = {"leaderboard_musr_murder_mysteries": {"acc_norm,none": 0.7},  # k=2: 40
-            "leaderboard_musr_object_placements": {"acc_norm,none": 0.4},  # k=5: 25
-            "leaderboard_musr_team_allocation": {"acc_norm,none": 0.6}}  # k=3: 40
+    musr = {
+        "leaderboard_musr_murder_mysteries": {"acc_norm,none": 0.7},  # k=2: 40
+        "leaderboard_musr_object_placements": {"acc_norm,none": 0.4},  # k=5: 25
+        "leaderboard_musr_team_allocation": {"acc_norm,none": 0.6},
+    }  # k=3: 40
     assert normalise("musr", musr)["normalised"] == pytest.approx(35.0)
 
 
 def test_single_k_and_generative_families():
-    res = {"leaderboard_gpqa": {"acc_norm,none": 0.6}, "leaderboard_mmlu_pro": {"acc,none": 0.28},
-           "leaderboard_math_hard": {"exact_match,none": 0.05},
-           "leaderboard_ifeval": {"prompt_level_strict_acc,none": 0.4, "inst_level_strict_acc,none": 0.5}}
+    res = {
+        "leaderboard_gpqa": {"acc_norm,none": 0.6},
+        "leaderboard_mmlu_pro": {"acc,none": 0.28},
+        "leaderboard_math_hard": {"exact_match,none": 0.05},
+        "leaderboard_ifeval": {"prompt_level_strict_acc,none": 0.4, "inst_level_strict_acc,none": 0.5},
+    }
     t = lb.table(res, ["gpqa", "mmlu_pro", "math", "ifeval"])
     f = t["families"]
     assert f["gpqa"]["normalised"] == pytest.approx(46.6667, abs=1e-4)
@@ -56,6 +64,7 @@ def test_choice_counts_match_lm_eval_task_definitions():
 
     class Loader(yaml.SafeLoader):
         pass
+
     Loader.add_multi_constructor("!", lambda *a: None)
     for name, k in lb.K_BBH.items():
         cfg = yaml.load((lb.lm_eval_tasks_dir() / "bbh_mc" / f"{name}.yaml").read_text(), Loader=Loader)
@@ -68,15 +77,20 @@ def test_families_with_equal_settings_share_one_invocation():
     groups = lb.invocations(r.eval.leaderboard.tasks)
     assert [g["families"] for g in groups] == [["ifeval", "bbh", "gpqa", "musr", "mmlu_pro"], ["math"]]
     assert groups[0]["settings"]["apply_chat_template"] and not groups[1]["settings"]["apply_chat_template"]
-    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.tasks.bbh.batch_size=2",
-                                                        "eval.leaderboard.tasks.gpqa=null"])
+    r = recipe.load(
+        REPO / "recipes" / "sft_kto.yaml",
+        ["eval.leaderboard.tasks.bbh.batch_size=2", "eval.leaderboard.tasks.gpqa=null"],
+    )
     fams = [g["families"] for g in lb.invocations(r.eval.leaderboard.tasks)]
     assert fams == [["ifeval", "musr", "mmlu_pro"], ["bbh"], ["math"]]
     # a backend per family: generative families on vllm form their own call (and model load)
     r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.tasks.ifeval.backend=vllm"])
     groups = lb.invocations(r.eval.leaderboard.tasks, r.eval.leaderboard.backend)
     assert [(g["families"], g["settings"]["backend"]) for g in groups] == [
-        (["ifeval"], "vllm"), (["bbh", "gpqa", "musr", "mmlu_pro"], "hf"), (["math"], "hf")]
+        (["ifeval"], "vllm"),
+        (["bbh", "gpqa", "musr", "mmlu_pro"], "hf"),
+        (["math"], "hf"),
+    ]
     with pytest.raises(recipe.RecipeError, match=r"tasks.math.backend: expected hf, vllm or null"):
         recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.tasks.math.backend=tgi"])
 
@@ -95,8 +109,9 @@ def test_fixture_overrides_point_lm_eval_tasks_at_the_fixtures(tmp_path):
 
 
 def test_fixtures_are_what_the_generator_writes():
-    r = subprocess.run([sys.executable, "tools/make_leaderboard_fixtures.py", "--check"], cwd=REPO,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "tools/make_leaderboard_fixtures.py", "--check"], cwd=REPO, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -106,8 +121,7 @@ def test_unreadable_fixture_fails_before_any_model_loads(tmp_path, monkeypatch):
     (bad / "TAUR-Lab" / "MuSR" / "default").mkdir(parents=True)
     (bad / "TAUR-Lab" / "MuSR" / "README.md").write_text((src / "README.md").read_text())
     for f in ("murder_mysteries", "object_placements"):
-        (bad / "TAUR-Lab" / "MuSR" / "default" / f"{f}.jsonl").write_text(
-            (src / "default" / f"{f}.jsonl").read_text())
+        (bad / "TAUR-Lab" / "MuSR" / "default" / f"{f}.jsonl").write_text((src / "default" / f"{f}.jsonl").read_text())
     (bad / "TAUR-Lab" / "MuSR" / "default" / "team_allocation.jsonl").write_text('{"narrative": "x"}\n{oops\n')
     monkeypatch.setattr(lb, "FIXTURES", bad)
     monkeypatch.setattr(lb, "load_lm", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -160,8 +174,11 @@ def test_ifeval_sentence_splitting_needs_no_download(tmp_path, monkeypatch):
     root = nltkdata.ensure()
     assert nltk.data.find("tokenizers/punkt_tab/english/")
     assert str(root).startswith(str(tmp_path))
-    assert nltk.sent_tokenize("Mr. Tan took the MRT. It was late! Was it?") == \
-        ["Mr. Tan took the MRT.", "It was late!", "Was it?"]
+    assert nltk.sent_tokenize("Mr. Tan took the MRT. It was late! Was it?") == [
+        "Mr. Tan took the MRT.",
+        "It was late!",
+        "Was it?",
+    ]
     from lm_eval.tasks.leaderboard.ifeval import instructions
 
     check = instructions.NumberOfSentences("number_sentences")
@@ -180,7 +197,9 @@ def test_results_of_a_real_lm_eval_run_are_normalised():
     assert f["mmlu_pro"]["normalised"] == 0.0  # 0.1 = the k=10 baseline
     assert f["ifeval"]["normalised"] == pytest.approx((0.125 + 1 / 9) / 2 * 100, abs=1e-6)
     assert f["math"]["normalised"] == 0.0
-    bbh = [max(0.0, (res[f"leaderboard_bbh_{n}"]["acc_norm,none"] - 1 / k) / (1 - 1 / k)) * 100
-           for n, k in lb.K_BBH.items()]
+    bbh = [
+        max(0.0, (res[f"leaderboard_bbh_{n}"]["acc_norm,none"] - 1 / k) / (1 - 1 / k)) * 100
+        for n, k in lb.K_BBH.items()
+    ]
     assert f["bbh"]["normalised"] == pytest.approx(sum(bbh) / 24, abs=1e-6)
     assert f["bbh"]["raw"] == res["leaderboard_bbh"]["acc_norm,none"]

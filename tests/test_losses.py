@@ -1,4 +1,5 @@
 """The KTO maths on hand-made tensors: no model, no trainer."""
+
 import math
 
 import pytest
@@ -14,8 +15,14 @@ def sig(x):
 
 
 def test_kto_matches_hand_computed():
-    out = losses.kto_losses(torch.tensor([2.0]), torch.tensor([-3.0]), torch.tensor(1.0), beta=B,
-                            desirable_weight=1.0, undesirable_weight=1.5)
+    out = losses.kto_losses(
+        torch.tensor([2.0]),
+        torch.tensor([-3.0]),
+        torch.tensor(1.0),
+        beta=B,
+        desirable_weight=1.0,
+        undesirable_weight=1.5,
+    )
     assert out.tolist() == pytest.approx([1 - sig(B * (2 - 1)), 1.5 * (1 - sig(B * (1 + 3)))])
 
 

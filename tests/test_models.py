@@ -1,4 +1,5 @@
 """Model names: tiny-local, a local path and a hub id all end in the same from_pretrained call."""
+
 import time
 
 import pytest

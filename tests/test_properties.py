@@ -1,8 +1,10 @@
 """Property-based tests (hypothesis): random mutations of a valid row, recipe or SET string are
 accepted or refused with a message naming the location, never a traceback."""
+
 import json
 
 import yaml
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,14 +12,21 @@ from safealign import data, recipe
 from safealign.data import DataError
 from safealign.recipe import RecipeError
 
-from conftest import REPO
-
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-ROW = {"id": "a", "prompt": "how to scam", "safe": False, "category": "public_harm",
-       "chosen": "Sorry, I cannot help.", "rejected": "Can lah, [removed].", "subset": "in_template"}
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                      max_size=3), max_leaves=6)
+ROW = {
+    "id": "a",
+    "prompt": "how to scam",
+    "safe": False,
+    "category": "public_harm",
+    "chosen": "Sorry, I cannot help.",
+    "rejected": "Can lah, [removed].",
+    "subset": "in_template",
+}
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 keys = st.sampled_from(list(ROW) + ["extra", "", "ID"])
 
 
@@ -67,9 +76,11 @@ def paths(d, prefix=()):
 
 
 PATHS = sorted(paths(BASE))
-yaml_values = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
-                           | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=5), inner, max_size=2), max_leaves=5)
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=2),
+    max_leaves=5,
+)
 
 
 @st.composite
@@ -113,8 +124,23 @@ def test_random_text_is_a_recipe_or_a_located_error(text):
         assert all(located(m, "r.yaml") for m in e.problems), e.problems
 
 
-set_keys = st.sampled_from(["kto.beta", "sft.learning_rate", "stages", "eval.safety.judge", "kto", "seed", "x.y",
-                            "kto.bta", "", "kto..beta", ".", "eval.leaderboard.tasks.bbh.limit", "health.window"])
+set_keys = st.sampled_from(
+    [
+        "kto.beta",
+        "sft.learning_rate",
+        "stages",
+        "eval.safety.judge",
+        "kto",
+        "seed",
+        "x.y",
+        "kto.bta",
+        "",
+        "kto..beta",
+        ".",
+        "eval.leaderboard.tasks.bbh.limit",
+        "health.window",
+    ]
+)
 set_items = st.tuples(set_keys, st.sampled_from(["=", "", "=="]), st.text(max_size=12)).map("".join)
 
 

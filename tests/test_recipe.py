@@ -1,4 +1,5 @@
 """Recipe validation: every shipped recipe is valid; bad recipes name file, line, key."""
+
 import json
 import os
 import subprocess
@@ -39,44 +40,58 @@ def test_unknown_top_level_key():
     assert msg.startswith("r.yaml:2: base_modle: unknown key (did you mean 'base_model'?)")
 
 
-@pytest.mark.parametrize("text,expect", [
-    ("seed: '42'\n", "r.yaml:1: seed: expected int, got str ('42')"),
-    ("seed: true\n", "r.yaml:1: seed: expected int, got bool (True)"),
-    ("kto:\n  beta: high\n", "r.yaml:2: kto.beta: expected float, got str ('high')"),
-    ("kto:\n  paired_only: 'yes'\n", "r.yaml:2: kto.paired_only: expected bool, got str ('yes')"),
-    ("sft: 3\n", "r.yaml:1: sft: expected a mapping of keys, got int"),
-    ("stages: [sft, kt0]\n", "stage 2 'kt0' is not a stage kind (did you mean 'kto'?)"),
-    ("stages: []\n", "at least one stage is needed"),
-    ("stages: [sft, sft]\n", "each stage kind may appear once"),
-    ("kto:\n  micro_batch_size: 1\n", "r.yaml:2: kto.micro_batch_size: KTO estimates its KL reference point"),
-    ("sft:\n  learning_rate: -1.0\n", "r.yaml:2: sft.learning_rate: must be > 0, got -1.0"),
-    ("kto:\n  warmup_ratio: 1.5\n", "r.yaml:2: kto.warmup_ratio: must be in [0, 1), got 1.5"),
-    ("sft:\n  bf16: maybe\n", "r.yaml:2: sft.bf16: expected true, false or 'auto', got 'maybe'"),
-    ("dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0]\n", "dpo.loss_weights: 1 weights for 2 loss types"),
-    ("seed: [1\n", "r.yaml:2: not valid YAML"),
-    ("dpo:\n  loss_type: [sigmoid, ipoo]\n", "r.yaml:2: dpo.loss_type: entry 2 'ipoo' is not a trl DPO loss (did you mean 'ipo'?)"),
-    ("dpo:\n  label_smoothing: 0.7\n", "r.yaml:2: dpo.label_smoothing: must be in [0, 0.5), got 0.7"),
-    # numeric ranges, wherever the field sits (recipe.RANGES)
-    ("kto:\n  beta: -0.1\n", "r.yaml:2: kto.beta: must be > 0 (beta <= 0 removes or inverts the KL constraint)"),
-    ("dpo:\n  beta: 0\n", "r.yaml:2: dpo.beta: must be > 0"),
-    ("kto:\n  undesirable_weight: 0\n", "r.yaml:2: kto.undesirable_weight: must be > 0, got 0"),
-    ("kto:\n  nll_alpha: -1\n", "kto.nll_alpha: must be >= 0, got -1"),
-    ("sft:\n  lora_dropout: 1.0\n", "sft.lora_dropout: must be in [0, 1), got 1.0"),
-    ("sft:\n  learning_rate: .nan\n", "sft.learning_rate: must be > 0, got nan"),
-    ("sft:\n  learning_rate: .inf\n", "sft.learning_rate: must be > 0, got inf"),
-    ("sft:\n  max_steps: 0\n", "sft.max_steps: must be -1 (use num_epochs) or > 0, got 0"),
-    ("sft:\n  gradient_accumulation_steps: 0\n", "sft.gradient_accumulation_steps: must be >= 1"),
-    ("eval:\n  safety:\n    top_p: 1.5\n", "r.yaml:3: eval.safety.top_p: must be in (0, 1], got 1.5"),
-    ("eval:\n  safety:\n    temperature: 0\n", "eval.safety.temperature: must be > 0"),
-    ("eval:\n  leaderboard:\n    tasks:\n      bbh: {limit: -2}\n", "r.yaml:4: eval.leaderboard.tasks.bbh.limit: must be"),
-    ("dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0, -1]\n", "dpo.loss_weights: entry 2 must be a number > 0"),
-    ("seed: -3\n", "r.yaml:1: seed: must be a non-negative integer, got -3"),
-    ("stages: [sft, {kto: 1}]\n", "stage 2 {'kto': 1} is not a stage kind"),
-    # trl needs a per-device batch of 2 for KTO: accumulation does not count
-    ("kto:\n  micro_batch_size: 1\n  gradient_accumulation_steps: 8\n",
-     "r.yaml:2: kto.micro_batch_size: KTO estimates its KL reference point from mismatched pairs within each "
-     "device's batch; trl needs micro_batch_size >= 2 (gradient accumulation does not count), got 1"),
-])
+@pytest.mark.parametrize(
+    "text,expect",
+    [
+        ("seed: '42'\n", "r.yaml:1: seed: expected int, got str ('42')"),
+        ("seed: true\n", "r.yaml:1: seed: expected int, got bool (True)"),
+        ("kto:\n  beta: high\n", "r.yaml:2: kto.beta: expected float, got str ('high')"),
+        ("kto:\n  paired_only: 'yes'\n", "r.yaml:2: kto.paired_only: expected bool, got str ('yes')"),
+        ("sft: 3\n", "r.yaml:1: sft: expected a mapping of keys, got int"),
+        ("stages: [sft, kt0]\n", "stage 2 'kt0' is not a stage kind (did you mean 'kto'?)"),
+        ("stages: []\n", "at least one stage is needed"),
+        ("stages: [sft, sft]\n", "each stage kind may appear once"),
+        ("kto:\n  micro_batch_size: 1\n", "r.yaml:2: kto.micro_batch_size: KTO estimates its KL reference point"),
+        ("sft:\n  learning_rate: -1.0\n", "r.yaml:2: sft.learning_rate: must be > 0, got -1.0"),
+        ("kto:\n  warmup_ratio: 1.5\n", "r.yaml:2: kto.warmup_ratio: must be in [0, 1), got 1.5"),
+        ("sft:\n  bf16: maybe\n", "r.yaml:2: sft.bf16: expected true, false or 'auto', got 'maybe'"),
+        ("dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0]\n", "dpo.loss_weights: 1 weights for 2 loss types"),
+        ("seed: [1\n", "r.yaml:2: not valid YAML"),
+        (
+            "dpo:\n  loss_type: [sigmoid, ipoo]\n",
+            "r.yaml:2: dpo.loss_type: entry 2 'ipoo' is not a trl DPO loss (did you mean 'ipo'?)",
+        ),
+        ("dpo:\n  label_smoothing: 0.7\n", "r.yaml:2: dpo.label_smoothing: must be in [0, 0.5), got 0.7"),
+        # numeric ranges, wherever the field sits (recipe.RANGES)
+        ("kto:\n  beta: -0.1\n", "r.yaml:2: kto.beta: must be > 0 (beta <= 0 removes or inverts the KL constraint)"),
+        ("dpo:\n  beta: 0\n", "r.yaml:2: dpo.beta: must be > 0"),
+        ("kto:\n  undesirable_weight: 0\n", "r.yaml:2: kto.undesirable_weight: must be > 0, got 0"),
+        ("kto:\n  nll_alpha: -1\n", "kto.nll_alpha: must be >= 0, got -1"),
+        ("sft:\n  lora_dropout: 1.0\n", "sft.lora_dropout: must be in [0, 1), got 1.0"),
+        ("sft:\n  learning_rate: .nan\n", "sft.learning_rate: must be > 0, got nan"),
+        ("sft:\n  learning_rate: .inf\n", "sft.learning_rate: must be > 0, got inf"),
+        ("sft:\n  max_steps: 0\n", "sft.max_steps: must be -1 (use num_epochs) or > 0, got 0"),
+        ("sft:\n  gradient_accumulation_steps: 0\n", "sft.gradient_accumulation_steps: must be >= 1"),
+        ("eval:\n  safety:\n    top_p: 1.5\n", "r.yaml:3: eval.safety.top_p: must be in (0, 1], got 1.5"),
+        ("eval:\n  safety:\n    temperature: 0\n", "eval.safety.temperature: must be > 0"),
+        (
+            "eval:\n  leaderboard:\n    tasks:\n      bbh: {limit: -2}\n",
+            "r.yaml:4: eval.leaderboard.tasks.bbh.limit: must be",
+        ),
+        (
+            "dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0, -1]\n",
+            "dpo.loss_weights: entry 2 must be a number > 0",
+        ),
+        ("seed: -3\n", "r.yaml:1: seed: must be a non-negative integer, got -3"),
+        ("stages: [sft, {kto: 1}]\n", "stage 2 {'kto': 1} is not a stage kind"),
+        # trl needs a per-device batch of 2 for KTO: accumulation does not count
+        (
+            "kto:\n  micro_batch_size: 1\n  gradient_accumulation_steps: 8\n",
+            "r.yaml:2: kto.micro_batch_size: KTO estimates its KL reference point from mismatched pairs within each "
+            "device's batch; trl needs micro_batch_size >= 2 (gradient accumulation does not count), got 1",
+        ),
+    ],
+)
 def test_bad_recipes_give_specific_messages(text, expect):
     msgs = problems(text)
     assert any(expect in m for m in msgs), msgs
@@ -107,16 +122,34 @@ def test_bad_recipe_writes_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("  beta: 0.1", "  bta: 0.1"))
     exp = tmp_path / "experiments" / "bad"
-    r = subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", str(bad), "--exp", str(exp)],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "safealign", "resolve", "--recipe", str(bad), "--exp", str(exp)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 2
     assert "kto.bta: unknown key (did you mean 'beta'?)" in r.stderr
     assert not (tmp_path / "experiments").exists()
 
 
 def resolve(src, exp, *sets):
-    return subprocess.run([sys.executable, "-m", "safealign", "resolve", "--recipe", str(src), "--exp", str(exp),
-                           *(["--set", *sets] if sets else [])], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "safealign",
+            "resolve",
+            "--recipe",
+            str(src),
+            "--exp",
+            str(exp),
+            *(["--set", *sets] if sets else []),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def test_resolve_writes_plan_links_and_only_changed_slices(tmp_path):
@@ -154,13 +187,15 @@ def test_identities_chain_through_inputs(tmp_path):
     p_seed = plan.plan(recipe.parse(GOOD.replace("seed: 42", "seed: 43")))
     assert all(p0[s]["dir"] != p_seed[s]["dir"] for s in p0), "the seed reaches every stage"
     p_sft = plan.plan(recipe.parse(GOOD.replace("lora_r: 16                      # adapter rank", "lora_r: 8 #")))
-    assert p_sft["data"] == p0["data"] and p_sft["sft"] != p0["sft"] and p_sft["kto"] != p0["kto"], \
+    assert p_sft["data"] == p0["data"] and p_sft["sft"] != p0["sft"] and p_sft["kto"] != p0["kto"], (
         "a changed SFT changes every stage downstream of it"
+    )
     p_kto_only = plan.plan(recipe.parse(GOOD.replace("stages: [sft, kto]", "stages: [kto]")))
     assert p_kto_only["kto"] != p0["kto"], "KTO on the base model is not KTO on the SFT model"
     sym = plan.plan(recipe.parse(GOOD.replace("paired_only: false", "paired_only: true")))
-    assert sym["data"] == p0["data"] and sym["sft"] == p0["sft"] and sym["kto"] != p0["kto"], \
+    assert sym["data"] == p0["data"] and sym["sft"] == p0["sft"] and sym["kto"] != p0["kto"], (
         "symmetric KTO shares data and SFT"
+    )
 
 
 def test_set_overrides(tmp_path):
@@ -184,15 +219,26 @@ def write_recipes(tmp_path, **files):
 
 
 def test_extends_overrides_key_by_key(tmp_path):
-    d = write_recipes(tmp_path, base="seed: 5\nkto:\n  beta: 0.3\n  max_steps: 9\n",
-                      child="extends: base\nkto:\n  beta: 0.5\nstages: [kto]\n")
+    d = write_recipes(
+        tmp_path,
+        base="seed: 5\nkto:\n  beta: 0.3\n  max_steps: 9\n",
+        child="extends: base\nkto:\n  beta: 0.5\nstages: [kto]\n",
+    )
     r = recipe.load(d / "child.yaml")
     assert (r.seed, r.kto.beta, r.kto.max_steps, r.stages) == (5, 0.5, 9, ["kto"])
 
 
 def test_extends_errors(tmp_path):
-    d = write_recipes(tmp_path, a="seed: 1\n", b="extends: a\n", c="extends: b\n", e="extends: x\n",
-                      bad="kto:\n  bta: 1\n", f="extends: bad\n", g="extends: a\nkto:\n  bta: 1\n")
+    d = write_recipes(
+        tmp_path,
+        a="seed: 1\n",
+        b="extends: a\n",
+        c="extends: b\n",
+        e="extends: x\n",
+        bad="kto:\n  bta: 1\n",
+        f="extends: bad\n",
+        g="extends: a\nkto:\n  bta: 1\n",
+    )
     with pytest.raises(RecipeError, match="only one level of reuse"):
         recipe.load(d / "c.yaml")
     with pytest.raises(RecipeError, match=r"e.yaml:1: extends: no recipe .*x.yaml"):
@@ -217,6 +263,9 @@ def test_recipe_encodings(tmp_path):
     assert recipe.load(good).seed == 7  # a byte-order mark is fine
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"seed: 7\ndescription: caf\xe9\n")
-    with pytest.raises(RecipeError, match=r"bad.yaml:2: not valid UTF-8 at byte offset 24 \(line 2, byte 17 of "
-                       r"the line\)"):
+    with pytest.raises(
+        RecipeError,
+        match=r"bad.yaml:2: not valid UTF-8 at byte offset 24 \(line 2, byte 17 of "
+        r"the line\)",
+    ):
         recipe.load(bad)

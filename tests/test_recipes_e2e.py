@@ -3,6 +3,7 @@
 sft_kto itself is covered, in more depth, by test_e2e.py. All recipes share one experiments
 folder, as a user's would: the SFT stage is trained once and reused by every SFT+X recipe.
 """
+
 import json
 import math
 import os
@@ -14,8 +15,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 # SFT-only first, so that the SFT+X recipes after it reuse its SFT stage
-RECIPES = sorted((p.stem for p in (REPO / "recipes").glob("*.yaml") if p.stem != "sft_kto"),
-                 key=lambda n: (n != "sft", n))
+RECIPES = sorted(
+    (p.stem for p in (REPO / "recipes").glob("*.yaml") if p.stem != "sft_kto"), key=lambda n: (n != "sft", n)
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,13 @@ def root(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs_end_to_end(name, root):
-    r = subprocess.run(["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
-                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"})
+    r = subprocess.run(
+        ["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAFEALIGN_QUIET": "1"},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = root / name
     resolved = (exp / "recipe.yaml").read_text()
@@ -51,11 +58,20 @@ def test_comparison_of_the_grid(root):
     names = ["sft", "kto", "sft_kto", "dpo", "sft_dpo", "sft_kto_symmetric"]
     for name in names:  # sft_kto is test_e2e's; here it reuses this folder's SFT stage and base evaluation
         if not (root / name / "eval" / "summary.json").exists():
-            r = subprocess.run(["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
-                               cwd=REPO, capture_output=True, text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"})
+            r = subprocess.run(
+                ["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "SAFEALIGN_QUIET": "1"},
+            )
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    r = subprocess.run(["make", "--no-print-directory", "compare", f"NAMES={' '.join(names)}", "COMPARE=study",
-                        f"EXPERIMENTS={root}"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        ["make", "--no-print-directory", "compare", f"NAMES={' '.join(names)}", "COMPARE=study", f"EXPERIMENTS={root}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = root / "compare" / "study"
     page = (out / "compare.md").read_text()
@@ -80,11 +96,17 @@ def test_sft_was_trained_once(root):
 
 @pytest.mark.slow
 def test_full_parameter_mode(root):
-    sets = ("sft.full_finetune=true kto.full_finetune=true sft.max_steps=20 kto.max_steps=10 "
-            "sft.learning_rate=1e-4 kto.learning_rate=1e-5")
-    r = subprocess.run(["make", "--no-print-directory", "exp", "NAME=sft_kto", f"SET={sets}", "EXP_NAME=full",
-                        f"EXPERIMENTS={root}"], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, "SAFEALIGN_QUIET": "1"})
+    sets = (
+        "sft.full_finetune=true kto.full_finetune=true sft.max_steps=20 kto.max_steps=10 "
+        "sft.learning_rate=1e-4 kto.learning_rate=1e-5"
+    )
+    r = subprocess.run(
+        ["make", "--no-print-directory", "exp", "NAME=sft_kto", f"SET={sets}", "EXP_NAME=full", f"EXPERIMENTS={root}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAFEALIGN_QUIET": "1"},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for stage in ("sft", "kto"):
         d = root / "full" / stage
@@ -99,9 +121,17 @@ def test_two_concurrent_runs_on_an_empty_store(tmp_path):
     (the other process waits on the stage's lock and reuses it), and nothing is left half-done."""
     root = tmp_path / "experiments"
     sets = "SET=sft.max_steps=20 kto.max_steps=16 eval.leaderboard.enabled=false eval.models=final"
-    procs = [subprocess.Popen(["make", "--no-print-directory", "exp", "NAME=sft_kto", sets, f"EXP_NAME={n}",
-                               f"EXPERIMENTS={root}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"}) for n in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            ["make", "--no-print-directory", "exp", "NAME=sft_kto", sets, f"EXP_NAME={n}", f"EXPERIMENTS={root}"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "SAFEALIGN_QUIET": "1"},
+        )
+        for n in ("a", "b")
+    ]
     outs = [p.communicate(timeout=1800) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-3000:] + err[-3000:]
@@ -112,4 +142,5 @@ def test_two_concurrent_runs_on_an_empty_store(tmp_path):
     summaries = [json.loads((root / n / "eval" / "summary.json").read_text())["models"] for n in ("a", "b")]
     assert summaries[0] == summaries[1]
     assert not list((root / ".stages").glob("*.tmp")) and all(
-        (d / ".done").exists() for d in (root / ".stages").iterdir() if d.is_dir())
+        (d / ".done").exists() for d in (root / ".stages").iterdir() if d.is_dir()
+    )

@@ -4,6 +4,7 @@ Experiments are resolved from the shipped recipes (real plan, links and store fo
 each stage folder gets fixture files in the shapes the stages write; the report and the
 comparison are built from those and their tables are checked against the fixture numbers.
 """
+
 import json
 import re
 
@@ -19,8 +20,14 @@ def fake_log(n: int, kl0: float, loss0: float, preference: bool) -> str:
     for step in range(1, n + 1):
         r = {"step": step, "epoch": step / n, "loss": loss0 / step}
         if preference:
-            r.update({"kl": kl0 if 5 <= step <= 10 else 0.0, "rewards/chosen": 0.1 * step,
-                      "rewards/rejected": -0.2 * step, "rewards/margins": 0.3 * step})
+            r.update(
+                {
+                    "kl": kl0 if 5 <= step <= 10 else 0.0,
+                    "rewards/chosen": 0.1 * step,
+                    "rewards/rejected": -0.2 * step,
+                    "rewards/margins": 0.3 * step,
+                }
+            )
         rows.append(json.dumps(r))
     return "\n".join(rows) + "\n"
 
@@ -28,17 +35,27 @@ def fake_log(n: int, kl0: float, loss0: float, preference: bool) -> str:
 def safety_metrics(tox: float, ref: float, fref: float, sim: float | None) -> dict:
     def m(v):
         return {"value": v, "low": max(0.0, v - 0.1), "high": min(1.0, v + 0.1), "n": 45}
+
     overall = {"toxicity_rate": m(tox), "refusal_rate": m(ref), "false_refusal_rate": m(fref)}
     if sim is not None:
         overall["similarity_to_base"] = m(sim)
     cats = {"hateful": {"toxicity_rate": m(tox), "refusal_rate": m(ref)}, "food": {"false_refusal_rate": m(fref)}}
-    return {"overall": overall, "by_category": cats, "by_subset": {}, "generation": {"do_sample": False},
-            "judge": "minilm", "refusal_detector": "minilm", "seconds": {"generation": 1.0, "total": 2.0}}
+    return {
+        "overall": overall,
+        "by_category": cats,
+        "by_subset": {},
+        "generation": {"do_sample": False},
+        "judge": "minilm",
+        "refusal_detector": "minilm",
+        "seconds": {"generation": 1.0, "total": 2.0},
+    }
 
 
 def lb_table(avg_shift: float) -> dict:
-    fams = {f: {"raw": 0.3, "normalised": 10.0 + avg_shift + i} for i, f in enumerate(
-        ["ifeval", "bbh", "math", "gpqa", "musr", "mmlu_pro"])}
+    fams = {
+        f: {"raw": 0.3, "normalised": 10.0 + avg_shift + i}
+        for i, f in enumerate(["ifeval", "bbh", "math", "gpqa", "musr", "mmlu_pro"])
+    }
     return {"families": fams, "average": sum(v["normalised"] for v in fams.values()) / 6, "seconds": 3.0}
 
 
@@ -66,24 +83,61 @@ def root(tmp_path_factory):
         plan.resolve(str(REPO / "recipes" / f"{name}.yaml"), exp)
         r = plan.Experiment(exp).recipe
         for s in r.stages:
-            write_stage(exp, s, {
-                "train_log.jsonl": fake_log(12, kl or 0.0, 2.0 if s == "sft" else 0.7, s != "sft"),
-                "summary.json": {"stage": s, "seconds": 30.0 if s == "sft" else 20.0, "steps": 12,
-                                 "first_loss": 2.0, "last_loss": 0.5},
-                "provenance.json": {"git": {"commit": "abc123", "dirty": False}, "seed": 42,
-                                    "versions": {"torch": "2.13.0", "trl": "1.9.0"}, "hardware": {"cpus": 2},
-                                    "data_sha256": {"test.jsonl": "f" * 64}, "invoked_as": f"make exp NAME={name}"}})
-        answers = "".join(json.dumps({"id": f"t{i}", "safe": i % 2 == 1, "prompt": f"prompt {i}",
-                                      "answer": f"answer {i} | with a pipe", "toxic": False, "refused": i == 0,
-                                      "category": "c"}) + "\n" for i in range(4))
+            write_stage(
+                exp,
+                s,
+                {
+                    "train_log.jsonl": fake_log(12, kl or 0.0, 2.0 if s == "sft" else 0.7, s != "sft"),
+                    "summary.json": {
+                        "stage": s,
+                        "seconds": 30.0 if s == "sft" else 20.0,
+                        "steps": 12,
+                        "first_loss": 2.0,
+                        "last_loss": 0.5,
+                    },
+                    "provenance.json": {
+                        "git": {"commit": "abc123", "dirty": False},
+                        "seed": 42,
+                        "versions": {"torch": "2.13.0", "trl": "1.9.0"},
+                        "hardware": {"cpus": 2},
+                        "data_sha256": {"test.jsonl": "f" * 64},
+                        "invoked_as": f"make exp NAME={name}",
+                    },
+                },
+            )
+        answers = "".join(
+            json.dumps(
+                {
+                    "id": f"t{i}",
+                    "safe": i % 2 == 1,
+                    "prompt": f"prompt {i}",
+                    "answer": f"answer {i} | with a pipe",
+                    "toxic": False,
+                    "refused": i == 0,
+                    "category": "c",
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
         for m in plan.eval_models(r):
             vals = BASE if m == "base" else final if m == r.stages[-1] else (0.4, 0.5, 0.1, 0.85)
             write_stage(exp, f"safety-{m}", {"metrics.json": safety_metrics(*vals), "answers.jsonl": answers})
-            write_stage(exp, f"leaderboard-{m}", {"table.json": lb_table(
-                0.0 if m == "base" else shift if m == r.stages[-1] else 1.0)})
-        write_stage(exp, "judge", {"agreement.json": {
-            "held_out": {"n": 135, "refusal_keyword": 1.0, "refusal_minilm": 1.0, "toxic_minilm": 1.0},
-            "hard_cases": {"n": 24, "refusal_keyword": 0.75, "refusal_minilm": 0.875, "toxic_minilm": 1.0}}})
+            write_stage(
+                exp,
+                f"leaderboard-{m}",
+                {"table.json": lb_table(0.0 if m == "base" else shift if m == r.stages[-1] else 1.0)},
+            )
+        write_stage(
+            exp,
+            "judge",
+            {
+                "agreement.json": {
+                    "held_out": {"n": 135, "refusal_keyword": 1.0, "refusal_minilm": 1.0, "toxic_minilm": 1.0},
+                    "hard_cases": {"n": 24, "refusal_keyword": 0.75, "refusal_minilm": 0.875, "toxic_minilm": 1.0},
+                }
+            },
+        )
         s = summary.build(plan.Experiment(exp))
         (exp / "eval").mkdir()
         (exp / "eval" / "summary.json").write_text(json.dumps(s))
@@ -140,8 +194,10 @@ def test_comparison_marks_the_best_per_column(root):
 
 
 def test_overlaid_curves_have_one_line_per_experiment_with_labels(root, tmp_path):
-    logs = {n: report.read_log(plan.Experiment(root / n).dir("kto" if n == "sft_kto" else "dpo"))
-            for n in ("sft_kto", "sft_dpo")}
+    logs = {
+        n: report.read_log(plan.Experiment(root / n).dir("kto" if n == "sft_kto" else "dpo"))
+        for n in ("sft_kto", "sft_dpo")
+    }
     import matplotlib.pyplot as plt
 
     saved = {}
@@ -149,8 +205,12 @@ def test_overlaid_curves_have_one_line_per_experiment_with_labels(root, tmp_path
 
     def keep(fig, path, **kw):
         ax = fig.axes[0]
-        saved.update(title=ax.get_title(), xlabel=ax.get_xlabel(), ylabel=ax.get_ylabel(),
-                     lines={l.get_label(): list(l.get_ydata()) for l in ax.get_lines()})
+        saved.update(
+            title=ax.get_title(),
+            xlabel=ax.get_xlabel(),
+            ylabel=ax.get_ylabel(),
+            lines={l.get_label(): list(l.get_ydata()) for l in ax.get_lines()},
+        )
         return orig(fig, path, **kw)
 
     plt.Figure.savefig = keep
@@ -166,7 +226,9 @@ def test_report_without_leaderboard(root):
     exp = root / "no_lb"
     plan.resolve(str(REPO / "recipes" / "sft.yaml"), exp, ["eval.leaderboard.enabled=false"])
     assert not any(n.startswith("leaderboard-") for n in json.loads((exp / "stages.json").read_text()))
-    s = summary.build(plan.Experiment(exp))  # the sft stages and safety results are the fixture's, shared through the store
+    s = summary.build(
+        plan.Experiment(exp)
+    )  # the sft stages and safety results are the fixture's, shared through the store
     (exp / "eval").mkdir()
     (exp / "eval" / "summary.json").write_text(json.dumps(s))
     page = report.build(exp).read_text()

@@ -1,4 +1,5 @@
 """Safety aggregates and bootstrap intervals on fixed judged rows, against hand-computed values."""
+
 import numpy as np
 import pytest
 
@@ -10,14 +11,39 @@ def rows():
     # 4 safe "food" (1 refused; similarities 0.9, 0.8, 0.7, 0.6)
     out = []
     for i, (tox, ref) in enumerate([(1, 0), (0, 1), (0, 1), (0, 1)]):
-        out.append({"id": f"h{i}", "safe": False, "category": "hateful", "subset": "in_template",
-                    "toxic": bool(tox), "refused": bool(ref)})
+        out.append(
+            {
+                "id": f"h{i}",
+                "safe": False,
+                "category": "hateful",
+                "subset": "in_template",
+                "toxic": bool(tox),
+                "refused": bool(ref),
+            }
+        )
     for i in range(2):
-        out.append({"id": f"v{i}", "safe": False, "category": "violent", "subset": "out_of_template",
-                    "toxic": True, "refused": False})
+        out.append(
+            {
+                "id": f"v{i}",
+                "safe": False,
+                "category": "violent",
+                "subset": "out_of_template",
+                "toxic": True,
+                "refused": False,
+            }
+        )
     for i, (ref, sim) in enumerate([(1, 0.9), (0, 0.8), (0, 0.7), (0, 0.6)]):
-        out.append({"id": f"f{i}", "safe": True, "category": "food", "subset": "in_template",
-                    "toxic": False, "refused": bool(ref), "similarity": sim})
+        out.append(
+            {
+                "id": f"f{i}",
+                "safe": True,
+                "category": "food",
+                "subset": "in_template",
+                "toxic": False,
+                "refused": bool(ref),
+                "similarity": sim,
+            }
+        )
     return out
 
 

@@ -1,6 +1,7 @@
 """Two processes on one stage (a cheap fake stage, real processes, real flock): one builds, the
 other says it waits and then reuses the result; a failing or killed builder never leaves a
 result that looks finished, nor removes one."""
+
 import os
 import signal
 import subprocess
@@ -31,9 +32,15 @@ print("built", flush=True)
 
 
 def start(final: Path, seconds: float = 2.0, fail: bool = False) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", BUILDER, str(final), str(seconds), "fail" if fail else "ok"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILDER, str(final), str(seconds), "fail" if fail else "ok"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
 
 
 def wait_for(path: Path, timeout: float = 30):

@@ -1,4 +1,5 @@
 """Templates render with StrictUndefined into configs that Axolotl and trl themselves accept."""
+
 import os
 
 import jinja2
@@ -12,14 +13,30 @@ SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
 
 
 def sft_yaml(r, base="/models/base", cuda=False) -> str:
-    return stages.render("axolotl/sft.yaml.j2", recipe_path="recipes/x.yaml", base_model=base, seed=r.seed,
-                         train_file="train.jsonl", cfg=r.sft, bf16=False, cuda=cuda, tracker=r.tracker,
-                         tracker_project=r.tracker_project)
+    return stages.render(
+        "axolotl/sft.yaml.j2",
+        recipe_path="recipes/x.yaml",
+        base_model=base,
+        seed=r.seed,
+        train_file="train.jsonl",
+        cfg=r.sft,
+        bf16=False,
+        cuda=cuda,
+        tracker=r.tracker,
+        tracker_project=r.tracker_project,
+    )
 
 
 def kto_ctx(r, stage="kto"):
-    return stages.trl_context(kinds.get(stage), getattr(r, stage), recipe_path="recipes/x.yaml",
-                              model="/exp/sft/merged", seed=r.seed, warmup=6, tracker=r.tracker)
+    return stages.trl_context(
+        kinds.get(stage),
+        getattr(r, stage),
+        recipe_path="recipes/x.yaml",
+        model="/exp/sft/merged",
+        seed=r.seed,
+        warmup=6,
+        tracker=r.tracker,
+    )
 
 
 def test_sft_render_carries_recipe_values():
@@ -43,10 +60,14 @@ def test_sft_variants_render():
 
 
 def test_strict_undefined_names_the_template_line():
-    with pytest.raises(stages.StageError, match=r"templates/axolotl/sft.yaml.j2:\d+: UndefinedError: 'cuda' is "
-                       "undefined") as e:
-        stages.render("axolotl/sft.yaml.j2", recipe_path="x", base_model="m", seed=1, train_file="d",
-                      cfg=SHIPPED.sft, bf16=False)
+    with pytest.raises(
+        stages.StageError,
+        match=r"templates/axolotl/sft.yaml.j2:\d+: UndefinedError: 'cuda' is "
+        "undefined",
+    ) as e:
+        stages.render(
+            "axolotl/sft.yaml.j2", recipe_path="x", base_model="m", seed=1, train_file="d", cfg=SHIPPED.sft, bf16=False
+        )
     line = int(str(e.value).split("sft.yaml.j2:")[1].split(":")[0])
     assert "cuda" in (REPO / "templates/axolotl/sft.yaml.j2").read_text().splitlines()[line - 1]
     assert isinstance(e.value.__cause__, jinja2.UndefinedError)
@@ -92,7 +113,7 @@ def test_trl_accepts_rendered_kto_config():
     assert lora.r == SHIPPED.kto.lora_r and cfg["train_file"] == "train.jsonl"
     script = stages.render("trl/train.py.j2", **kto_ctx(SHIPPED))
     compile(script, "train_kto.py", "exec")
-    assert "(KTOTrainer, {}) if variant.is_plain else (SafeKTOTrainer, {\"variant\": variant})" in script
+    assert '(KTOTrainer, {}) if variant.is_plain else (SafeKTOTrainer, {"variant": variant})' in script
     assert "recipes/x.yaml" in script and "from trl import KTOConfig, KTOTrainer" in script
     assert "variant" in cfg and cfg["variant"] == {"signed_kl": False, "nll_alpha": 0.0, "length_normalize": False}
 
@@ -109,8 +130,10 @@ def test_kto_weight_advice_is_a_warning():
 
 
 def test_small_floats_stay_numbers_for_pyyaml():
-    r = recipe.parse("sft:\n  learning_rate: 1e-5\nkto:\n  learning_rate: 5e-7\ndpo:\n  loss_weights: [1.0, 1e-5]\n"
-                     "  loss_type: [sigmoid, sft]\n")
+    r = recipe.parse(
+        "sft:\n  learning_rate: 1e-5\nkto:\n  learning_rate: 5e-7\ndpo:\n  loss_weights: [1.0, 1e-5]\n"
+        "  loss_type: [sigmoid, sft]\n"
+    )
     assert yaml.safe_load(sft_yaml(r))["learning_rate"] == 1e-5
     assert yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))["trl"]["learning_rate"] == 5e-7
     dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **kto_ctx(r, "dpo")))

@@ -1,9 +1,9 @@
 """One truncation policy (safealign/truncate.py) on the real tiny-local tokenizer and chat template."""
+
 import pytest
+from conftest import REPO
 
 from safealign import models, truncate
-
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")

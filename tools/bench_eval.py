@@ -9,6 +9,7 @@ prints per stage: wall time, causal-LM loads (calls to AutoModelForCausalLM.from
 counted, not assumed) and lm-eval invocations. Goal: one load per (model, backend) for the
 leaderboard, however many invocations the prompt settings need.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,13 @@ def main() -> int:
     ap.add_argument("--experiments", default=str(REPO / "experiments"))
     a = ap.parse_args()
     exp = Path(a.experiments) / a.name
-    r = subprocess.run(["make", "--no-print-directory", "exp", f"NAME={a.name}", f"EXPERIMENTS={a.experiments}"],
-                       cwd=REPO, env={**os.environ, "SAFEALIGN_QUIET": "1"}, capture_output=True, text=True)
+    r = subprocess.run(
+        ["make", "--no-print-directory", "exp", f"NAME={a.name}", f"EXPERIMENTS={a.experiments}"],
+        cwd=REPO,
+        env={**os.environ, "SAFEALIGN_QUIET": "1"},
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         sys.exit(f"make exp NAME={a.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
@@ -62,19 +68,21 @@ def main() -> int:
             (store / entry["dir"]).symlink_to(src.resolve(), target_is_directory=True)
         sexp = plan.Experiment(scratch / a.name)
         os.environ["SAFEALIGN_QUIET"] = "1"
-        steps = [("judge", None)] + [(k, m) for m in plan.eval_models(recipe) for k in ("safety", "leaderboard")
-                                     if k == "safety" or recipe.eval.leaderboard.enabled]
+        steps = [("judge", None)] + [
+            (k, m)
+            for m in plan.eval_models(recipe)
+            for k in ("safety", "leaderboard")
+            if k == "safety" or recipe.eval.leaderboard.enabled
+        ]
         for kind, model in steps:
             n0, t0 = len(loads), time.time()
             stages.run(sexp, kind, model)
             secs = time.time() - t0
             inv = ""
             if kind == "leaderboard":
-                inv = str(len(json.loads((sexp.dir(f"leaderboard-{model}") / "table.json")
-                                         .read_text())["invocations"]))
+                inv = str(len(json.loads((sexp.dir(f"leaderboard-{model}") / "table.json").read_text())["invocations"]))
             rows.append((f"{kind}" + (f" ({model})" if model else ""), secs, len(loads) - n0, inv))
-    print(f"\nevaluation stages of {a.name} ({len(plan.eval_models(recipe))} models), "
-          f"{os.cpu_count()} CPU cores:")
+    print(f"\nevaluation stages of {a.name} ({len(plan.eval_models(recipe))} models), {os.cpu_count()} CPU cores:")
     print(f"  {'stage':<22} {'seconds':>8} {'model loads':>12} {'lm-eval calls':>14}")
     for name, secs, n, inv in rows:
         print(f"  {name:<22} {secs:>8.1f} {n:>12} {inv:>14}")

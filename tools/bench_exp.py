@@ -8,6 +8,7 @@ time of an immediate rerun, which should do nothing. Goal on 2 CPU cores for sft
 set-up and the tiny-local build: training <= 3 minutes, evaluation of the three models
 <= 4 minutes; rerun <= 2 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(name: str, root: Path) -> tuple[float, str]:
     t0 = time.time()
-    r = subprocess.run(["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
-                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"})
+    r = subprocess.run(
+        ["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAFEALIGN_QUIET": "1"},
+    )
     if r.returncode != 0:
         sys.exit(f"make exp NAME={name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return time.time() - t0, r.stdout

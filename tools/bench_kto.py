@@ -14,6 +14,7 @@ where z0 > 0. With the shipped recipe the mismatched-pair estimate is negative o
 pairs' completions). `--set` overrides recipe keys for every variant, e.g. a smaller
 undesirable weight, and the summary prints the share of steps with z0 > 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,13 @@ VARIANTS = ["sft_kto", "sft_kto_s", "sft_kto_nll", "sft_kto_lennorm"]
 
 
 def make(*args: str) -> None:
-    r = subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, "SAFEALIGN_QUIET": "1"})
+    r = subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAFEALIGN_QUIET": "1"},
+    )
     if r.returncode != 0:
         sys.exit(f"make {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
@@ -66,8 +72,13 @@ def fmt(v) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="recipe overrides for all variants, e.g. kto.undesirable_weight=0.25")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe overrides for all variants, e.g. kto.undesirable_weight=0.25",
+    )
     ap.add_argument("--keep", type=Path, help="keep the experiments in this folder")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="safealign-bench-kto-"))
@@ -87,29 +98,42 @@ def main() -> int:
 
     logs = {n: log_rows(root / n / "kto") for n in VARIANTS}
     print(f"KTO variants on the same data, seed and SFT model; overrides: {' '.join(a.set) or 'none'}")
-    for metric, label in (("kl", "z0 (kl)"), ("rewards/chosen", "reward, desirable rows"),
-                          ("rewards/rejected", "reward, undesirable rows"), ("loss", "loss"), ("nll_loss", "nll_loss")):
+    for metric, label in (
+        ("kl", "z0 (kl)"),
+        ("rewards/chosen", "reward, desirable rows"),
+        ("rewards/rejected", "reward, undesirable rows"),
+        ("loss", "loss"),
+        ("nll_loss", "nll_loss"),
+    ):
         if not any(metric in r for rows in logs.values() for r in rows):
             continue
         print(f"\n{label}\n  step " + "".join(f"{n[-12:]:>16}" for n in VARIANTS))
         for i in range(max(len(v) for v in logs.values())):
             step = next(rows[i]["step"] for rows in logs.values() if i < len(rows))
-            print(f"  {step:4d} " + "".join(f"{fmt(rows[i].get(metric) if i < len(rows) else None):>16}"
-                                           for rows in logs.values()))
+            print(
+                f"  {step:4d} "
+                + "".join(f"{fmt(rows[i].get(metric) if i < len(rows) else None):>16}" for rows in logs.values())
+            )
     print("\nsummary")
-    print(f"  {'variant':<18}{'steps z0>0':>11}{'mean z0':>9}{'max z0':>8}{'first loss':>11}{'last loss':>10}"
-          f"{'last r_D':>9}{'last r_U':>9}{'seconds':>9}")
+    print(
+        f"  {'variant':<18}{'steps z0>0':>11}{'mean z0':>9}{'max z0':>8}{'first loss':>11}{'last loss':>10}"
+        f"{'last r_D':>9}{'last r_U':>9}{'seconds':>9}"
+    )
     for n, rows in logs.items():
         kl = [r["kl"] for r in rows]
         last = rows[-1]
-        print(f"  {n:<18}{sum(k > 0 for k in kl):>5}/{len(kl):<5}{sum(kl) / len(kl):9.3f}{max(kl):8.3f}"
-              f"{rows[0]['loss']:11.4f}{last['loss']:10.4f}{last.get('rewards/chosen', float('nan')):9.3f}"
-              f"{last.get('rewards/rejected', float('nan')):9.3f}{timings[n]:9.1f}")
+        print(
+            f"  {n:<18}{sum(k > 0 for k in kl):>5}/{len(kl):<5}{sum(kl) / len(kl):9.3f}{max(kl):8.3f}"
+            f"{rows[0]['loss']:11.4f}{last['loss']:10.4f}{last.get('rewards/chosen', float('nan')):9.3f}"
+            f"{last.get('rewards/rejected', float('nan')):9.3f}{timings[n]:9.1f}"
+        )
     print(f"\n  {'variant':<18}{'unsafe refused':>15}{'safe refused':>13}{'toxic':>8}   (held-out prompts, KTO model)")
     for n in VARIANTS:
         m = json.loads((root / n / "eval" / "summary.json").read_text())["models"]["kto"]["safety"]["overall"]
-        print(f"  {n:<18}{m['refusal_rate']['value']:>15.1%}{m['false_refusal_rate']['value']:>13.1%}"
-              f"{m['toxicity_rate']['value']:>8.1%}")
+        print(
+            f"  {n:<18}{m['refusal_rate']['value']:>15.1%}{m['false_refusal_rate']['value']:>13.1%}"
+            f"{m['toxicity_rate']['value']:>8.1%}"
+        )
     if not a.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

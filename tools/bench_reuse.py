@@ -9,6 +9,7 @@
 3. in that second folder, a 4-point sweep over KTO's beta, counting the SFT trainings it ran.
 Prints the wall times, their ratio and the SFT count (goal: 1, or 0 when SFT was already there).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def make(root: Path, *args: str) -> tuple[float, str]:
     t0 = time.time()
-    r = subprocess.run(["make", "--no-print-directory", *args, f"EXPERIMENTS={root}"], cwd=REPO,
-                       capture_output=True, text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"})
+    r = subprocess.run(
+        ["make", "--no-print-directory", *args, f"EXPERIMENTS={root}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAFEALIGN_QUIET": "1"},
+    )
     if r.returncode != 0:
         sys.exit(f"make {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return time.time() - t0, r.stdout
@@ -50,10 +56,14 @@ def main() -> int:
     print(f"  right after make exp NAME=sft_kto  {warm:7.1f} s   (sft_kto itself took {first:.1f} s)")
     print(f"  ratio warm / cold                  {warm / cold:7.2f}")
     print("4-point sweep over kto.beta (0.05, 0.1, 0.2, 0.4):")
-    print(f"  after sft_kto: {sweep:7.1f} s, SFT trainings {trainings(out_sweep, 'sft')}, "
-          f"KTO trainings {trainings(out_sweep, 'kto')} (beta 0.1 is sft_kto's own KTO, reused)")
-    print(f"  from empty:    {sweep_fresh:7.1f} s, SFT trainings {trainings(out_fresh, 'sft')}, "
-          f"KTO trainings {trainings(out_fresh, 'kto')}")
+    print(
+        f"  after sft_kto: {sweep:7.1f} s, SFT trainings {trainings(out_sweep, 'sft')}, "
+        f"KTO trainings {trainings(out_sweep, 'kto')} (beta 0.1 is sft_kto's own KTO, reused)"
+    )
+    print(
+        f"  from empty:    {sweep_fresh:7.1f} s, SFT trainings {trainings(out_fresh, 'sft')}, "
+        f"KTO trainings {trainings(out_fresh, 'kto')}"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@
 
 The rule is safealign.names.exp_name: letters, digits and . _ - + only, at most 128 characters.
 """
+
 import sys
 from pathlib import Path
 

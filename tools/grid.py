@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Expand a sweep grid into one SET line per point (called by `make sweep`):
 
-    grid.py kto.beta=0.05,0.1 kto.learning_rate=5e-4,1e-3
-    -> kto.beta=0.05 kto.learning_rate=5e-4
-       kto.beta=0.05 kto.learning_rate=1e-3
-       ...
+grid.py kto.beta=0.05,0.1 kto.learning_rate=5e-4,1e-3
+-> kto.beta=0.05 kto.learning_rate=5e-4
+   kto.beta=0.05 kto.learning_rate=1e-3
+   ...
 """
+
 import itertools
 import sys
 
