@@ -41,6 +41,7 @@ $(call _check,VENV,path,one-word,a folder)
 $(call _check,PYTHON,path,one-word,a program)
 $(call _check,TORCH,set,one-word,a pip requirement)
 $(call _check,TORCH_INDEX,url,one-word,an index URL)
+$(call _check,SAFEALIGN_CACHE,path,one-word,a folder)
 # each item of these reaches a shell as one single-quoted word
 _quote = $(foreach w,$(1),'$(w)')
 

@@ -42,6 +42,7 @@ CASES = {
     "COMPARE": ["compare", "NAMES=sft_kto"],
     "EXPERIMENTS": ["status"],
     "RECIPES": ["exp", "NAME=sft_kto"],
+    "SAFEALIGN_CACHE": ["tiny-model"],
 }
 
 
