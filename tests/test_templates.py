@@ -172,3 +172,17 @@ def test_tracker_key_reaches_axolotl_and_trl(tracker, tmp_path):
 def test_unknown_tracker_is_a_recipe_error():
     with pytest.raises(recipe.RecipeError, match=r"SET tracker: expected one of tensorboard, wandb, mlflow, none"):
         recipe.load(REPO / "recipes" / "sft_kto.yaml", ["tracker=comet"])
+
+
+def test_recipe_strings_cannot_inject_config_keys():
+    """A string from the recipe is one YAML value in every rendered config, whatever it holds."""
+    evil = "adamw_torch\nlearning_rate: 99\nbase_model: elsewhere"
+    r = recipe.parse(
+        yaml.safe_dump({"sft": {"optimizer": evil, "lr_scheduler": "cosine\nseed: 1"}, "kto": {"optimizer": evil}})
+    )
+    sft = yaml.safe_load(sft_yaml(r, base="org/model\nadapter: none"))
+    assert sft["optimizer"] == evil and sft["learning_rate"] == r.sft.learning_rate
+    assert sft["base_model"] == "org/model\nadapter: none" and sft["adapter"] == "lora"
+    assert sft["lr_scheduler"] == "cosine\nseed: 1" and sft["seed"] == r.seed
+    kto = yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))
+    assert kto["trl"]["optim"] == evil and kto["trl"]["learning_rate"] == r.kto.learning_rate
