@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from safealign import plan
+
 REPO = Path(__file__).resolve().parent.parent
 # SFT-only first, so that the SFT+X recipes after it reuse its SFT stage
 RECIPES = sorted(
@@ -39,7 +41,8 @@ def test_recipe_runs_end_to_end(name, root):
     exp = root / name
     resolved = (exp / "recipe.yaml").read_text()
     models = json.loads((exp / "eval" / "summary.json").read_text())["models"]
-    stages = [s for s in ("sft", "kto", "dpo") if (exp / s / ".done").exists()]
+    stages = plan.Experiment(exp).recipe.stages  # every training kind the recipe names
+    assert all((exp / s / ".done").exists() for s in stages), stages
     assert set(models) == {"base", *stages}
     assert all(m["safety"] and m["leaderboard"] for m in models.values())
     assert (exp / "report.md").exists()
