@@ -212,7 +212,7 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 	$(PY) -m pytest -q
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: every shipped recipe end to end (~35 minutes)
+test-slow: $(VENV_STAMP) ## the slow tests only: every shipped recipe end to end, two concurrent runs (~25 minutes)
 	$(PY) -m pytest -q -m slow
 
 .PHONY: lint
