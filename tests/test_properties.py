@@ -7,21 +7,14 @@ import yaml
 from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_data import ROW as VALID_ROW
 
 from safealign import data, recipe
 from safealign.data import DataError
 from safealign.recipe import RecipeError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-ROW = {
-    "id": "a",
-    "prompt": "how to scam",
-    "safe": False,
-    "category": "public_harm",
-    "chosen": "Sorry, I cannot help.",
-    "rejected": "Can lah, [removed].",
-    "subset": "in_template",
-}
+ROW = {**VALID_ROW, "subset": "in_template"}  # a valid canonical row, every field set
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),

@@ -22,14 +22,8 @@ RECIPES = sorted(
 )
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("experiments")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipe_runs_end_to_end(name, root):
+def make_exp(name: str, root: Path) -> None:
+    """`make exp NAME=name` into the shared experiments folder; fails the test with the output's tail."""
     r = subprocess.run(
         ["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
         cwd=REPO,
@@ -38,6 +32,17 @@ def test_recipe_runs_end_to_end(name, root):
         env={**os.environ, "SAFEALIGN_QUIET": "1"},
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_runs_end_to_end(name, root):
+    make_exp(name, root)
     exp = root / name
     resolved = (exp / "recipe.yaml").read_text()
     models = json.loads((exp / "eval" / "summary.json").read_text())["models"]
@@ -61,14 +66,7 @@ def test_comparison_of_the_grid(root):
     names = ["sft", "kto", "sft_kto", "dpo", "sft_dpo", "sft_kto_symmetric"]
     for name in names:  # sft_kto is test_e2e's; here it reuses this folder's SFT stage and base evaluation
         if not (root / name / "eval" / "summary.json").exists():
-            r = subprocess.run(
-                ["make", "--no-print-directory", "exp", f"NAME={name}", f"EXPERIMENTS={root}"],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                env={**os.environ, "SAFEALIGN_QUIET": "1"},
-            )
-            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            make_exp(name, root)
     r = subprocess.run(
         ["make", "--no-print-directory", "compare", f"NAMES={' '.join(names)}", "COMPARE=study", f"EXPERIMENTS={root}"],
         cwd=REPO,
