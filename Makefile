@@ -42,6 +42,10 @@ $(call _check,PYTHON,path,one-word,a program)
 $(call _check,TORCH,set,one-word,a pip requirement)
 $(call _check,TORCH_INDEX,url,one-word,an index URL)
 $(call _check,SAFEALIGN_CACHE,path,one-word,a folder)
+$(call _check,SUITE,name,one-word,a suite name)
+$(call _check,ONLY,name,words,experiment ids of the suite)
+$(call _check,RUN,name,one-word,a regress run folder name)
+$(call _check,DRY,name,one-word,DRY (1 or empty))
 # each item of these reaches a shell as one single-quoted word
 _quote = $(foreach w,$(1),'$(w)')
 
@@ -205,6 +209,27 @@ compare: | $(VENV_STAMP) ## one table + overlaid curves across experiments: make
 .PHONY: status
 status: ## every experiment's stages: done / shared / stale / failed / not run
 	@$(SA) status --experiments $(EXPERIMENTS)
+
+##@ Regression (SUITE=<regress/*.yaml>)
+# make regress SUITE=cpu [ONLY='sft sft_kto'] [SET=...] [DRY=1]: each run in its own folder and
+# stage store, experiments/regress/<suite>/<timestamp>/ (regress.md, regress.json, experiments/)
+SUITE ?=
+ONLY  ?=
+RUN   ?=
+DRY   ?=
+_suite = $(if $(SUITE),,$(error SUITE: which suite? (suites: $(notdir $(basename $(wildcard regress/*.yaml))))))
+.PHONY: regress
+regress: $(VENV_STAMP) ## run suite SUITE against this hardware's baseline; non-zero on any regression (DRY=1 prints the plan)
+	$(_suite)@$(SA) regress run --suite $(SUITE) --experiments $(EXPERIMENTS) $(if $(ONLY),--only $(call _quote,$(ONLY))) \
+		$(if $(SET),--set $(call _quote,$(SET))) $(if $(DRY),--dry-run)
+
+.PHONY: regress-accept
+regress-accept: $(VENV_STAMP) ## the latest run of SUITE (or RUN=<folder>) becomes this hardware's baseline; prints the diff
+	$(_suite)@$(SA) regress accept --suite $(SUITE) --experiments $(EXPERIMENTS) $(if $(RUN),--run $(RUN))
+
+.PHONY: regress-history
+regress-history: $(VENV_STAMP) ## each checked metric of SUITE across its past runs: history.md + history.png
+	$(_suite)@$(SA) regress history --suite $(SUITE) --experiments $(EXPERIMENTS)
 
 ##@ Checks
 .PHONY: test

@@ -10,6 +10,8 @@ status      every experiment's stages: done / stale / shared / failed / not run
 tiny-model  build the embedded tiny-local model into the cache
 validate    validate recipe files, print every problem
 check-data  validate a canonical dataset folder or file
+regress     run a regression suite (regress/<suite>.yaml) against this hardware's baseline;
+            accept a run as the new baseline; write a suite's history page
 """
 
 from __future__ import annotations
@@ -158,6 +160,24 @@ def cmd_check_data(a) -> int:
     return 0
 
 
+def cmd_regress(a) -> int:
+    from safealign import regress
+
+    suite_dir = Path(a.experiments) / "regress" / names.check_name(a.suite, "SUITE")
+    if a.action == "run":
+        return regress.main_run(a.suite, Path(a.experiments), a.only, a.set, a.dry_run)
+    if a.action == "accept":
+        regress.load_suite(a.suite)
+        run_dir = suite_dir / names.check_name(a.run, "RUN") if a.run else regress.latest_run(suite_dir)
+        path, diff = regress.accept(run_dir)
+        print("\n".join(diff) if diff else "(no value changed)")
+        print(f"baseline {path}: written from {run_dir} ({len(diff)} changes); commit it to make it the reference")
+        return 0
+    page = regress.history(suite_dir, a.last)
+    print(f"history of {a.suite}: {page} (plot: {page.with_suffix('.png')})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="safealign", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -194,6 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-data")
     p.add_argument("path")
     p.set_defaults(fn=cmd_check_data)
+    p = sub.add_parser("regress")
+    p.add_argument("action", choices=["run", "accept", "history"])
+    p.add_argument("--suite", required=True)
+    p.add_argument("--experiments", default="experiments")
+    p.add_argument("--only", nargs="*", default=[], help="run: these experiment ids of the suite")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="run: overrides for every experiment")
+    p.add_argument("--dry-run", action="store_true", help="run: print what would run")
+    p.add_argument("--run", help="accept: the run folder's name (default: the latest finished run)")
+    p.add_argument("--last", type=int, default=12, help="history: how many runs")
+    p.set_defaults(fn=cmd_regress)
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
@@ -213,6 +243,7 @@ def known_errors() -> tuple[type, ...]:
     from safealign.judges import JudgeError
     from safealign.leaderboard import LeaderboardError
     from safealign.models import ModelUnavailable
+    from safealign.regress import RegressError
     from safealign.safety import DegenerateAnswers
     from safealign.stages import StageError
 
@@ -224,6 +255,7 @@ def known_errors() -> tuple[type, ...]:
         LeaderboardError,
         ModelUnavailable,
         DegenerateAnswers,
+        RegressError,
         names.InvalidName,
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 # an experiment or comparison folder, a recipe name: no path separator, no leading dot
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
 # folders of the experiments root that are not experiments
-RESERVED = (".stages", "compare")
+RESERVED = (".stages", "compare", "regress")
 
 
 class InvalidName(ValueError):

@@ -209,6 +209,23 @@ def train_rows(exp: Experiment, stage: str, tmp: Path, model: str) -> dict:
     return {"source": src.name, "max_length": cfg.max_length, **counts}
 
 
+def speed(log: list[dict], tokens_per_epoch: int, memory_file: Path) -> dict:
+    """The trainer's own wall time (`train_runtime`: the training loop, without loading and
+    merging), tokens per second (the fitted rows' tokens x epochs run / that time, padding not
+    counted: the same definition for every kind) and the training process's peak memory."""
+    end = next((r for r in reversed(log) if "train_runtime" in r), None)
+    out = {}
+    if end:
+        out["train_seconds"] = end["train_runtime"]
+        epochs = end.get("epoch") or 0
+        if end["train_runtime"] > 0 and epochs:
+            out["tokens_per_second"] = round(tokens_per_epoch * epochs / end["train_runtime"], 1)
+    if memory_file.exists():
+        mem = json.loads(memory_file.read_text())
+        out["peak_memory_mb"], out["memory_device"] = mem["peak_mb"], mem["device"]
+    return out
+
+
 def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float, rows: dict) -> None:
     cfg = getattr(exp.recipe, stage)
     log = [json.loads(line) for line in (tmp / "train_log.jsonl").read_text().splitlines() if line.strip()]
@@ -234,8 +251,10 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
         "steps": log[-1]["step"],
         "first_loss": losses[0],
         "last_loss": losses[-1],
+        "mean_loss": sum(losses) / len(losses),
         "seconds": round(time.time() - t0, 1),
         "rows": rows,
+        **speed(log, rows["tokens"], tmp / "peak_memory.json"),
     }
     fsutil.write_json_atomic(tmp / "summary.json", summary)
     fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, stage, input_model=base))

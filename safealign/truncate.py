@@ -80,9 +80,12 @@ LAYOUT = {"sft": (None, ("messages",)), "kto": ("prompt", ("completion",)), "dpo
 
 
 def fit_rows(tok, rows: list[dict], layout: str, max_length: int) -> tuple[list[dict], dict]:
-    """Rows of one stage's file, each fitted; and the count of each outcome."""
+    """Rows of one stage's file, each fitted; and the count of each outcome, plus `tokens`: the
+    tokens the trainer sees in the kept rows (prompt + completion, once per completion: a
+    preference pair is two sequences), without padding. Speed figures divide by it."""
     pkey, ckeys = LAYOUT[layout]
     out, counts = [], {KEEP: 0, PROMPT: 0, COMPLETION: 0, DROPPED: 0}
+    tokens = 0
     for r in rows:
         if pkey is None:  # sft: one message list, the last message is the completion
             p, cs = r["messages"][:-1], [r["messages"][-1:]]
@@ -92,8 +95,9 @@ def fit_rows(tok, rows: list[dict], layout: str, max_length: int) -> tuple[list[
         counts[outcome] += 1
         if outcome == DROPPED:
             continue
+        tokens += sum(_n(tok, p + c) for c in cs)
         out.append({**r, "messages": p + cs[0]} if pkey is None else {**r, pkey: p, **dict(zip(ckeys, cs))})
-    return out, counts
+    return out, {**counts, "tokens": tokens}
 
 
 def fit_prompt(tok, messages: list[dict], max_tokens: int) -> tuple[list[dict], bool]:

@@ -36,7 +36,9 @@ def test_200k_character_prompt_keeps_its_completion_and_its_end(tok):
     prompt = "start " + "how to do this in Singapore " * 7000 + "THE END OF THE QUESTION"
     rows = [{"id": "long", "messages": user(prompt) + assistant("I cannot help with that.")}]
     (row,), counts = truncate.fit_rows(tok, rows, "sft", 256)
+    tokens = counts.pop("tokens")
     assert counts == {truncate.KEEP: 0, truncate.PROMPT: 1, truncate.COMPLETION: 0, truncate.DROPPED: 0}
+    assert tokens == n(tok, row["messages"])  # what the trainer sees, after the cut
     assert row["messages"][-1]["content"] == "I cannot help with that."
     kept = row["messages"][0]["content"]
     assert kept.endswith("THE END OF THE QUESTION") and not kept.startswith("start") and len(kept) < 2000
@@ -48,6 +50,8 @@ def test_dpo_fits_the_longer_of_chosen_and_rejected(tok):
     (row,), counts = truncate.fit_rows(tok, rows, "dpo", 200)
     assert counts[truncate.PROMPT] == 1 and row["rejected"] == rows[0]["rejected"]
     assert max(n(tok, row["prompt"] + row[k]) for k in ("chosen", "rejected")) <= 200
+    # a pair is two sequences, each with the prompt: the speed figures count both
+    assert counts["tokens"] == sum(n(tok, row["prompt"] + row[k]) for k in ("chosen", "rejected"))
 
 
 def test_overlong_completion_is_cut_from_its_end(tok):
