@@ -237,13 +237,14 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 	$(PY) -m pytest -q
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: every shipped recipe end to end, two concurrent runs (~25 minutes)
+test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose
 	$(PY) -m pytest -q -m slow
 
 .PHONY: lint
-lint: $(VENV_STAMP) ## ruff: lint and format check of the package, tests and tools (make format fixes)
+lint: $(VENV_STAMP) ## ruff (package, tests, tools; make format fixes) and actionlint + shellcheck (.github/workflows)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/actionlint -shellcheck=$(VENV)/bin/shellcheck .github/workflows/*.yml
 
 .PHONY: format
 format: $(VENV_STAMP) ## ruff: fix what it can and format the code

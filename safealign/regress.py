@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -120,6 +121,7 @@ class Suite:
     checks: list[Check]
     compare: list[str] = field(default_factory=list)
     timeout_minutes: float = 0.0
+    set: tuple[str, ...] = ()  # overrides for every experiment, before each one's own
 
     def check_for(self, metric: str) -> Check | None:
         """The first check whose pattern matches the metric name (fnmatch)."""
@@ -160,7 +162,7 @@ def load_suite(name: str, root: Path = SUITES) -> Suite:
         raise RegressError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise RegressError(f"{path}: expected a mapping with experiments: and metrics:")
-    extra = set(raw) - {"description", "experiments", "metrics", "compare", "timeout_minutes"}
+    extra = set(raw) - {"description", "experiments", "metrics", "compare", "timeout_minutes", "set"}
     if extra:
         raise RegressError(f"{path}: unknown key(s) {', '.join(sorted(extra))}")
     exps = raw.get("experiments")
@@ -174,10 +176,7 @@ def load_suite(name: str, root: Path = SUITES) -> Suite:
         bad = set(e) - {"id", "recipe", "set"}
         if bad:
             raise RegressError(f"{where}: unknown key(s) {', '.join(sorted(bad))} (allowed: id, recipe, set)")
-        sets = e.get("set", [])
-        if not isinstance(sets, list) or not all(isinstance(s, str) and "=" in s and " " not in s for s in sets):
-            raise RegressError(f"{where}.set: expected a list of key=value strings without spaces, got {sets!r}")
-        entry = Entry(str(e.get("id", e["recipe"])), e["recipe"], tuple(sets))
+        entry = Entry(str(e.get("id", e["recipe"])), e["recipe"], _sets(e.get("set", []), f"{where}.set"))
         names.check_name(entry.id, f"{where}.id")
         names.check_name(entry.recipe, f"{where}.recipe")
         if not (REPO / "recipes" / f"{entry.recipe}.yaml").exists():
@@ -205,7 +204,14 @@ def load_suite(name: str, root: Path = SUITES) -> Suite:
     timeout = raw.get("timeout_minutes", 0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
         raise RegressError(f"{path}: timeout_minutes: expected a number of minutes >= 0 (0: none), got {timeout!r}")
-    return Suite(name, path, str(raw.get("description", "")), entries, checks, compare, float(timeout))
+    common = _sets(raw.get("set", []), f"{path}: set")
+    return Suite(name, path, str(raw.get("description", "")), entries, checks, compare, float(timeout), common)
+
+
+def _sets(sets, where: str) -> tuple[str, ...]:
+    if not isinstance(sets, list) or not all(isinstance(s, str) and "=" in s and " " not in s for s in sets):
+        raise RegressError(f"{where}: expected a list of key=value strings without spaces, got {sets!r}")
+    return tuple(sets)
 
 
 # --- hardware ----------------------------------------------------------------------------------
@@ -570,8 +576,8 @@ def _plot(series: dict, keys: list[str], labels: list[str], out: Path) -> None:
 # --- one run -----------------------------------------------------------------------------------
 
 
-def make_args(entry: Entry, experiments: Path, extra_set: list[str]) -> list[str]:
-    sets = [*entry.set, *extra_set]
+def make_args(suite: Suite, entry: Entry, experiments: Path, extra_set: list[str]) -> list[str]:
+    sets = [*suite.set, *entry.set, *extra_set]
     return [
         "make",
         "--no-print-directory",
@@ -611,8 +617,8 @@ def dry_run(suite: Suite, root: Path, only: list[str], extra_set: list[str], pri
         )
     run = root / "regress" / suite.name / "<timestamp>"
     for e in select(suite, only):
-        recipe_mod.load(REPO / "recipes" / f"{e.recipe}.yaml", [*e.set, *extra_set])  # a bad key or value fails here
-        print_("would run: " + " ".join(make_args(e, run / "experiments", extra_set)))
+        recipe_mod.load(REPO / "recipes" / f"{e.recipe}.yaml", [*suite.set, *e.set, *extra_set])  # bad keys fail here
+        print_("would run: " + shlex.join(make_args(suite, e, run / "experiments", extra_set)))
     if suite.compare:
         print_(f"would compare: make compare NAMES='{' '.join(suite.compare)}' COMPARE={suite.name}")
     for c in suite.checks:
@@ -663,7 +669,7 @@ def run(suite: Suite, root: Path, only: list[str], extra_set: list[str], print_=
             results.append({"id": e.id, "state": "not started (suite timeout)", "minutes": 0.0})
             continue
         print_(f"[regress {suite.name}] {e.id}: make exp NAME={e.recipe} ...", flush=True)
-        state, minutes = _run_make(make_args(e, experiments, extra_set), run_dir / "logs" / f"{e.id}.log", left)
+        state, minutes = _run_make(make_args(suite, e, experiments, extra_set), run_dir / "logs" / f"{e.id}.log", left)
         results.append({"id": e.id, "state": state, "minutes": minutes})
         print_(f"[regress {suite.name}] {e.id}: {state} in {minutes:.1f} min", flush=True)
         if state != "done":

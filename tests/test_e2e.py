@@ -28,9 +28,12 @@ def make(*args, check=True, **kw):
     return r
 
 
+def train_log(stage_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (stage_dir / "train_log.jsonl").read_text().splitlines()]
+
+
 def losses(stage_dir: Path) -> list[float]:
-    rows = [json.loads(l) for l in (stage_dir / "train_log.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+    return [r["loss"] for r in train_log(stage_dir) if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +132,19 @@ def test_loss_fell(exp, stage):
     assert len(ls) >= 20
     first, last = sum(ls[:5]) / 5, sum(ls[-5:]) / 5
     assert last < first, f"{stage}: loss {first:.3f} -> {last:.3f}"
+
+
+@pytest.mark.parametrize("stage", ["sft", "kto"])
+def test_training_records_its_speed_and_memory(exp, stage):
+    """The figures the regression suites check (safealign/regress.py)."""
+    s = json.loads((exp / stage / "summary.json").read_text())
+    ls = losses(exp / stage)
+    assert s["mean_loss"] == pytest.approx(sum(ls) / len(ls)) and min(ls) <= s["mean_loss"] <= max(ls)
+    assert 0 < s["train_seconds"] < s["seconds"]  # the training loop only, inside the stage's wall time
+    epochs = next(r["epoch"] for r in reversed(train_log(exp / stage)) if "train_runtime" in r)
+    assert s["tokens_per_second"] == pytest.approx(s["rows"]["tokens"] * epochs / s["train_seconds"], rel=1e-3)
+    assert s["rows"]["tokens"] > s["rows"]["kept"] * 10  # tokens, not rows
+    assert s["memory_device"] == "cpu" and 100 < s["peak_memory_mb"] < 20000
 
 
 @pytest.mark.parametrize("stage,input_dir", [("sft", None), ("kto", "sft/merged")])

@@ -1,0 +1,372 @@
+"""Regression suites (safealign/regress.py): suite files, tolerances, comparison, baselines,
+history. Pure: no model runs here (the suite itself runs in .ci/run; its failure on a harmful
+override is tests/test_regress_e2e.py)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from safealign import regress
+from safealign.regress import RegressError, Tolerance
+
+SUITE = """
+description: test
+experiments:
+  - recipe: sft
+  - recipe: sft_kto
+    set: [kto.beta=0.2]
+metrics:
+  last_loss: {abs: 0.0, other_machine: {rel: 0.5}}
+  "*_rate": {abs: 0.05}
+  "*_seconds": {rel: 1.0, fail_if: higher}
+  tokens_per_second: {rel: 0.5, fail_if: lower}
+"""
+
+
+def write_suite(tmp_path, text, name="s"):
+    (tmp_path / f"{name}.yaml").write_text(text)
+    return regress.load_suite(name, tmp_path)
+
+
+# --- the shipped suites ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cpu", "nightly-gpu"])
+def test_shipped_suites_load_and_their_overrides_are_valid_recipes(name):
+    suite = regress.load_suite(name)
+    lines = []
+    assert regress.dry_run(suite, REPO / "experiments", [], [], print_=lines.append) == 0
+    assert sum(line.startswith("would run: make") for line in lines) == len(suite.experiments)
+    assert {"last_loss", "refusal_rate", "tokens_per_second", "peak_memory_mb", "leaderboard_bbh"} <= {
+        m for m in regress.METRICS if suite.check_for(m)
+    }
+
+
+def test_cpu_suite_covers_every_shipped_recipe_and_the_studys_grid():
+    suite = regress.load_suite("cpu")
+    recipes = {p.stem for p in (REPO / "recipes").glob("*.yaml")}
+    assert {e.recipe for e in suite.experiments} == recipes
+    assert suite.experiments[0].recipe == "sft"  # trained first; the SFT+X recipes reuse its stage
+    assert suite.compare == ["sft", "kto", "sft_kto", "dpo", "sft_dpo", "sft_kto_symmetric"]
+
+
+def test_cpu_baseline_is_committed_and_covers_the_suite():
+    suite = regress.load_suite("cpu")
+    b = regress.read_baseline(regress.baseline_path("cpu", "cpu"))
+    assert b is not None, "regress/baselines/cpu/cpu.json: make regress SUITE=cpu; make regress-accept SUITE=cpu"
+    assert {k.split("/")[0] for k in b["metrics"]} == {e.id for e in suite.experiments}
+    assert all(isinstance(v, float) and math.isfinite(v) for v in b["metrics"].values())
+    assert {"cpu", "isa", "caches", "threads"} <= set(b["machine"])
+
+
+# --- suite files: every mistake named ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("experiments: []\nmetrics: {last_loss: {abs: 0}}", "experiments: expected a list"),
+        ("experiments: [{recipe: nope}]\nmetrics: {last_loss: {abs: 0}}", "recipes/nope.yaml does not exist"),
+        ("experiments: [{recipe: sft}, {recipe: sft}]\nmetrics: {last_loss: {abs: 0}}", "'sft' is used twice"),
+        (
+            "experiments: [{recipe: sft, sets: []}]\nmetrics: {last_loss: {abs: 0}}",
+            "experiments[0]: unknown key(s) sets",
+        ),
+        ("experiments: [{recipe: sft, set: [a b]}]\nmetrics: {last_loss: {abs: 0}}", "experiments[0].set: expected"),
+        ("experiments: [{recipe: sft}]\nmetrics: {lastloss: {abs: 0}}", "metrics.lastloss: matches no metric"),
+        (
+            "experiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: -1}}",
+            "metrics.last_loss.abs: expected a number >= 0",
+        ),
+        ("experiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: .nan}}", "metrics.last_loss.abs"),
+        ("experiments: [{recipe: sft}]\nmetrics: {last_loss: {rel: 1, fail_if: up}}", "fail_if: expected one of"),
+        ("experiments: [{recipe: sft}]\nmetrics: {last_loss: {absolute: 1}}", "unknown key(s) absolute"),
+        (
+            "experiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: 0, other_machine: {fail_if: lower}}}",
+            "other_machine: unknown key(s) fail_if",
+        ),
+        ("experiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: 0}}\ncompare: [kto]", "compare: expected a list"),
+        ("experiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: 0}}\ntimeout_minutes: -5", "timeout_minutes"),
+        ("experiments: [{recipe: sft}]\nmetric: {}", "unknown key(s) metric"),
+        ("experiments: [{recipe: sft}\n", "not valid YAML"),
+    ],
+)
+def test_bad_suite_is_refused_naming_file_and_key(tmp_path, text, expected):
+    with pytest.raises(RegressError) as e:
+        write_suite(tmp_path, text)
+    assert expected in str(e.value) and str(tmp_path / "s.yaml") in str(e.value)
+
+
+def test_unknown_suite_lists_the_suites():
+    with pytest.raises(RegressError, match="suites: cpu, nightly-gpu"):
+        regress.load_suite("nope")
+
+
+def test_first_matching_pattern_wins(tmp_path):
+    suite = write_suite(tmp_path, SUITE)
+    assert suite.check_for("refusal_rate").tolerance == Tolerance(abs=0.05)
+    assert suite.check_for("safety_seconds").tolerance.fail_if == "higher"
+    assert suite.check_for("first_loss") is None  # not listed: not checked
+    assert suite.check_for("last_loss").other_machine == Tolerance(rel=0.5)  # other_machine inherits fail_if
+
+
+# --- comparison ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, baseline, tol, status",
+    [
+        (1.0, 1.0, Tolerance(), "pass"),
+        (1.0000001, 1.0, Tolerance(), "FAIL"),  # exact means exact
+        (1.04, 1.0, Tolerance(abs=0.05), "pass"),
+        (0.94, 1.0, Tolerance(abs=0.05), "FAIL"),
+        (1.9, 1.0, Tolerance(rel=1.0), "pass"),
+        (0.01, 0.0, Tolerance(abs=0.02, rel=0.5), "pass"),  # the larger bound applies near zero
+        (3.0, 1.0, Tolerance(rel=1.0, fail_if="higher"), "FAIL"),
+        (0.1, 1.0, Tolerance(rel=0.5, fail_if="higher"), "pass"),  # faster is never a regression
+        (0.4, 1.0, Tolerance(rel=0.5, fail_if="lower"), "FAIL"),
+        (9.0, 1.0, Tolerance(rel=0.5, fail_if="lower"), "pass"),
+        (math.nan, 1.0, Tolerance(rel=10.0), "FAIL"),
+        (None, 1.0, Tolerance(rel=10.0), "missing"),
+        (1.0, None, Tolerance(), "new"),
+    ],
+)
+def test_compare_one(value, baseline, tol, status):
+    assert regress.compare_one(value, baseline, tol)[0] == status
+
+
+def test_used_share_of_the_tolerance_is_signed_by_the_failing_direction():
+    assert regress.compare_one(1.5, 1.0, Tolerance(rel=1.0, fail_if="higher"))[1] == pytest.approx(0.5)
+    assert regress.compare_one(0.5, 1.0, Tolerance(rel=1.0, fail_if="higher"))[1] == pytest.approx(-0.5)
+    assert regress.compare_one(0.9, 1.0, Tolerance(abs=0.2))[1] == pytest.approx(0.5)
+
+
+def values(**kv):
+    return {k.replace("__", "/"): {"value": v, "stage_dir": f"dir-{k.split('__')[1]}"} for k, v in kv.items()}
+
+
+def test_compare_uses_the_other_machine_bound_only_on_another_machine(tmp_path):
+    suite = write_suite(tmp_path, SUITE)
+    base = {"metrics": {"sft/sft/last_loss": 1.0}}
+    run = values(sft__sft__last_loss=1.3)
+    (same,) = regress.compare(suite, run, base, ["sft"], same_machine=True)
+    (other,) = regress.compare(suite, run, base, ["sft"], same_machine=False)
+    assert same["status"] == "FAIL" and same["tolerance"] == "exact"
+    assert other["status"] == "pass" and other["tolerance"] == "±50%"
+
+
+def test_compare_reports_missing_and_new_metrics_and_ignores_unselected_experiments(tmp_path):
+    suite = write_suite(tmp_path, SUITE)
+    base = {"metrics": {"sft/sft/last_loss": 1.0, "sft/base/refusal_rate": 0.0, "sft_kto/kto/last_loss": 0.3}}
+    run = values(sft__sft__last_loss=1.0, sft__sft__refusal_rate=0.5, sft__sft__first_loss=8.0)
+    rows = {r["metric"]: r for r in regress.compare(suite, run, base, ["sft"], same_machine=True)}
+    assert rows["sft/base/refusal_rate"]["status"] == "missing"  # the run lost it: a failure
+    assert rows["sft/sft/refusal_rate"]["status"] == "new"  # no baseline yet: reported, not failing
+    assert "sft/sft/first_loss" not in rows  # the suite does not check it
+    assert "sft_kto/kto/last_loss" not in rows  # not part of this (ONLY=sft) run
+    assert [r["metric"] for r in regress.failures(list(rows.values()))] == ["sft/base/refusal_rate"]
+
+
+def result(rows, ok=None, **extra):
+    r = {
+        "suite": "s",
+        "run": "20261130-010000",
+        "started": "20261130-010000",
+        "finished": "20261130-020000",
+        "commit": "abc",
+        "hardware_key": "cpu",
+        "machine": {"cpu": "x"},
+        "versions": {"torch": "2.13.0"},
+        "version_changes": [],
+        "baseline_file": "regress/baselines/s/cpu.json",
+        "baseline_accepted": "2026-11-29",
+        "baseline_commit": "def",
+        "same_machine": True,
+        "only": [],
+        "overrides": [],
+        "experiments": [
+            {"id": "sft", "state": "done", "minutes": 1.0},
+            {"id": "sft_kto", "state": "done", "minutes": 2.0},
+        ],
+        "compare": None,
+        "problems": [],
+        "rows": rows,
+    }
+    r.update(extra)
+    r["ok"] = not regress.failures(rows) if ok is None else ok
+    return r
+
+
+def row(metric, value, baseline, status="pass", used=0.0, stage_dir=None):
+    return {
+        "metric": metric,
+        "value": value,
+        "baseline": baseline,
+        "tolerance": "exact",
+        "status": status,
+        "used": used,
+        "stage_dir": stage_dir or "dir-" + metric.split("/")[1],
+    }
+
+
+def test_markdown_names_each_regression_and_folds_shared_stages():
+    rows = [
+        row("sft/sft/last_loss", 5.1, 1.08, "FAIL", 40.0),
+        row("sft_kto/sft/last_loss", 5.1, 1.08, "FAIL", 40.0),  # the same stage folder, reused
+        row("sft_kto/kto/last_loss", 0.35, 0.35),
+    ]
+    md = regress.markdown(result(rows))
+    assert md.startswith("# Regression suite `s`: FAIL")
+    regressions = md.split("## Regressions (2)")[1].split("## All")[0]
+    assert "sft/sft/last_loss | 1.0800 | 5.1000 | exact | 4000% | FAIL" in regressions
+    assert "### sft_kto (1 rows shared with earlier experiments' stages, not repeated)" in md
+    assert "[report](experiments/sft/report.md)" in md
+
+
+# --- baselines -------------------------------------------------------------------------------
+
+
+def write_run(root, name, res):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "regress.json").write_text(json.dumps(res))
+    return d
+
+
+def test_accept_writes_the_baseline_and_prints_the_diff(tmp_path):
+    run = write_run(tmp_path / "runs", "r1", result([row("sft/sft/last_loss", 1.0, None, "new", None)]))
+    path, diff = regress.accept(run, tmp_path / "baselines")
+    b = json.loads(path.read_text())
+    assert path == tmp_path / "baselines" / "s" / "cpu.json" and b["metrics"] == {"sft/sft/last_loss": 1.0}
+    assert b["machine"] == {"cpu": "x"} and b["commit"] == "abc" and diff == ["+ sft/sft/last_loss: 1.0000"]
+    run2 = write_run(tmp_path / "runs", "r2", result([row("sft/sft/last_loss", 1.25, 1.0, "FAIL", 1.0)]))
+    _, diff = regress.accept(run2, tmp_path / "baselines")
+    assert diff == ["~ sft/sft/last_loss: 1.0000 -> 1.2500 (+0.25)"]
+
+
+def test_accept_of_a_partial_run_keeps_the_other_experiments(tmp_path):
+    full = [row("sft/sft/last_loss", 1.0, None), row("sft_kto/kto/last_loss", 0.3, None)]
+    regress.accept(write_run(tmp_path, "r1", result(full)), tmp_path / "b")
+    part = result(
+        [row("sft/sft/last_loss", 1.1, 1.0)], only=["sft"], experiments=[{"id": "sft", "state": "done", "minutes": 1}]
+    )
+    path, _ = regress.accept(write_run(tmp_path, "r2", part), tmp_path / "b")
+    assert json.loads(path.read_text())["metrics"] == {"sft/sft/last_loss": 1.1, "sft_kto/kto/last_loss": 0.3}
+    other = {**part, "machine": {"cpu": "y"}}
+    with pytest.raises(RegressError, match="partial run .* on another machine"):
+        regress.accept(write_run(tmp_path, "r3", other), tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"overrides": ["sft.max_steps=10"]}, "ran with SET sft.max_steps=10"),
+        ({"experiments": [{"id": "sft", "state": "failed (exit 2)", "minutes": 1}]}, "sft did not finish"),
+    ],
+)
+def test_accept_refuses_an_overridden_or_failed_run(tmp_path, extra, expected):
+    run = write_run(tmp_path, "r", result([row("sft/sft/last_loss", 1.0, None)], **extra))
+    with pytest.raises(RegressError, match=expected):
+        regress.accept(run, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_damaged_baseline_is_named(tmp_path):
+    p = tmp_path / "cpu.json"
+    p.write_text("{")
+    with pytest.raises(RegressError, match="cpu.json: not valid JSON"):
+        regress.read_baseline(p)
+
+
+# --- history ---------------------------------------------------------------------------------
+
+
+def test_history_shows_each_metric_across_runs_closest_to_its_limit_first(tmp_path):
+    suite_dir = tmp_path / "regress" / "s"
+    for i, (loss, rate) in enumerate([(1.0, 0.10), (1.1, 0.10), (1.3, 0.11)]):
+        rows = [
+            row("sft/sft/last_loss", loss, 1.0, used=(loss - 1) / 0.4),
+            row("sft/sft/refusal_rate", rate, 0.1, used=0.0),
+        ]
+        write_run(suite_dir, f"2026113{i}-0100", result(rows))
+    page = regress.history(suite_dir)
+    text = page.read_text()
+    table = text.split("| metric |")[1].splitlines()
+    assert table[2].startswith("| sft/sft/last_loss | 1.0000 (0%) | 1.1000 (25%) | 1.3000 (75%) |")
+    assert table[3].startswith("| sft/sft/refusal_rate |")
+    assert (suite_dir / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_history_without_runs_says_how_to_make_one(tmp_path):
+    with pytest.raises(RegressError, match="make regress SUITE=s"):
+        regress.history(tmp_path / "s")
+
+
+# --- metrics of an experiment folder -----------------------------------------------------------
+
+
+def test_collect_reads_training_safety_and_leaderboard_figures(tmp_path):
+    exp = tmp_path / "sft_kto"
+    (exp / "sft").mkdir(parents=True)
+    (exp / "eval").mkdir()
+    (exp / "safety-sft").mkdir()
+    (exp / "stages.json").write_text(json.dumps({"sft": {"dir": "sft-1"}, "safety-sft": {"dir": "safety-2"}}))
+    (exp / "sft" / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (exp / "sft" / "summary.json").write_text(
+        json.dumps({"first_loss": 2.0, "last_loss": "nan", "mean_loss": 1.5, "tokens_per_second": 900.0, "steps": 1})
+    )
+    (exp / "safety-sft" / "metrics.json").write_text(json.dumps({"seconds": 12.5}))
+    lb = {"families": {"bbh": {"normalised": 12.0}}, "average": 12.0, "seconds": 30.0}
+    safety = {"overall": {"refusal_rate": {"value": 0.5}, "toxicity_rate": {"value": 0.1}}}
+    (exp / "eval" / "summary.json").write_text(
+        json.dumps(
+            {
+                "models": {
+                    "sft": {
+                        "stage_dirs": {"safety": "safety-2", "leaderboard": "lb-3"},
+                        "safety": safety,
+                        "leaderboard": lb,
+                    }
+                }
+            }
+        )
+    )
+    got = {k: v["value"] for k, v in regress.collect(exp).items()}
+    assert math.isnan(got.pop("sft/last_loss"))  # logged as the string "nan": a failing value, not a missing one
+    assert got == {
+        "sft/first_loss": 2.0,
+        "sft/mean_loss": 1.5,
+        "sft/tokens_per_second": 900.0,
+        "sft/refusal_rate": 0.5,
+        "sft/toxicity_rate": 0.1,
+        "sft/safety_seconds": 12.5,
+        "sft/leaderboard_bbh": 12.0,
+        "sft/leaderboard_average": 12.0,
+        "sft/leaderboard_seconds": 30.0,
+    }
+    assert regress.collect(exp)["sft/refusal_rate"]["stage_dir"] == "safety-2"
+
+
+def test_hardware_key_and_fingerprint():
+    key, machine = regress.hardware()
+    assert key == "cpu" or key.endswith(("x1", "x2", "x4", "x8"))
+    if key == "cpu":
+        assert machine["threads"] >= 1 and isinstance(machine["isa"], list) and machine["cpu"]
+
+
+def test_cli_names_the_unknown_suite_and_experiment():
+    r = subprocess.run(
+        [sys.executable, "-m", "safealign", "regress", "run", "--suite", "cpu", "--only", "nope", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "ONLY: nope not in suite cpu" in r.stderr
+    r = subprocess.run(
+        ["make", "--no-print-directory", "regress", "SUITE=a;b"], cwd=REPO, capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "SUITE: character(s) ';' not allowed" in r.stderr
