@@ -564,6 +564,8 @@ def _plot(series: dict, keys: list[str], labels: list[str], out: Path) -> None:
         ]
         ax.plot(xs, ys, marker="o", label=k)
     ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="tolerance")
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, 0.0), max(high, 1.1))  # zero and the limit always in view
     ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("share of tolerance used (worse direction)")
     ax.set_title("metrics closest to their limit in the latest run")
