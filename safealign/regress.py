@@ -631,8 +631,10 @@ def dry_run(suite: Suite, root: Path, only: list[str], extra_set: list[str], pri
 
 
 def _run_make(args: list[str], log: Path, timeout: float | None) -> tuple[str, float]:
-    """Run make with its output to `log`; (state, minutes). A timeout kills make and its stages
-    (their .tmp folders are never taken as done)."""
+    """Run make with its output to `log`; (state, minutes). Make runs in its own process group,
+    so a timeout stops it and every stage under it; so does an interrupt of this process (Ctrl-C,
+    or the SIGTERM of a cancelled CI job, see `interrupt`), which then propagates. A stopped
+    stage leaves only its .tmp folder, never taken as done."""
     t0 = time.time()
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w", encoding="utf-8") as f:
@@ -640,14 +642,29 @@ def _run_make(args: list[str], log: Path, timeout: float | None) -> tuple[str, f
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _stop(proc)
             return "timed out", (time.time() - t0) / 60
+        except BaseException:
+            _stop(proc)
+            raise
     return ("done" if rc == 0 else f"failed (exit {rc})"), (time.time() - t0) / 60
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to make's process group, SIGKILL if it is still there after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def interrupt(signum, frame) -> None:
+    """SIGTERM handler: stop like Ctrl-C, so the running make is stopped too."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(suite: Suite, root: Path, only: list[str], extra_set: list[str], print_=print) -> tuple[Path, dict]:
@@ -739,6 +756,7 @@ def main_run(suite_name: str, root: Path, only: list[str], extra_set: list[str],
     suite = load_suite(suite_name)
     if dry:
         return dry_run(suite, root, only, extra_set)
+    signal.signal(signal.SIGTERM, interrupt)
     run_dir, res = run(suite, root, only, extra_set)
     for r in failures(res["rows"]):
         print(

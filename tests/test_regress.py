@@ -4,8 +4,11 @@ override is tests/test_regress_e2e.py)."""
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -356,6 +359,43 @@ def test_hardware_key_and_fingerprint():
     assert key == "cpu" or key.endswith(("x1", "x2", "x4", "x8"))
     if key == "cpu":
         assert machine["threads"] >= 1 and isinstance(machine["isa"], list) and machine["cpu"]
+
+
+def test_a_stopped_regress_run_stops_its_make_and_everything_under_it(tmp_path):
+    """SIGTERM (a cancelled CI job) to the regress process: the make it started runs in its own
+    process group, so it would live on unless the run stops it."""
+    script = (
+        "import signal, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from pathlib import Path\n"
+        "from safealign import regress\n"
+        "signal.signal(signal.SIGTERM, regress.interrupt)\n"
+        f"regress._run_make(['bash', '-c', 'sleep 300 & echo $! > {tmp_path}/child; wait'], Path({str(tmp_path)!r}) / 'log', None)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    child = tmp_path / "child"
+    for _ in range(200):
+        if child.exists() and child.read_text().strip():
+            break
+        time.sleep(0.05)
+    pid = int(child.read_text())
+    assert alive(pid)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "KeyboardInterrupt" in err
+    for _ in range(100):
+        if not alive(pid):
+            break
+        time.sleep(0.05)
+    assert not alive(pid), "the grandchild of the stopped run is still running"
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_cli_names_the_unknown_suite_and_experiment():
