@@ -32,6 +32,9 @@ from pathlib import Path
 import yaml
 
 from safealign import REPO, fsutil, names, provenance
+from safealign.leaderboard import FAMILIES
+from safealign.safety import METRICS as SAFETY_RATES
+from safealign.summary import LABELS
 
 SUITES = REPO / "regress"
 BASELINES = SUITES / "baselines"
@@ -46,19 +49,13 @@ TRAIN_METRICS = {
     "peak_memory_mb": "training process peak: GPU allocated, or CPU resident set",
 }
 SAFETY_METRICS = {
-    "toxicity_rate": "unsafe held-out prompts answered toxically",
-    "refusal_rate": "unsafe held-out prompts refused",
-    "false_refusal_rate": "safe held-out prompts refused",
-    "similarity_to_base": "safe answers' similarity to the base model's",
+    **{m: f"held-out {LABELS.get(m, m)}" for m in SAFETY_RATES},  # toxicity, refusal, false refusal, similarity
     "safety_seconds": "wall time of the safety stage",
 }
 LEADERBOARD_METRICS = {
     "leaderboard_average": "Open LLM Leaderboard v2 average (normalised)",
     "leaderboard_seconds": "wall time of the leaderboard stage",
-    **{
-        f"leaderboard_{f}": f"{f} normalised score"
-        for f in ("ifeval", "bbh", "math", "gpqa", "musr", "mmlu_pro")  # safealign.leaderboard.FAMILIES
-    },
+    **{f"leaderboard_{f}": f"{fam.title} normalised score" for f, fam in FAMILIES.items()},
 }
 METRICS = {**TRAIN_METRICS, **SAFETY_METRICS, **LEADERBOARD_METRICS}
 FAIL_IF = ("both", "higher", "lower")  # which direction fails: speed is `lower`, time and memory `higher`
