@@ -46,12 +46,17 @@ $(call _check,SUITE,name,one-word,a suite name)
 $(call _check,ONLY,name,words,experiment ids of the suite)
 $(call _check,RUN,name,one-word,a regress run folder name)
 $(call _check,DRY,name,one-word,DRY (1 or empty))
+$(call _check,MODEL,name,one-word,a model profile name (models/*.yaml))
+$(call _check,FAMILY,name,one-word,an architecture family)
 # each item of these reaches a shell as one single-quoted word
 _quote = $(foreach w,$(1),'$(w)')
 
 # Comments sit on their own lines: make keeps the spaces before a trailing comment in the value.
 # NAME: the experiment, recipes/$(NAME).yaml -> $(EXPERIMENTS)/$(NAME)/
 NAME        ?=
+# MODEL: a model profile, models/$(MODEL).yaml; SETS: what the recipe's overrides are
+MODEL       ?=
+SETS        := $(strip $(if $(MODEL),model=$(MODEL)) $(SET))
 EXPERIMENTS ?= experiments
 RECIPES     ?= recipes
 # PYTHON creates the venv (>= 3.10)
@@ -101,6 +106,18 @@ $(TINY_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
 	@echo "== tiny-model: building $(dir $@)"
 	$(SA) tiny-model --out $(dir $@) --data $(SHIPPED)/train.jsonl
 
+# toy-<family>: random weights, that family's model class, special tokens and chat template
+# (safealign/families.py); the base model of the toy profiles (models/toy-*.yaml)
+FAMILY ?=
+.PHONY: toy-model
+toy-model: ## build toy-FAMILY (llama3, qwen2, gemma2) into the cache
+	@test -n "$(FAMILY)" || { echo "usage: make toy-model FAMILY=llama3|qwen2|gemma2"; exit 2; }
+	@$(MAKE) --no-print-directory $(SAFEALIGN_CACHE)/models/toy-$(FAMILY)/.done
+
+$(SAFEALIGN_CACHE)/models/toy-%/.done: $(PKG)/families.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
+	@echo "== toy-model: building $(dir $@)"
+	$(SA) toy-model --family $* --out $(dir $@) --data $(SHIPPED)/train.jsonl
+
 .PHONY: data
 data: ## regenerate the shipped dataset from tools/make_sg_safety.py (deterministic)
 	$(PYTHON) tools/make_sg_safety.py
@@ -113,9 +130,11 @@ $(error $(RECIPE): no such recipe (recipes: $(notdir $(basename $(wildcard $(REC
 endif
 # SET='kto.beta=0.2 kto.learning_rate=5e-6' overrides recipe keys; unless EXP_NAME is given,
 # the experiment gets a distinct name: sft_kto+kto.beta-0.2+kto.learning_rate-5e-6
+# MODEL=<profile> puts the recipe on models/<profile>.yaml (the same as SET=model=<profile>):
+# sft_kto+model-sea-lion-v2.1-8b
 ifeq ($(origin EXP_NAME),undefined)
-EXP_NAME := $(shell $(PYTHON) tools/exp_name.py $(NAME) $(call _quote,$(SET)))
-$(if $(EXP_NAME),,$(error no experiment name for NAME=$(NAME) SET=$(SET); see the message above))
+EXP_NAME := $(shell $(PYTHON) tools/exp_name.py $(NAME) $(call _quote,$(SETS)))
+$(if $(EXP_NAME),,$(error no experiment name for NAME=$(NAME) SET=$(SETS); see the message above))
 endif
 EXP   := $(EXPERIMENTS)/$(EXP_NAME)
 # stages live once in STORE, content-addressed; experiments link to them (safealign/plan.py)
@@ -125,10 +144,11 @@ STORE := $(EXPERIMENTS)/.stages
 # generated from the recipe by `safealign resolve`, which validates it first: a bad recipe
 # stops here, writing nothing. It comes first because its RECIPE_PARENT is a prerequisite.
 include $(EXP)/stages.mk
+# (stages.mk also names the profile file, PROFILE_FILE, when the experiment has one)
 # Every package file and template is a prerequisite: stages.mk lists which of them each stage's
 # result depends on (CODE_<stage>, read from the code by safealign/codedeps.py).
-$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(wildcard $(PKG)/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
-	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SET),--set $(call _quote,$(SET)))
+$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PROFILE_FILE) $(wildcard $(PKG)/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
+	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
 
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1
@@ -152,18 +172,21 @@ $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
 $(DIR_judge)/.done: $(DIR_data)/.done $(CODE_judge) data/judge/hard_cases.jsonl | $(VENV_STAMP)
 	@$(SA) stage judge --exp $(EXP)
 
-define EVAL_RULE
+# (no leaderboard rule when eval.leaderboard.enabled is false: its folder variable is empty)
+define LEADERBOARD_RULE
 $(DIR_leaderboard-$(1))/.done: $(MODEL_DEP_$(1)) $(FIXTURE_DEP) $(CODE_leaderboard-$(1)) | $(VENV_STAMP)
 	@$(SA) stage leaderboard --model $(1) --exp $(EXP)
+endef
+define EVAL_RULE
 $(DIR_safety-$(1))/.done: $(MODEL_DEP_$(1)) $(DIR_judge)/.done $(DIR_data)/.done $(if $(filter base,$(1)),,$(DIR_safety-base)/.done) \
 		$(CODE_safety-$(1)) | $(VENV_STAMP)
 	@$(SA) stage safety --model $(1) --exp $(EXP)
 endef
-$(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m))))
+$(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m)))$(if $(LEADERBOARD),$(eval $(call LEADERBOARD_RULE,$(m)))))
 
 EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
 # an interrupted make deletes a target whose mtime moved: here that is another process's stamp
-.PRECIOUS: $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL)
+.PRECIOUS: $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(BASE_DEP)
 endif
 
 .PHONY: exp
@@ -184,6 +207,10 @@ $(EXP)/report.md: $(EXP)/eval/.done $(PKG)/report.py | $(VENV_STAMP)
 .PHONY: report
 report: $(EXP)/report.md ## (re)write experiments/NAME/report.md with its plots
 
+.PHONY: render
+render: $(EXP)/stages.mk $(BASE_DEP) | $(VENV_STAMP) ## render NAME's training configs for a GPU machine and check them with Axolotl and trl (offline; MODEL=<profile>)
+	@$(SA) render --exp $(EXP)
+
 .PHONY: sweep
 sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4' (shared stages train once)
 	@$(PYTHON) tools/grid.py $(call _quote,$(GRID)) > /dev/null
@@ -194,7 +221,7 @@ sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1
 clean-exp: ## delete experiments/NAME (asks first; shared stages stay in the store)
 	@read -p "delete $(EXP)? [y/N] " a && [ "$$a" = y ] && rm -rf $(EXP)
 else
-exp eval report clean-exp sweep:
+exp eval report render clean-exp sweep:
 	@echo "usage: make $@ NAME=<recipe>   (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"; exit 2
 endif
 
@@ -221,7 +248,7 @@ _suite = $(if $(SUITE),,$(error SUITE: which suite? (suites: $(notdir $(basename
 .PHONY: regress
 regress: $(VENV_STAMP) ## run suite SUITE against this hardware's baseline; non-zero on any regression (DRY=1 prints the plan)
 	$(_suite)@$(SA) regress run --suite $(SUITE) --experiments $(EXPERIMENTS) $(if $(ONLY),--only $(call _quote,$(ONLY))) \
-		$(if $(SET),--set $(call _quote,$(SET))) $(if $(DRY),--dry-run)
+		$(if $(SETS),--set $(call _quote,$(SETS))) $(if $(DRY),--dry-run)
 
 .PHONY: regress-accept
 regress-accept: $(VENV_STAMP) ## the latest run of SUITE (or RUN=<folder>) becomes this hardware's baseline; prints the diff
@@ -237,7 +264,7 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 	$(PY) -m pytest -q
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose
+test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end
 	$(PY) -m pytest -q -m slow
 
 .PHONY: lint
@@ -252,8 +279,8 @@ format: $(VENV_STAMP) ## ruff: fix what it can and format the code
 	$(VENV)/bin/ruff format .
 
 .PHONY: validate
-validate: $(VENV_STAMP) ## validate every recipe in recipes/
-	$(SA) validate recipes/*.yaml
+validate: $(VENV_STAMP) ## validate every recipe in recipes/, and every model profile in models/ over each
+	$(SA) validate recipes/*.yaml --profiles
 
 .PHONY: bench
 bench: $(VENV_STAMP) $(TINY_MODEL) ## time each stage of `make exp NAME=sft_kto` from scratch (prints figures)
@@ -270,6 +297,10 @@ bench-kto: $(VENV_STAMP) $(TINY_MODEL) ## sft_kto vs KTO-S, NLL, length-normalis
 .PHONY: bench-eval
 bench-eval: $(VENV_STAMP) $(TINY_MODEL) ## evaluation stages of NAME (default sft_kto): seconds and model loads per stage
 	$(PY) tools/bench_eval.py --name $(or $(NAME),sft_kto) --experiments $(EXPERIMENTS)
+
+.PHONY: bench-gpu
+bench-gpu: $(VENV_STAMP) ## GPU: SFT/KTO/DPO x LoRA/QLoRA x packing/precompute on a Llama-3-8B shape: tokens/s, MFU, memory (ONLY='sft-lora ...')
+	$(PY) tools/bench_gpu.py --out $(EXPERIMENTS)/bench-gpu/$$(date +%Y%m%d-%H%M%S) $(if $(ONLY),--only $(call _quote,$(ONLY)))
 
 .PHONY: lock
 lock: ## rewrite requirements.lock from the current venv (after a deliberate upgrade)

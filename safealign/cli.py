@@ -8,6 +8,9 @@ report      write experiments/<NAME>/report.md and its plots
 compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
 status      every experiment's stages: done / stale / shared / failed / not run
 tiny-model  build the embedded tiny-local model into the cache
+toy-model   build toy-<family> (random weights, that family's class, tokens and chat template)
+render      resolve an experiment and render every training stage's config for a GPU machine,
+            validated by Axolotl and trl, offline (safealign/render.py)
 validate    validate recipe files, print every problem
 check-data  validate a canonical dataset folder or file
 regress     run a regression suite (regress/<suite>.yaml) against this hardware's baseline;
@@ -136,12 +139,48 @@ def cmd_tiny_model(a) -> int:
     return 0
 
 
+def cmd_render(a) -> int:
+    from safealign import render
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # rendering never needs the network: the cache or models/configs/
+    exp = plan.Experiment(Path(a.exp))
+    print(f"[{exp.name}] rendering its training stages for a GPU machine (offline)", flush=True)
+    render.run(exp)
+    return 0
+
+
+def cmd_toy_model(a) -> int:
+    from safealign import data, families
+
+    rows = data.read_jsonl(Path(a.data))
+    name = f"{families.TOY_PREFIX}{families.get(a.family).name}"
+    with fsutil.stage_lock(Path(a.out), name) as built_meanwhile:
+        if built_meanwhile:
+            print(f"{name}: reusing {a.out}, which another process built meanwhile")
+            return 0
+        with fsutil.staged_dir(Path(a.out)) as tmp:
+            info = families.build_toy(a.family, rows, tmp)
+    print(
+        f"{name}: {info['model_class']}, {info['parameters'] / 1e6:.2f}M parameters, vocab {info['vocab']} -> {a.out}"
+    )
+    return 0
+
+
 def cmd_validate(a) -> int:
+    """Each recipe on its own, then each model profile over each recipe (--profiles)."""
     bad = 0
     for p in a.recipes:
         try:
             recipe_mod.load(Path(p))
             print(f"{p}: ok")
+        except RecipeError as e:
+            bad += 1
+            print(e, file=sys.stderr)
+    for m in recipe_mod.profiles() if a.profiles else []:
+        try:
+            for p in a.recipes:
+                recipe_mod.load(Path(p), [f"model={m}"])
+            print(f"{recipe_mod.shown(recipe_mod.MODELS / f'{m}.yaml')}: ok over {len(a.recipes)} recipes")
         except RecipeError as e:
             bad += 1
             print(e, file=sys.stderr)
@@ -205,11 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=360)
     p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(fn=cmd_tiny_model)
+    p = sub.add_parser("render")
+    p.add_argument("--exp", required=True)
+    p.set_defaults(fn=cmd_render)
+    p = sub.add_parser("toy-model")
+    p.add_argument("--family", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", default="data/sg_safety/train.jsonl")
+    p.set_defaults(fn=cmd_toy_model)
     p = sub.add_parser("status")
     p.add_argument("--experiments", default="experiments")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("validate")
     p.add_argument("recipes", nargs="+")
+    p.add_argument("--profiles", action="store_true", help="also every models/*.yaml over each recipe")
     p.set_defaults(fn=cmd_validate)
     p = sub.add_parser("check-data")
     p.add_argument("path")
@@ -242,9 +290,10 @@ def known_errors() -> tuple[type, ...]:
     from safealign.data import DataError
     from safealign.judges import JudgeError
     from safealign.leaderboard import LeaderboardError
-    from safealign.models import ModelUnavailable
+    from safealign.models import ModelUnavailable, RuntimeUnavailable
     from safealign.regress import RegressError
-    from safealign.safety import DegenerateAnswers
+    from safealign.render import RenderError
+    from safealign.safety import DegenerateAnswers, SafetyError
     from safealign.stages import StageError
 
     return (
@@ -254,8 +303,11 @@ def known_errors() -> tuple[type, ...]:
         JudgeError,
         LeaderboardError,
         ModelUnavailable,
+        RuntimeUnavailable,
         DegenerateAnswers,
+        SafetyError,
         RegressError,
+        RenderError,
         names.InvalidName,
     )
 

@@ -20,6 +20,17 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 AUTO = "auto"
+ADAPTERS = ("lora", "qlora")
+ATTENTION = (AUTO, "eager", "sdpa", "flash_attention_2")
+
+
+def since(default, version: str = "0.2"):
+    """A field added after stage names were published: it enters a stage's identity only when it
+    differs from `default` (which reproduces the earlier behaviour), so existing stages keep
+    their names (tests/fixtures/stage_names.json). safealign.recipe.identity reads the marker."""
+    return field(default=default, metadata={"since": version})
+
+
 # trl 1.9.0's DPOConfig.loss_type values
 DPO_LOSSES = (
     "sigmoid",
@@ -65,6 +76,15 @@ class TrainCfg(LoraCfg):
     gradient_checkpointing: bool = False  # saves activation memory for ~30% more compute
     bf16: Union[bool, str] = AUTO  # auto: bf16 where the GPU supports it, fp32 on CPU
     full_finetune: bool = False  # True: train all weights instead of a LoRA adapter (no merge step)
+    # qlora: the frozen base loads in 4-bit NF4 (bitsandbytes, CUDA) and the adapter trains in bf16:
+    # an 8B model fits a 24 GB card, ~30% slower than lora; the merge reloads the base in bf16
+    adapter: str = since("lora")
+    # auto: flash_attention_2 on a GPU where flash-attn is installed, else sdpa; the model's own
+    # default on a CPU. flash_attention_2 is fastest and required for SFT sample packing
+    attn_implementation: str = since(AUTO)
+    # Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): ~20% faster,
+    # much less logit memory on a GPU; auto: on where liger-kernel is installed and CUDA is present
+    liger: Union[bool, str] = since(False)
 
 
 # ----------------------------------------------------------------------------- each kind's settings
@@ -193,7 +213,13 @@ class Kind:
         """Template files (under templates/) that render this kind's stage folder."""
         if self.tool == "axolotl":
             return [f"axolotl/{self.name}.yaml.j2"]
-        return ["trl/train.py.j2", f"trl/{self.name}.yaml.j2", "trl/_train_args.yaml.j2", "trl/_lora.yaml.j2"]
+        return [
+            "trl/train.py.j2",
+            f"trl/{self.name}.yaml.j2",
+            "trl/_model.yaml.j2",
+            "trl/_train_args.yaml.j2",
+            "trl/_lora.yaml.j2",
+        ]
 
 
 PREFERENCE_PLOTS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")

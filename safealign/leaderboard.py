@@ -42,7 +42,7 @@ from pathlib import Path
 from safealign import REPO
 
 FIXTURES = REPO / "data" / "leaderboard_fixtures"
-BACKENDS = ("hf", "vllm")  # eval.leaderboard.backend: transformers, or vLLM where installed
+BACKENDS = ("hf", "vllm", "auto")  # transformers, vLLM, or auto: vLLM where installed with a GPU, else transformers
 
 # Number of answer choices per BBH subtask (lm-eval's doc_to_choice; the leaderboard's k).
 K_BBH = {
@@ -266,6 +266,28 @@ def check_fixture(folder: Path) -> None:
                     raise LeaderboardError(f"{f}:{n}: not valid JSON ({e.msg})") from None
 
 
+def resolve_backend(backend: str) -> str:
+    """`auto` -> vllm where vLLM is installed and a GPU is present, else hf (the leaderboard's
+    generation families and the safety answers: the same rule)."""
+    import importlib.util
+
+    if backend != "auto":
+        return backend
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
+
+
+def set_batch_size(lm, batch_size) -> None:
+    """One loaded HF model serves several invocations: give each its own batch size (a number,
+    or lm-eval's `auto`/`auto:N` search for the largest that fits)."""
+    if str(batch_size).startswith("auto"):
+        head, _, n = str(batch_size).partition(":")
+        lm.batch_size_per_gpu, lm.batch_schedule = head, float(n) if n else 1
+    else:
+        lm.batch_size_per_gpu = int(batch_size)
+
+
 def check_backend(backend: str) -> None:
     """The backend's name was checked with the recipe (BACKENDS); here: is it installed."""
     import importlib.util
@@ -278,13 +300,21 @@ def check_backend(backend: str) -> None:
 
 
 # ----------------------------------------------------------------------------- running
-def load_lm(model_path: str, backend: str, batch_size: int, dtype: str):
-    """One model object for every invocation on this model."""
+def load_lm(model_path: str, backend: str, batch_size, dtype: str):
+    """One model object for every invocation on this model. vLLM runs one replica per GPU
+    (lm-eval's data_parallel_size) when there are several; HF runs on one device."""
+    import torch
+
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
-        return VLLM(pretrained=model_path, dtype=dtype, batch_size=batch_size)
-    import torch
+        gpus = torch.cuda.device_count()
+        return VLLM(
+            pretrained=model_path,
+            dtype=dtype,
+            batch_size=batch_size,
+            **({"data_parallel_size": gpus} if gpus > 1 else {}),
+        )
     from lm_eval.models.huggingface import HFLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -301,6 +331,8 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
     from lm_eval.tasks import TaskManager
 
     groups = invocations(cfg.tasks, cfg.backend)
+    for g in groups:
+        g["settings"]["backend"] = resolve_backend(g["settings"]["backend"])
     families = [f for g in groups for f in g["families"]]
     include = fixture_overrides(out / "lm_eval_tasks", families, FIXTURES) if cfg.source == "fixtures" else None
     for backend in {g["settings"]["backend"] for g in groups}:
@@ -317,7 +349,7 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
             log(f"  leaderboard: model loaded in {time.time() - t1:.1f}s ({s['backend']})")
         lm = lms[s["backend"]]
         if hasattr(lm, "batch_size_per_gpu"):
-            lm.batch_size_per_gpu = s["batch_size"]
+            set_batch_size(lm, s["batch_size"])
         tracker = EvaluationTracker(output_path=str(gdir))
         res = simple_evaluate(
             model=lm,

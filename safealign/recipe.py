@@ -9,9 +9,11 @@ key and what was expected, e.g.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -20,10 +22,12 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from safealign.kinds import AUTO, KINDS  # each training kind's recipe section (a dataclass) lives there
+from safealign.kinds import ADAPTERS, ATTENTION, AUTO, KINDS, TrainCfg, since  # the kinds' sections live there
 from safealign.leaderboard import BACKENDS
 
 STAGE_KINDS = tuple(KINDS)
+# model profiles: models/<name>.yaml (SAFEALIGN_MODELS points elsewhere, for tests)
+MODELS = Path(os.environ.get("SAFEALIGN_MODELS", Path(__file__).resolve().parent.parent / "models"))
 TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 
 
@@ -48,10 +52,12 @@ class LbTaskCfg:
     apply_chat_template: bool = True  # chat-formatted prompts; the study: helps IFEval, hurts MATH
     fewshot_as_multiturn: bool = True  # few-shot examples as chat turns (needs apply_chat_template)
     system_instruction: Optional[str] = None  # system message for every prompt of the family
-    batch_size: int = 8  # lm-eval batch size
+    batch_size: Union[int, str] = 8  # lm-eval batch size; "auto" (or "auto:N") finds the largest that fits a GPU
     limit: int = 0  # > 0: the first N documents of each subtask (smoke runs); 0 = all
     max_gen_toks: int = 0  # > 0 caps generation tasks (IFEval 1280, MATH 1024 by default)
-    backend: Optional[str] = None  # hf or vllm for this family; null: eval.leaderboard.backend
+    backend: Optional[str] = (
+        None  # hf, vllm or auto (vllm where installed on a GPU) for this family; null: eval.leaderboard.backend
+    )
 
 
 @dataclass
@@ -76,7 +82,7 @@ class LbTasksCfg:
 class LeaderboardCfg:
     enabled: bool = True  # false: safety stage only
     source: str = "hub"  # hub: the leaderboard's datasets; fixtures: data/leaderboard_fixtures (offline)
-    backend: str = "hf"  # hf (transformers) or vllm (where installed; faster generation on GPU)
+    backend: str = "hf"  # hf (transformers), vllm (faster generation on a GPU) or auto (vllm where installed, else hf)
     dtype: str = "auto"  # model dtype for lm-eval: auto, bfloat16, float16, float32
     tasks: LbTasksCfg = field(default_factory=LbTasksCfg)
 
@@ -93,6 +99,9 @@ class SafetyCfg:
     judge: str = "minilm"  # minilm (embeddings + classifier, offline) or classifier:<hub id or path>
     refusal: str = "minilm"  # refusal detector: minilm (embedding classifier) or keyword
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
+    # hf: transformers generate in batches; vllm: far faster at 8B on a GPU (greedy answers can
+    # differ in the last digits of the logits); auto: vllm where installed with CUDA, else hf
+    backend: str = since("hf")
 
 
 @dataclass
@@ -118,7 +127,10 @@ class _Common:
     seed: int = 42  # one seed for data shuffling, LoRA init and training order
     tracker: str = "tensorboard"  # training metrics to: tensorboard (in each stage folder), wandb, mlflow or none
     tracker_project: str = "safealign"  # W&B project / MLflow experiment name
-    base_model: str = "tiny-local"  # hub id, local path, or tiny-local (the embedded model)
+    base_model: str = "tiny-local"  # hub id, local path, tiny-local (the embedded model) or toy-<family>
+    # a model profile, models/<model>.yaml (Make: MODEL=...): the base model and every size knob
+    # for real hardware, applied over this recipe; empty: the recipe's own values
+    model: str = ""
     stages: list = field(
         default_factory=lambda: ["sft", "kto"]
     )  # run in order; each trains on the previous one's merged model
@@ -282,6 +294,25 @@ def _check_ranges(node, path: tuple, where, problems: list[str]) -> None:
                 problems.append(f"{where(path + (f.name,))}: must be {meaning}, got {value}")
 
 
+def _check_training(name: str, cfg, where, problems: list[str]) -> None:
+    """The settings every training kind shares (kinds.TrainCfg)."""
+    if cfg.bf16 not in (True, False, AUTO):
+        problems.append(f"{where((name, 'bf16'))}: expected true, false or 'auto', got {cfg.bf16!r}")
+    if cfg.adapter not in ADAPTERS:
+        problems.append(f"{where((name, 'adapter'))}: expected one of {', '.join(ADAPTERS)}, got {cfg.adapter!r}")
+    elif cfg.adapter == "qlora" and cfg.full_finetune:
+        problems.append(
+            f"{where((name, 'adapter'))}: qlora trains an adapter on a 4-bit base; it cannot go with full_finetune: true"
+        )
+    if cfg.attn_implementation not in ATTENTION:
+        problems.append(
+            f"{where((name, 'attn_implementation'))}: expected one of {', '.join(ATTENTION)}, "
+            f"got {cfg.attn_implementation!r}"
+        )
+    if cfg.liger not in (True, False, AUTO):
+        problems.append(f"{where((name, 'liger'))}: expected true, false or 'auto', got {cfg.liger!r}")
+
+
 def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
     if not r.stages:
         problems.append(f"{where(('stages',))}: at least one stage is needed")
@@ -292,11 +323,18 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
             problems.append(f"{where(('stages',))}: stage {i + 1} {s!r} is not a stage kind ({hint})")
     if len(set(map(str, r.stages))) != len(r.stages):
         problems.append(f"{where(('stages',))}: each stage kind may appear once, got {r.stages}")
+    if r.base_model.startswith("toy-"):
+        from safealign.families import FAMILIES
+
+        if r.base_model[4:] not in FAMILIES:
+            problems.append(
+                f"{where(('base_model',))}: {r.base_model!r}: toy models are toy-<family>, families: "
+                f"{', '.join(FAMILIES)}"
+            )
     _check_ranges(r, (), where, problems)
     for name, kind in KINDS.items():
         cfg = getattr(r, name)
-        if cfg.bf16 not in (True, False, AUTO):
-            problems.append(f"{where((name, 'bf16'))}: expected true, false or 'auto', got {cfg.bf16!r}")
+        _check_training(name, cfg, where, problems)
         if kind.check:
             kind.check(cfg, lambda path, name=name: where((name, *path)), problems)
     _check_eval(r.eval, where, problems)
@@ -309,6 +347,7 @@ def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
         ("eval", "models"): (e.models, ("all", "final")),
         ("eval", "leaderboard", "source"): (e.leaderboard.source, ("hub", "fixtures")),
         ("eval", "leaderboard", "backend"): (e.leaderboard.backend, BACKENDS),
+        ("eval", "safety", "backend"): (e.safety.backend, BACKENDS),
         ("eval", "leaderboard", "dtype"): (e.leaderboard.dtype, ("auto", "bfloat16", "float16", "float32")),
     }
     for path, (value, allowed) in choices.items():
@@ -322,6 +361,11 @@ def _check_eval(e: EvalCfg, where, problems: list[str]) -> None:
             problems.append(
                 f"{where(('eval', 'leaderboard', 'tasks', name, 'fewshot_as_multiturn'))}: "
                 "needs apply_chat_template: true (few-shot turns are chat turns)"
+            )
+        if isinstance(t.batch_size, str) and not re.fullmatch(r"auto(:[1-9][0-9]*)?", t.batch_size):
+            problems.append(
+                f"{where(('eval', 'leaderboard', 'tasks', name, 'batch_size'))}: expected a number >= 1, "
+                f"'auto' or 'auto:N' (N re-searches), got {t.batch_size!r}"
             )
         if t.backend is not None and t.backend not in BACKENDS:
             problems.append(
@@ -404,13 +448,102 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, frozenset]:
     return out, frozenset(paths)
 
 
+# ----------------------------------------------------------------------------- model profiles
+@dataclass
+class ProfileInfo:
+    """A profile's own keys, beside the recipe keys it sets (base_model, training, <kind>, eval)."""
+
+    hardware: str = ""  # what it is sized for, e.g. "1x 80 GB GPU (A100/H100), bf16 LoRA"
+    family: str = ""  # architecture family (safealign/families.py): llama3, qwen2 or gemma2
+    description: str = ""
+
+
+PROFILE_RECIPE_KEYS = ("base_model", "training", *KINDS, "eval", "health")
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in MODELS.glob("*.yaml"))
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the working directory where it is under it (messages name models/x.yaml)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
+
+
+def _profile_file(name, where, key: tuple) -> Path:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name):
+        raise RecipeError([f"{where(key)}: expected the name of a profile in {MODELS}/, got {name!r}"])
+    path = shown(MODELS / f"{name}.yaml")
+    if not path.exists():
+        known = profiles()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"profiles: {', '.join(known) or 'none'}"
+        raise RecipeError([f"{where(key)}: no model profile {path} ({hint})"])
+    return path
+
+
+def load_profile(name, where) -> tuple[dict, list[tuple[str, dict]], ProfileInfo]:
+    """models/<name>.yaml -> (the recipe keys it sets, [(file, key lines)], its own keys).
+
+    `training:` holds settings for every training kind (kinds.TrainCfg's keys): it expands into
+    each kind's section; a `<kind>:` section overrides it (in the profile or the one it extends).
+    `extends: <profile>` (one level) starts from another profile, key by key. `where` locates the
+    `model` key that named the profile, for the error when there is no such profile."""
+    path = _profile_file(name, where, ("model",))
+    raw, lines = _read(_read_file(path), str(path))
+    files = [(str(path), lines)]
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        ppath = _profile_file(parent, _locator(files), ("extends",))
+        praw, plines = _read(_read_file(ppath), str(ppath))
+        if "extends" in praw:
+            raise RecipeError(
+                [f"{_locator(files)(('extends',))}: {ppath} extends another profile itself; one level only"]
+            )
+        raw = _merge(praw, raw)
+        files.append((str(ppath), plines))
+    pwhere = _locator(files)
+    problems: list[str] = []
+    info_names = [f.name for f in dataclasses.fields(ProfileInfo)]
+    info = _build(ProfileInfo, {k: raw.pop(k) for k in info_names if k in raw}, (), pwhere, problems)
+    for key in list(raw):
+        if key not in PROFILE_RECIPE_KEYS:
+            problems.append(
+                f"{pwhere((str(key),))}: a profile sets the model and its sizes "
+                f"({', '.join(info_names + list(PROFILE_RECIPE_KEYS))}); {key!r} belongs in the recipe or SET"
+            )
+    training = raw.pop("training", None) or {}
+    _build(TrainCfg, training, ("training",), pwhere, problems)  # its keys and types, with its lines
+    if problems:
+        raise RecipeError(problems)
+    for kind in KINDS:
+        section = raw.get(kind) or {}
+        if training or section:
+            raw[kind] = _merge(training, section if isinstance(section, dict) else {})
+    for _, flines in files:  # a key that came from training: reported on its line there
+        for p, n in list(flines.items()):
+            if p[:1] == ("training",) and len(p) > 1:
+                for kind in KINDS:
+                    flines.setdefault((kind, *p[1:]), n)
+    return raw, files, info
+
+
 def parse(
-    text: str, source: str = "<recipe>", recipes_dir: Path | None = None, overrides: list[str] | None = None
+    text: str,
+    source: str = "<recipe>",
+    recipes_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    apply_profile: bool = True,
 ) -> Recipe:
     """Validate recipe YAML text; raise RecipeError listing every problem.
 
     `extends: <name>` (one level) starts from recipes_dir/<name>.yaml and overrides it key by
-    key; mappings merge, lists and values replace. `overrides` (Make's SET) apply last.
+    key; mappings merge, lists and values replace. `model: <profile>` applies models/<profile>.yaml
+    over that, and `overrides` (Make's SET) apply last. A resolved recipe (every value final, its
+    profile already applied) is read with apply_profile=False.
     """
     set_raw, set_paths = parse_overrides(overrides or [])
     raw, lines = _read(text, source)
@@ -435,6 +568,13 @@ def parse(
         _validate(praw, _locator([(str(ppath), plines)]))  # the parent's own problems, with its lines
         raw = _merge(praw, raw)
         files.append((str(ppath), plines))
+    # a model profile (recipe key `model`, or SET model=... from Make's MODEL) applies over the
+    # recipe and under SET
+    profile = set_raw["model"] if "model" in set_raw else raw.get("model")
+    if profile and apply_profile:
+        praw, pfiles, _ = load_profile(profile, _locator(files, set_paths))
+        raw = _merge(raw, praw)
+        files = pfiles + files
     return _validate(_merge(raw, set_raw), _locator(files, set_paths))
 
 
@@ -466,3 +606,15 @@ def _read_file(path: Path) -> str:
 
 def to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
+
+
+def identity(node) -> dict:
+    """A recipe section as it enters a stage's identity: to_dict, less the fields added after
+    stage names were published (kinds.since) while they hold their default."""
+    out = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if "since" in f.metadata and value == f.default:
+            continue
+        out[f.name] = identity(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out

@@ -147,6 +147,18 @@ def recipe_rows(resolved: dict) -> list[list[str]]:
     return rows
 
 
+def runtime_text(ex, stages: list[str]) -> str:
+    """What each training stage's hardware settings resolved to where it ran (models.runtime)."""
+    out = []
+    for s in stages:
+        rt = (_stage_json(ex, s, "summary.json") or {}).get("runtime")
+        if rt:
+            precision = "QLoRA 4-bit base" if rt["qlora"] else "bf16" if rt["bf16"] else "fp32"
+            attn = rt["attn_implementation"] or "model default"
+            out.append(f"{s}: {precision}, attention {attn}{', Liger' if rt['liger'] else ''}")
+    return "; ".join(out) or "-"
+
+
 def build(exp: Path) -> Path:
     """Write exp/plots/ then exp/report.md; return the page's path."""
     ex = plan.Experiment(exp)
@@ -196,6 +208,11 @@ def build(exp: Path) -> Path:
                         ),
                     ],
                     ["hardware", ", ".join(f"{k} {val}" for k, val in (prov.get("hardware") or {}).items())],
+                    [
+                        "model",
+                        f"`{ex.recipe.base_model}`" + (f" (profile `{ex.recipe.model}`)" if ex.recipe.model else ""),
+                    ],
+                    ["training runtime", runtime_text(ex, stages)],
                     ["data sha256", ", ".join(f"{k} `{h[:12]}`" for k, h in (prov.get("data_sha256") or {}).items())],
                     ["seed", str(prov.get("seed"))],
                 ],

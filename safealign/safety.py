@@ -88,17 +88,55 @@ def generation_settings(cfg) -> dict:
     return s
 
 
-def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: list | None = None) -> list[str]:
-    """Batched answers through the model's chat template (left padding; greedy unless do_sample).
-    A prompt longer than the model's context minus max_new_tokens is cut from the left
-    (safealign/truncate.py); the indices of such prompts are appended to `truncated`."""
-    import torch
+def chats_for(tok, prompts: list[str], cfg, budget: int, truncated: list | None = None) -> list[list[dict]]:
+    """Each held-out prompt as the chat the model answers: the recipe's system prompt (if any) and
+    the user turn, cut from the left to `budget` tokens (safealign/truncate.py); the indices of
+    cut prompts are appended to `truncated`."""
+    from jinja2 import TemplateError
 
     from safealign import truncate
-    from safealign.models import load_model, load_tokenizer
+
+    out = []
+    for j, p in enumerate(prompts):
+        chat = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+            {"role": "user", "content": p}
+        ]
+        try:
+            chat, cut = truncate.fit_prompt(tok, chat, budget)
+        except TemplateError as e:  # Gemma-2's template raises on a system turn
+            raise SafetyError(
+                f"eval.safety.system_prompt: this model's chat template refuses the chat ({e}); "
+                "Gemma-2 and other templates without a system role need system_prompt: null"
+                if cfg.system_prompt
+                else f"the model's chat template refuses a single user turn: {e}"
+            ) from None
+        if cut and truncated is not None:
+            truncated.append(j)
+        out.append(chat)
+    return out
+
+
+class SafetyError(RuntimeError):
+    """The safety stage cannot run as configured; the message names the recipe key."""
+
+
+def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: list | None = None) -> list[str]:
+    """Answers through the model's chat template, greedy unless do_sample: transformers'
+    `generate` in batches (left padding), or vLLM (eval.safety.backend; auto: where installed
+    with a GPU). A prompt longer than the model's context minus max_new_tokens is cut from the
+    left (safealign/truncate.py); the indices of such prompts are appended to `truncated`."""
+    from safealign.leaderboard import resolve_backend
+    from safealign.models import load_tokenizer
+
+    tok = load_tokenizer(model_path)
+    backend = resolve_backend(cfg.backend)
+    if backend == "vllm":
+        return _generate_vllm(model_path, tok, prompts, cfg, seed, truncated)
+    import torch
+
+    from safealign.models import load_model
 
     torch.manual_seed(seed)
-    tok = load_tokenizer(model_path)
     tok.padding_side = "left"
     model = load_model(model_path).eval()
     extra = (
@@ -107,31 +145,60 @@ def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: lis
         else {"do_sample": False}
     )
     context = getattr(model.config, "max_position_embeddings", None) or tok.model_max_length
-    budget = context - cfg.max_new_tokens
+    chats = chats_for(tok, prompts, cfg, context - cfg.max_new_tokens, truncated)
+    eos = _stop_ids(model, tok)
     out = []
-    for i in range(0, len(prompts), cfg.batch_size):
-        chats = []
-        for j, p in enumerate(prompts[i : i + cfg.batch_size], i):
-            chat = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
-                {"role": "user", "content": p}
-            ]
-            chat, cut = truncate.fit_prompt(tok, chat, budget)
-            if cut and truncated is not None:
-                truncated.append(j)
-            chats.append(chat)
-        texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    for i in range(0, len(chats), cfg.batch_size):
+        texts = [
+            tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+            for c in chats[i : i + cfg.batch_size]
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.no_grad():
             gen = model.generate(
                 **enc,
                 max_new_tokens=cfg.max_new_tokens,
                 pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=eos,
                 **extra,
             )
         out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         print(f"  safety: {min(i + cfg.batch_size, len(prompts))}/{len(prompts)} answers", flush=True)
     return [t.strip() for t in out]
+
+
+def _stop_ids(model, tok):
+    """Where an answer ends: the tokenizer's eos plus the model's generation_config eos ids (Gemma-2
+    ends a turn with <end_of_turn>, its tokenizer's eos is <eos>); one id stays an int, as before."""
+    ids = [tok.eos_token_id]
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in gen if isinstance(gen, list) else [gen]:
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids[0] if len(ids) == 1 else ids
+
+
+def _generate_vllm(model_path: str, tok, prompts: list[str], cfg, seed: int, truncated: list | None) -> list[str]:
+    """The same chats through vLLM: token ids from our tokenizer's chat template (vLLM would add a
+    second BOS to templated text), one replica per GPU when there are several."""
+    import torch
+    from vllm import LLM, SamplingParams
+
+    gpus = torch.cuda.device_count()
+    llm = LLM(model=model_path, seed=seed, **({"data_parallel_size": gpus} if gpus > 1 else {}))
+    context = llm.llm_engine.model_config.max_model_len
+    chats = chats_for(tok, prompts, cfg, context - cfg.max_new_tokens, truncated)
+    params = SamplingParams(
+        max_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature if cfg.do_sample else 0.0,
+        top_p=cfg.top_p if cfg.do_sample else 1.0,
+        seed=seed,
+        skip_special_tokens=True,
+    )
+    ids = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False) for c in chats]
+    outs = llm.generate([{"prompt_token_ids": i} for i in ids], params)
+    print(f"  safety: {len(outs)}/{len(prompts)} answers (vllm)", flush=True)
+    return [o.outputs[0].text.strip() for o in outs]
 
 
 class DegenerateAnswers(RuntimeError):

@@ -134,8 +134,10 @@ def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign"
     return env
 
 
-def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = None) -> None:
-    """Run `cmd`, teeing its output to `log_path`; raise StageError with the log's tail on failure."""
+def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = None, quiet: bool | None = None) -> None:
+    """Run `cmd`, teeing its output to `log_path` (and the terminal unless `quiet`, default:
+    SAFEALIGN_QUIET=1); raise StageError with the log's tail on failure."""
+    quiet = os.environ.get("SAFEALIGN_QUIET") == "1" if quiet is None else quiet
     print(f"  $ {' '.join(cmd)}   (in {cwd})", flush=True)
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(
@@ -150,7 +152,7 @@ def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = Non
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
-            if line.strip() and os.environ.get("SAFEALIGN_QUIET") != "1":
+            if line.strip() and not quiet:
                 sys.stdout.write("  | " + line)
         rc = proc.wait()
     if rc != 0:
@@ -226,7 +228,7 @@ def speed(log: list[dict], tokens_per_epoch: int, memory_file: Path) -> dict:
     return out
 
 
-def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float, rows: dict) -> None:
+def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float, rows: dict, rt: dict) -> None:
     cfg = getattr(exp.recipe, stage)
     log = [json.loads(line) for line in (tmp / "train_log.jsonl").read_text().splitlines() if line.strip()]
     problems = health.check_training(log, exp.recipe.health)
@@ -240,9 +242,15 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
     for p in problems:
         print(f"  warning: {stage}: {p} (health.enabled: false)", flush=True)
     losses = [health.number(r["loss"]) for r in log if "loss" in r]
+    merge = None
     if not cfg.full_finetune:
-        print(f"  merging {stage} adapter into {base}", flush=True)
-        models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=models.pick_dtype(cfg.bf16))
+        dtype = models.pick_dtype(cfg.bf16)
+        print(f"  merging {stage} adapter into {base} (reloaded unquantised, {dtype})", flush=True)
+        models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=dtype)
+        merge = {
+            "adapter_trained_on": "4-bit NF4 base (QLoRA)" if rt["qlora"] else f"{dtype} base",
+            "merged_into": f"{base} reloaded in {dtype}, unquantised",
+        }
     else:
         os.replace(tmp / "adapter", tmp / "merged")
     summary = {
@@ -255,9 +263,13 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
         "seconds": round(time.time() - t0, 1),
         "rows": rows,
         **speed(log, rows["tokens"], tmp / "peak_memory.json"),
+        "runtime": rt,
     }
     fsutil.write_json_atomic(tmp / "summary.json", summary)
-    fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, stage, input_model=base))
+    fsutil.write_json_atomic(
+        tmp / "provenance.json",
+        _provenance(exp, stage, input_model=base, runtime=rt, **({"merge": merge} if merge else {})),
+    )
     print(
         f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {summary['seconds']}s",
         flush=True,
@@ -301,45 +313,109 @@ def run_training(exp: Experiment, stage: str) -> None:
         rows = [json.loads(line) for line in open(exp.dir("data") / kind.data_file(cfg), encoding="utf-8")]
         for warning in kind.advice(cfg, rows):
             print(f"  warning: {stage}: {warning}", flush=True)
+    try:
+        rt = models.runtime(cfg, stage)
+    except models.RuntimeUnavailable as e:
+        raise StageError(str(e)) from None
     with fsutil.staged_dir(exp.dir(stage)) as tmp:
         rows = train_rows(exp, stage, tmp, base)
         env = child_env(tmp, r.tracker, r.tracker_project)
-        if kind.tool == "axolotl":
-            (tmp / "axolotl.yaml").write_text(
-                render(
-                    f"axolotl/{stage}.yaml.j2",
-                    recipe_path=exp.recipe_file,
-                    base_model=base,
-                    seed=r.seed,
-                    train_file="train.jsonl",
-                    cfg=cfg,
-                    bf16=models.use_bf16(cfg.bf16),
-                    cuda=models.has_cuda(),
-                    tracker=r.tracker,
-                    tracker_project=r.tracker_project,
-                )
-            )
-            run_logged([sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"], tmp, tmp / "train.log", env=env)
-            shutil.rmtree(tmp / "prepared", ignore_errors=True)
-        else:
-            ctx = trl_context(
-                kind,
-                cfg,
-                recipe_path=exp.recipe_file,
-                model=base,
-                seed=r.seed,
-                warmup=warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"] + rows["completion_truncated"]),
-                tracker=r.tracker,
-            )
-            (tmp / f"train_{stage}.py").write_text(render("trl/train.py.j2", **ctx))
-            (tmp / f"{stage}.yaml").write_text(render(f"trl/{stage}.yaml.j2", **ctx))
-            yaml.safe_load((tmp / f"{stage}.yaml").read_text())  # a template that renders bad YAML fails here
-            run_logged([sys.executable, f"train_{stage}.py", f"{stage}.yaml"], tmp, tmp / "train.log", env=env)
-        _finish_training(exp, stage, tmp, base, t0, rows)
+        tok = models.load_tokenizer(base)
+        cmd = render_stage(
+            kind,
+            cfg,
+            tmp,
+            recipe_path=exp.recipe_file,
+            model=base,
+            seed=r.seed,
+            tracker=r.tracker,
+            tracker_project=r.tracker_project,
+            rt=rt,
+            warmup=warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"] + rows["completion_truncated"]),
+            eot=models.turn_end(tok),
+            eos=tok.eos_token,
+        )
+        run_logged(cmd, tmp, tmp / "train.log", env=env)
+        shutil.rmtree(tmp / "prepared", ignore_errors=True)  # Axolotl's tokenized copy of train.jsonl
+        _finish_training(exp, stage, tmp, base, t0, rows, rt)
 
 
-def trl_context(kind, cfg, *, recipe_path: str, model: str, seed: int, warmup: int, tracker: str) -> dict:
-    """What templates/trl/train.py.j2 and <kind>.yaml.j2 render from."""
+def render_stage(
+    kind,
+    cfg,
+    folder: Path,
+    *,
+    recipe_path: str,
+    model: str,
+    seed: int,
+    tracker: str,
+    tracker_project: str,
+    rt: dict,
+    warmup: int = 0,
+    eot: str | None = None,
+    eos: str | None = None,
+) -> list[str]:
+    """Write a training stage's rendered files into `folder` (Axolotl: axolotl.yaml; trl:
+    train_<kind>.py and <kind>.yaml) and return the command that trains it there. The stage, `make
+    render` and `make bench-gpu` all render through here."""
+    if kind.tool == "axolotl":
+        ctx = axolotl_context(
+            cfg,
+            recipe_path=recipe_path,
+            base_model=model,
+            seed=seed,
+            tracker=tracker,
+            tracker_project=tracker_project,
+            rt=rt,
+            eot=eot,
+            eos=eos,
+        )
+        (folder / "axolotl.yaml").write_text(render(f"axolotl/{kind.name}.yaml.j2", **ctx))
+        return [sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"]
+    ctx = trl_context(kind, cfg, recipe_path=recipe_path, model=model, seed=seed, warmup=warmup, tracker=tracker, rt=rt)
+    (folder / f"train_{kind.name}.py").write_text(render("trl/train.py.j2", **ctx))
+    (folder / f"{kind.name}.yaml").write_text(render(f"trl/{kind.name}.yaml.j2", **ctx))
+    yaml.safe_load((folder / f"{kind.name}.yaml").read_text())  # a template that renders bad YAML fails here
+    return [sys.executable, f"train_{kind.name}.py", f"{kind.name}.yaml"]
+
+
+def axolotl_context(
+    cfg,
+    *,
+    recipe_path: str,
+    base_model: str,
+    seed: int,
+    tracker: str,
+    tracker_project: str,
+    rt: dict | None = None,
+    eot: str | None = None,
+    eos: str | None = None,
+) -> dict:
+    """What templates/axolotl/<kind>.yaml.j2 renders from; `rt`: models.runtime (this machine's);
+    `eot`: the token closing a turn when it is not `eos` (models.turn_end)."""
+    rt = rt or models.runtime(cfg, "sft")
+    return dict(
+        eot=eot,
+        eos=eos,
+        recipe_path=recipe_path,
+        base_model=base_model,
+        seed=seed,
+        train_file="train.jsonl",
+        cfg=cfg,
+        bf16=rt["bf16"],
+        cuda=rt["cuda"],
+        rt=rt,
+        tracker=tracker,
+        tracker_project=tracker_project,
+    )
+
+
+def trl_context(
+    kind, cfg, *, recipe_path: str, model: str, seed: int, warmup: int, tracker: str, rt: dict | None = None
+) -> dict:
+    """What templates/trl/train.py.j2 and <kind>.yaml.j2 render from; `rt`: models.runtime
+    (this machine's unless given)."""
+    rt = rt or models.runtime(cfg, kind.name)
 
     def split(ref: str) -> tuple[str, str]:
         module, _, cls = ref.partition(":")
@@ -353,7 +429,8 @@ def trl_context(kind, cfg, *, recipe_path: str, model: str, seed: int, warmup: i
         seed=seed,
         train_file="train.jsonl",
         warmup_steps=warmup,
-        bf16=models.use_bf16(cfg.bf16),
+        bf16=rt["bf16"],
+        rt=rt,
         report_to=report_to(tracker),
         trainer=split(kind.trainer),
         config_class=split(kind.trl_config),

@@ -149,6 +149,12 @@ def source_label(source: str | None) -> str:
     return {"fixtures": "fixtures (path check, not a measurement)", "hub": "hub"}.get(source or "", "-")
 
 
+def _pct(rate) -> str:
+    """A rate block as a percentage; n/a where the evaluated prompts had none of its kind
+    (e.g. eval.safety.limit took unsafe prompts only)."""
+    return "n/a" if not rate else f"{rate['value'] * 100:.1f}%"
+
+
 def markdown(s: dict) -> str:
     parts = [
         f"# {s['experiment']}: evaluation",
@@ -183,9 +189,7 @@ def markdown(s: dict) -> str:
         parts += [
             "Cross-check, keyword refusal detector on the same answers (unsafe refused / safe refused): "
             + "; ".join(
-                f"{m} {c['refusal_rate_keyword']['value'] * 100:.1f}% / "
-                f"{c['false_refusal_rate_keyword']['value'] * 100:.1f}%"
-                for m, c in cc
+                f"{m} {_pct(c['refusal_rate_keyword'])} / {_pct(c['false_refusal_rate_keyword'])}" for m, c in cc
             )
             + ".",
             "",

@@ -109,18 +109,15 @@ def test_rendered_configs_are_exactly_the_templates_output(exp):
 
     ex = plan.Experiment(exp)
     r, rfile = ex.recipe, ex.recipe_file
-    text = stages.render(
-        "axolotl/sft.yaml.j2",
+    ctx = stages.axolotl_context(
+        r.sft,
         recipe_path=rfile,
         base_model=models.locate(r.base_model),
         seed=r.seed,
-        train_file="train.jsonl",
-        cfg=r.sft,
-        bf16=models.use_bf16(r.sft.bf16),
-        cuda=models.has_cuda(),
         tracker=r.tracker,
         tracker_project=r.tracker_project,
     )
+    text = stages.render("axolotl/sft.yaml.j2", **ctx)
     assert (exp / "sft" / "axolotl.yaml").read_text() == text
     rows = json.loads((exp / "sft" / "summary.json").read_text())["rows"]
     assert rows["kept"] == sum(1 for _ in open(exp / "data" / "sft.jsonl")) and rows["dropped"] == 0

@@ -91,7 +91,7 @@ def test_families_with_equal_settings_share_one_invocation():
         (["bbh", "gpqa", "musr", "mmlu_pro"], "hf"),
         (["math"], "hf"),
     ]
-    with pytest.raises(recipe.RecipeError, match=r"tasks.math.backend: expected hf, vllm or null"):
+    with pytest.raises(recipe.RecipeError, match=r"tasks.math.backend: expected hf, vllm, auto or null"):
         recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.tasks.math.backend=tgi"])
 
 
@@ -203,3 +203,30 @@ def test_results_of_a_real_lm_eval_run_are_normalised():
     ]
     assert f["bbh"]["normalised"] == pytest.approx(sum(bbh) / 24, abs=1e-6)
     assert f["bbh"]["raw"] == res["leaderboard_bbh"]["acc_norm,none"]
+
+
+def test_auto_backend_is_vllm_only_where_installed_with_a_gpu(monkeypatch):
+    """A profile asks for `backend: auto` (vLLM for the generative families and the safety answers);
+    without vLLM or a GPU it is transformers, as here."""
+    import torch
+
+    from safealign import leaderboard
+
+    assert leaderboard.resolve_backend("hf") == "hf" and leaderboard.resolve_backend("vllm") == "vllm"
+    has = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    assert leaderboard.resolve_backend("auto") == ("vllm" if has else "hf")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert leaderboard.resolve_backend("auto") == "vllm"
+
+
+def test_each_invocation_gets_its_batch_size_including_auto():
+    import types
+
+    from safealign import leaderboard
+
+    lm = types.SimpleNamespace(batch_size_per_gpu=8, batch_schedule=1)
+    leaderboard.set_batch_size(lm, "auto:4")
+    assert (lm.batch_size_per_gpu, lm.batch_schedule) == ("auto", 4.0)
+    leaderboard.set_batch_size(lm, 16)
+    assert lm.batch_size_per_gpu == 16

@@ -6,25 +6,24 @@ import jinja2
 import pytest
 import yaml
 
-from safealign import kinds, recipe, stages
+from safealign import kinds, models, recipe, stages
 
 REPO = stages.REPO
 SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
 
 
 def sft_yaml(r, base="/models/base", cuda=False) -> str:
-    return stages.render(
-        "axolotl/sft.yaml.j2",
+    rt = {**models.runtime(r.sft, "sft", gpu=cuda), "bf16": False}
+    ctx = stages.axolotl_context(
+        r.sft,
         recipe_path="recipes/x.yaml",
         base_model=base,
         seed=r.seed,
-        train_file="train.jsonl",
-        cfg=r.sft,
-        bf16=False,
-        cuda=cuda,
         tracker=r.tracker,
         tracker_project=r.tracker_project,
+        rt=rt,
     )
+    return stages.render("axolotl/sft.yaml.j2", **ctx)
 
 
 def kto_ctx(r, stage="kto"):
@@ -62,14 +61,13 @@ def test_sft_variants_render():
 def test_strict_undefined_names_the_template_line():
     with pytest.raises(
         stages.StageError,
-        match=r"templates/axolotl/sft.yaml.j2:\d+: UndefinedError: 'cuda' is "
-        "undefined",
+        match=r"templates/axolotl/sft.yaml.j2:\d+: UndefinedError: 'eot' is undefined",
     ) as e:
         stages.render(
             "axolotl/sft.yaml.j2", recipe_path="x", base_model="m", seed=1, train_file="d", cfg=SHIPPED.sft, bf16=False
         )
     line = int(str(e.value).split("sft.yaml.j2:")[1].split(":")[0])
-    assert "cuda" in (REPO / "templates/axolotl/sft.yaml.j2").read_text().splitlines()[line - 1]
+    assert "eot" in (REPO / "templates/axolotl/sft.yaml.j2").read_text().splitlines()[line - 1]
     assert isinstance(e.value.__cause__, jinja2.UndefinedError)
     with pytest.raises(stages.StageError, match="kto.yaml.j2"):
         stages.render("trl/kto.yaml.j2", **{**kto_ctx(SHIPPED), "cfg": SHIPPED.eval})

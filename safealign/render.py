@@ -1,0 +1,234 @@
+"""`make render`: an experiment's training configs as a GPU machine would run them, checked offline.
+
+Before paying for a GPU, a user wants to know that the experiment they resolved (a recipe on a
+model profile) renders into configs that Axolotl and trl accept, and what it will train. This
+renders every training stage as `safealign stage` would on a GPU machine with this environment
+(bf16, the attention and Liger choices of models.runtime with a GPU present) into
+`experiments/<name>/rendered/<stage>/`, then checks each with the tools' own code:
+
+- SFT: Axolotl's `validate_config` (with an H100's capabilities, as on that machine) and
+  `normalize_config`, which reads the model's config.json;
+- trl kinds: the kind's trl config class constructs from the rendered `trl:` block, peft's
+  LoraConfig from `lora:`, transformers' BitsAndBytesConfig for QLoRA;
+- every kind: the architecture, built from its config.json on the meta device (no weights, no
+  memory), takes the LoRA adapter: the target modules exist, and the trainable share is counted.
+
+Nothing is downloaded: the model's config.json comes from the Hugging Face cache if it is there,
+else from the copy shipped in models/configs/ (the profiles' models). The one thing a CPU machine
+cannot answer for the GPU, transformers' "does this GPU support bf16" probe, is answered yes while
+the trl configs construct. Results: rendered/check.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import yaml
+
+from safealign import REPO, families, fsutil, kinds, models
+from safealign import data as data_mod
+from safealign.plan import Experiment
+
+# the target GPU's capabilities, as axolotl.cli.config.gpu_capabilities reports an H100's
+GPU_CAPABILITIES = {"bf16": True, "fp8": True, "tf32": True, "n_gpu": 1, "compute_capability": "sm_90"}
+
+
+class RenderError(RuntimeError):
+    """A stage's rendered config fails its tool's validation; the message names stage and tool."""
+
+
+def config_dir(model: str, work: Path) -> tuple[Path, str]:
+    """A folder holding `model`'s config.json, and where it came from (no network)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if models.is_local(model):
+        return Path(models.locate(model)), "local"
+    hit = try_to_load_from_cache(model, "config.json")
+    if isinstance(hit, str):
+        return Path(hit).parent, "HF cache"
+    shipped = families.config_file(model)
+    if shipped.exists():
+        d = work / "configs" / model.replace("/", "--")
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shipped, d / "config.json")
+        return d, f"shipped copy {shipped.relative_to(REPO)}"
+    raise models.ModelUnavailable(
+        f"base_model: {model}: no config.json in the Hugging Face cache ({constants.HF_HOME}) and no shipped "
+        f"copy {shipped.relative_to(REPO)}; fetch it once where there is a network: "
+        f"`hf download {model} config.json` (the weights are not needed to render)"
+    )
+
+
+@contextlib.contextmanager
+def gpu_bf16():
+    """transformers' TrainingArguments refuses bf16 where no GPU supports it: answer for the target GPU."""
+    import transformers.training_args as ta
+
+    saved = ta.is_torch_bf16_gpu_available
+    ta.is_torch_bf16_gpu_available = lambda: True
+    try:
+        yield
+    finally:
+        ta.is_torch_bf16_gpu_available = saved
+
+
+def check_axolotl(text: str, config: Path) -> dict:
+    """Axolotl's own validation of a rendered config, the model's config.json read from `config`."""
+    import torch
+    from axolotl.utils.config import normalize_config, prepare_plugins, validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault(yaml.safe_load(text))
+    cfg.base_model = str(config)  # the rendered file keeps the hub id; validation reads the local copy
+    prepare_plugins(cfg)
+    cfg = validate_config(
+        cfg,
+        capabilities=GPU_CAPABILITIES,
+        env_capabilities={"torch_version": torch.__version__.split("+")[0]},
+    )
+    normalize_config(cfg)
+    return {
+        "adapter": cfg.adapter,
+        "load_in_4bit": bool(cfg.load_in_4bit),
+        "attn_implementation": cfg.attn_implementation,
+        "sample_packing": bool(cfg.sample_packing),
+        "model_type": cfg.model_config_type,
+        "batch_size": cfg.batch_size,
+    }
+
+
+def check_trl(kind, rendered: dict, tmp: Path) -> dict:
+    """The kind's trl config class, peft's LoraConfig and (QLoRA) BitsAndBytesConfig construct."""
+    import importlib
+
+    import torch
+    from peft import LoraConfig
+
+    module, cls = kind.trl_config.split(":")
+    with gpu_bf16():
+        args = getattr(importlib.import_module(module), cls)(**{**rendered["trl"], "output_dir": str(tmp)})
+    out = {"trl_config": cls, "bf16": args.bf16, "optim": str(args.optim), "use_liger_kernel": args.use_liger_kernel}
+    if rendered.get("lora"):
+        LoraConfig(**rendered["lora"])
+    if rendered["model_init"]["load_in_4bit"]:
+        q = models.quantization_config(torch.bfloat16 if args.bf16 else torch.float32)
+        out["quantization"] = f"{q.bnb_4bit_quant_type}, double quant {q.bnb_4bit_use_double_quant}"
+    return out
+
+
+def adapter_size(config: Path, cfg, stage: str) -> dict:
+    """The architecture from its config.json on the meta device, with the stage's LoRA adapter:
+    parameter counts; a clear error when max_length exceeds the model's context or a named
+    target module does not exist in it (peft itself only refuses when none does)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    mcfg = AutoConfig.from_pretrained(config)
+    context = getattr(mcfg, "max_position_embeddings", None)
+    if context and cfg.max_length > context:
+        raise RenderError(
+            f"{stage}.max_length {cfg.max_length} exceeds the model's context (max_position_embeddings {context})"
+        )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(mcfg)
+    total = sum(p.numel() for p in model.parameters())
+    if isinstance(cfg.lora_target_modules, list) and not cfg.full_finetune:
+        present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [t for t in cfg.lora_target_modules if t not in present]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise RenderError(
+                f"{stage}.lora_target_modules: {', '.join(missing)} not in {type(model).__name__} "
+                f"(its linear layers: {', '.join(linear)})"
+            )
+    if cfg.full_finetune:
+        return {"model_class": type(model).__name__, "parameters": total, "trainable": total}
+    try:
+        peft = get_peft_model(
+            model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules)
+        )
+    except ValueError as e:
+        raise RenderError(
+            f"{stage}.lora_target_modules {cfg.lora_target_modules!r} on {type(model).__name__}: {e}"
+        ) from None
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    return {"model_class": type(model).__name__, "parameters": total, "trainable": trainable}
+
+
+def profile_family(r):
+    """The architecture family the experiment's model profile declares, if any."""
+    from safealign import recipe as recipe_mod
+
+    if not r.model:
+        return None
+    _, _, info = recipe_mod.load_profile(r.model, lambda path: "model")
+    return families.get(info.family) if info.family else None
+
+
+def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
+    """Render and check every training stage of `exp` into `out` (default: <exp>/rendered/)."""
+    from safealign import stages
+
+    r = exp.recipe
+    out = out or exp.folder / "rendered"
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    base_config, source = config_dir(r.base_model, tmp)
+    splits, _ = data_mod.load_canonical(r.data.source, REPO)
+    stage_rows = data_mod.build_stage_rows(splits["train"], r.seed)  # rows per stage file, for the warmup steps
+    # no tokenizer offline: the profile's family says how its template ends a turn
+    family = profile_family(r)
+    turn_end, eos = (family.turn_end, family.eos) if family else (None, None)
+    results = {"experiment": exp.name, "base_model": r.base_model, "config_source": source, "stages": {}}
+    model = r.base_model
+    for stage in r.stages:
+        kind, cfg = kinds.get(stage), getattr(r, stage)
+        rt = models.runtime(cfg, stage, gpu=True)
+        d = tmp / stage
+        d.mkdir()
+        try:
+            stages.render_stage(
+                kind,
+                cfg,
+                d,
+                recipe_path=exp.recipe_file,
+                model=model,
+                seed=r.seed,
+                tracker=r.tracker,
+                tracker_project=r.tracker_project,
+                rt=rt,
+                warmup=stages.warmup_steps(cfg, len(stage_rows[kind.data_file(cfg).removesuffix(".jsonl")])),
+                eot=turn_end if turn_end != eos else None,
+                eos=eos,
+            )
+            if kind.tool == "axolotl":
+                checked = {"axolotl": check_axolotl((d / "axolotl.yaml").read_text(), base_config)}
+            else:
+                checked = {"trl": check_trl(kind, yaml.safe_load((d / f"{stage}.yaml").read_text()), d / "out")}
+            checked["model"] = adapter_size(base_config, cfg, stage)  # every stage trains the same architecture
+        except RenderError:
+            raise
+        except Exception as e:  # the tool's own validation refused the config: its words, with the stage
+            first = " ".join(line.strip() for line in str(e).strip().splitlines()[:3]) or type(e).__name__
+            raise RenderError(
+                f"{stage}: the rendered config in {d} fails {kind.tool}'s validation: {type(e).__name__}: {first}"
+            ) from e
+        results["stages"][stage] = {"input_model": model, "runtime": rt, **checked}
+        model = str(exp.dir(stage) / "merged")  # the next stage starts from this one's merged model
+    fsutil.write_json_atomic(tmp / "check.json", results)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    for stage, s in results["stages"].items():
+        m = s["model"]
+        log(
+            f"  {stage:<6} {'axolotl' if 'axolotl' in s else 'trl':<8} ok   {m['model_class']}, "
+            f"{m['trainable'] / 1e6:.1f}M trainable of {m['parameters'] / 1e9:.2f}B, "
+            f"attention {s['runtime']['attn_implementation']}, liger {s['runtime']['liger']}, "
+            f"{'QLoRA 4-bit' if s['runtime']['qlora'] else 'bf16' if s['runtime']['bf16'] else 'fp32'}"
+        )
+    log(f"[{exp.name}] rendered and checked: {out}/ (config.json: {source})")
+    return results
