@@ -168,6 +168,17 @@ def profile_family(r):
     return families.get(info.family) if info.family else None
 
 
+def turn_end_offline(r, config: Path) -> tuple[str | None, str | None]:
+    """(turn end, eos) from the model's own tokenizer where it is here (a local model, or the HF
+    cache), else from the profile's family; (None, None) when neither says."""
+    try:
+        tok = models.load_tokenizer(str(config) if (config / "tokenizer_config.json").exists() else r.base_model)
+        return models.turn_end(tok) or tok.eos_token, tok.eos_token
+    except Exception:  # not in the cache: offline, nothing to read
+        family = profile_family(r)
+        return (family.turn_end, family.eos) if family else (None, None)
+
+
 def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
     """Render and check every training stage of `exp` into `out` (default: <exp>/rendered/)."""
     from safealign import stages
@@ -180,9 +191,7 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
     base_config, source = config_dir(r.base_model, tmp)
     splits, _ = data_mod.load_canonical(r.data.source, REPO)
     stage_rows = data_mod.build_stage_rows(splits["train"], r.seed)  # rows per stage file, for the warmup steps
-    # no tokenizer offline: the profile's family says how its template ends a turn
-    family = profile_family(r)
-    turn_end, eos = (family.turn_end, family.eos) if family else (None, None)
+    turn_end, eos = turn_end_offline(r, base_config)
     results = {"experiment": exp.name, "base_model": r.base_model, "config_source": source, "stages": {}}
     model = r.base_model
     for stage in r.stages:
