@@ -86,7 +86,8 @@ def check_hub_model(name: str, key: str = "base_model") -> None:
     )
     if _offline():
         raise ModelUnavailable(
-            f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it. {todo}"
+            f"{key}: {name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it. {todo} "
+            "(`make render NAME=<recipe> MODEL=<profile>` checks an experiment's configs without the weights.)"
         )
     try:
         hf_hub_download(name, "config.json", etag_timeout=10)
