@@ -73,7 +73,6 @@ class Family:
     pad: str | None
     special: tuple  # every special token, in vocabulary order
     turn_end: str  # the token that closes a turn in the template
-    system_role: bool = True
     toy: dict = field(default_factory=dict)  # the toy config's own extra overrides
 
 
@@ -119,7 +118,6 @@ FAMILIES = {
             pad="<pad>",
             special=("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
             turn_end="<end_of_turn>",
-            system_role=False,
             toy={"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 256},
         ),
     )

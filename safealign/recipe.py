@@ -509,6 +509,10 @@ def load_profile(name, where) -> tuple[dict, list[tuple[str, dict]], ProfileInfo
     problems: list[str] = []
     info_names = [f.name for f in dataclasses.fields(ProfileInfo)]
     info = _build(ProfileInfo, {k: raw.pop(k) for k in info_names if k in raw}, (), pwhere, problems)
+    from safealign.families import FAMILIES
+
+    if info.family and info.family not in FAMILIES:
+        problems.append(f"{pwhere(('family',))}: expected one of {', '.join(FAMILIES)}, got {info.family!r}")
     for key in list(raw):
         if key not in PROFILE_RECIPE_KEYS:
             problems.append(

@@ -146,6 +146,7 @@ def test_profile_errors_name_the_file_the_line_and_the_key(tmp_path, monkeypatch
     (tmp_path / "method.yaml").write_text("base_model: org/m\nstages: [sft]\n")
     (tmp_path / "kindtypo.yaml").write_text("kto:\n  beta: -1\n")
     (tmp_path / "deep.yaml").write_text("extends: typo\n")
+    (tmp_path / "fam.yaml").write_text("family: mistral\nbase_model: org/m\n")
     (tmp_path / "deeper.yaml").write_text("extends: deep\n")
     with pytest.raises(recipe.RecipeError, match=r"SET model: no model profile .*goood.yaml \(did you mean 'good'\?\)"):
         load("sft_kto", "model=goood")
@@ -165,6 +166,10 @@ def test_profile_errors_name_the_file_the_line_and_the_key(tmp_path, monkeypatch
         load("sft_kto", "model=kindtypo")
     with pytest.raises(recipe.RecipeError, match=r"deeper.yaml:1: extends: .*deep.yaml extends another profile"):
         load("sft_kto", "model=deeper")
+    with pytest.raises(
+        recipe.RecipeError, match=r"fam.yaml:1: family: expected one of llama3, qwen2, gemma2, got 'mistral'"
+    ):
+        load("sft_kto", "model=fam")
     with pytest.raises(recipe.RecipeError, match=r"SET model: expected the name of a profile"):
         load("sft_kto", "model=../etc/passwd")
     assert load("sft_kto", "model=good").base_model == "org/m"
