@@ -48,6 +48,8 @@ $(call _check,RUN,name,one-word,a regress run folder name)
 $(call _check,DRY,name,one-word,DRY (1 or empty))
 $(call _check,MODEL,name,one-word,a model profile name (models/*.yaml))
 $(call _check,FAMILY,name,one-word,an architecture family)
+$(call _check,NODE_RANK,name,one-word,a node number)
+$(call _check,LAUNCH,set,words,LAUNCH items (launch keys: processes=8 strategy=deepspeed))
 # each item of these reaches a shell as one single-quoted word
 _quote = $(foreach w,$(1),'$(w)')
 
@@ -95,7 +97,8 @@ $(VENV_STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==25.3
 	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(PY) -m pip install -q -r requirements.lock "$(TORCH)"
+	# DS_BUILD_OPS=0: DeepSpeed compiles its CUDA/CPU ops when first used, not at install (no compiler needed here)
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -r requirements.lock "$(TORCH)"
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -147,8 +150,9 @@ include $(EXP)/stages.mk
 # (stages.mk also names the profile file, PROFILE_FILE, when the experiment has one)
 # Every package file and template is a prerequisite: stages.mk lists which of them each stage's
 # result depends on (CODE_<stage>, read from the code by safealign/codedeps.py).
+# (for `make render` the launch is the GPU machine's, not checked against this one: SAFEALIGN_RENDER)
 $(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PROFILE_FILE) $(wildcard $(PKG)/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
-	@$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
+	@$(if $(filter render,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
 
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1
@@ -217,11 +221,19 @@ sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1
 	@$(PYTHON) tools/grid.py $(call _quote,$(GRID)) | while read -r point; do \
 		$(MAKE) --no-print-directory exp NAME=$(NAME) SET="$$point" || exit 1; done
 
+# Multi-node (launch.nodes > 1, experiments/ on a filesystem every node shares): node 0 runs
+# `make exp`, each other node the same command as `make join ... NODE_RANK=<n>`.
+NODE_RANK ?=
+.PHONY: join
+join: $(EXP)/stages.mk $(BASE_DEP) | $(VENV_STAMP) ## node N of a multi-node run: make join NAME=... SET='launch.nodes=2 ...' NODE_RANK=N
+	@test -n "$(NODE_RANK)" || { echo 'usage: make join NAME=<recipe> SET=<as on node 0> NODE_RANK=<1..nodes-1>'; exit 2; }
+	@$(SA) join --exp $(EXP) --node-rank $(NODE_RANK)
+
 .PHONY: clean-exp
 clean-exp: ## delete experiments/NAME (asks first; shared stages stay in the store)
 	@read -p "delete $(EXP)? [y/N] " a && [ "$$a" = y ] && rm -rf $(EXP)
 else
-exp eval report render clean-exp sweep:
+exp eval report render clean-exp sweep join:
 	@echo "usage: make $@ NAME=<recipe>   (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"; exit 2
 endif
 
@@ -264,7 +276,7 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 	$(PY) -m pytest -q
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end
+test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches
 	$(PY) -m pytest -q -m slow
 
 .PHONY: lint
@@ -299,8 +311,9 @@ bench-eval: $(VENV_STAMP) $(TINY_MODEL) ## evaluation stages of NAME (default sf
 	$(PY) tools/bench_eval.py --name $(or $(NAME),sft_kto) --experiments $(EXPERIMENTS)
 
 .PHONY: bench-gpu
-bench-gpu: $(VENV_STAMP) ## GPU: SFT/KTO/DPO x LoRA/QLoRA x packing/precompute on a Llama-3-8B shape: tokens/s, MFU, memory (ONLY='sft-lora ...')
-	$(PY) tools/bench_gpu.py --out $(EXPERIMENTS)/bench-gpu/$$(date +%Y%m%d-%H%M%S) $(if $(ONLY),--only $(call _quote,$(ONLY)))
+bench-gpu: $(VENV_STAMP) ## GPU: SFT/KTO/DPO x LoRA/QLoRA x packing/precompute on a Llama-3-8B shape: tokens/s, MFU, memory (ONLY='sft-lora ...', LAUNCH='processes=8 ...')
+	$(PY) tools/bench_gpu.py --out $(EXPERIMENTS)/bench-gpu/$$(date +%Y%m%d-%H%M%S) $(if $(ONLY),--only $(call _quote,$(ONLY))) \
+		$(if $(LAUNCH),--launch $(call _quote,$(LAUNCH)))
 
 .PHONY: lock
 lock: ## rewrite requirements.lock from the current venv (after a deliberate upgrade)

@@ -160,16 +160,22 @@ def _settings(case: Case, shape: str, steps: int):
     return cfg
 
 
-def run_case(case: Case, model_dir: Path, work: Path, shape: str, warmup: int, steps: int, log=print) -> dict:
-    """Train one case for warmup + steps steps through the stage's own templates and tool."""
+def run_case(
+    case: Case, model_dir: Path, work: Path, shape: str, warmup: int, steps: int, log=print, launch_cfg=None
+) -> dict:
+    """Train one case for warmup + steps steps through the stage's own templates and tool, as
+    the processes of `launch_cfg` (safealign/launch.py; default one) when given."""
     from safealign import data as data_mod
-    from safealign import stages
+    from safealign import launch, stages
+
+    launch_cfg = launch_cfg or launch.LaunchCfg()
+    world = launch.world_size(launch_cfg)
 
     tok = models.load_tokenizer(str(model_dir))
     spec = SHAPES[shape]
     total = warmup + steps
     cfg = _settings(case, shape, total)
-    rows, row_tokens, span = synthetic_rows(tok, case, spec["seq_len"], total * spec["micro_batch"] + 8)
+    rows, row_tokens, span = synthetic_rows(tok, case, spec["seq_len"], (total * spec["micro_batch"] + 8) * world)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data_mod.write_jsonl(work / "train.jsonl", rows)
@@ -187,22 +193,26 @@ def run_case(case: Case, model_dir: Path, work: Path, shape: str, warmup: int, s
         rt=rt,
         eot=models.turn_end(tok),
         eos=tok.eos_token,
+        launch_cfg=launch_cfg,
     )
     t0 = time.time()
     log(f"  {case.name}: {' '.join(cmd[1:])} in {work}")
     stages.run_logged(cmd, work, work / "train.log", env=env, quiet=True)
     wall = time.time() - t0
+    dist = launch.verify(work, launch_cfg, rt["cuda"])  # the processes that ran are the ones asked for
     times = [json.loads(line)["seconds"] for line in (work / "steps.jsonl").read_text().splitlines()]
     measured = times[warmup:]
     if len(measured) < 1:
         raise RuntimeError(f"{case.name}: {len(times)} steps logged, fewer than warmup {warmup} + 1")
     info = json.loads((work / "model_info.json").read_text())
     sequences = spec["micro_batch"] * (8 if case.packing else 1) * (2 if case.method == "dpo" else 1)
-    tokens = sequences * row_tokens
-    return summarise(case, shape, model_dir, tokens, span, measured, info, work, wall)
+    tokens = sequences * row_tokens * world  # every process's step
+    return summarise(case, shape, model_dir, tokens, span, measured, info, work, wall, dist)
 
 
-def summarise(case, shape, model_dir, tokens, span, measured, info, work, wall) -> dict:
+def summarise(case, shape, model_dir, tokens, span, measured, info, work, wall, dist=None) -> dict:
+    """One case's figures; with several processes, tokens, FLOPs and the MFU peak cover all of them
+    (rank 0's step time: they step together) and memory is rank 0's."""
     from transformers import AutoConfig
 
     s = flops.shape_of(AutoConfig.from_pretrained(model_dir))
@@ -210,9 +220,13 @@ def summarise(case, shape, model_dir, tokens, span, measured, info, work, wall) 
     step = sum(measured) / len(measured)
     fl = flops.step_flops(case.method, s, tokens, span, adapter_params=adapter, precompute=case.precompute)
     mem = json.loads((work / "peak_memory.json").read_text())
-    peak = flops.peak_for(mem["device"]) if mem["device"] != "cpu" else None
+    world = dist["world_size"] if dist else 1
+    peak = flops.peak_for(mem["device"]) * world if mem["device"] != "cpu" and flops.peak_for(mem["device"]) else None
     return {
         "case": case.name,
+        "processes": world,
+        "strategy": (dist or {}).get("strategy", "ddp")
+        + (f"-zero{dist['zero_stage']}" if dist and dist.get("zero_stage") else ""),
         "method": case.method,
         "adapter": case.adapter,
         "packing": case.packing,
@@ -247,19 +261,19 @@ def relative_to_sft(results: list[dict]) -> None:
 
 
 def table(results: list[dict]) -> str:
-    head = "| case | tokens/step | s/step | tokens/s | TFLOP/s | MFU | vs SFT | peak MB | attention |"
-    lines = [head, "|" + "---|" * 9]
+    head = "| case | processes | tokens/step | s/step | tokens/s | TFLOP/s | MFU | vs SFT | peak MB | attention |"
+    lines = [head, "|" + "---|" * 10]
     for r in results:
         mfu = f"{r['mfu'] * 100:.1f}%" if r.get("mfu") is not None else "n/a (CPU)"
         vs = f"{r['vs_sft_flops_rate']:.2f}" if "vs_sft_flops_rate" in r else ""
         lines.append(
-            f"| {r['case']} | {r['tokens_per_step']} | {r['seconds_per_step']:.3f} | {r['tokens_per_second']:.0f} | "
+            f"| {r['case']} | {r['processes']} {r['strategy']} | {r['tokens_per_step']} | {r['seconds_per_step']:.3f} | {r['tokens_per_second']:.0f} | "
             f"{r['tflops_per_second']:.3g} | {mfu} | {vs} | {r['peak_memory_mb']:.0f} | {r['attn_implementation']} |"
         )
     return "\n".join(lines)
 
 
-def main(shape: str, out: Path, only: list[str], warmup: int, steps: int, log=print) -> list[dict]:
+def main(shape: str, out: Path, only: list[str], warmup: int, steps: int, log=print, launch_cfg=None) -> list[dict]:
     cases = [c for c in CASES if not only or c.name in only]
     unknown = set(only) - {c.name for c in CASES}
     if unknown:
@@ -273,17 +287,49 @@ def main(shape: str, out: Path, only: list[str], warmup: int, steps: int, log=pr
         cases = [c for c in cases if c.name not in skipped]
         if skipped:
             log(f"  skipping {', '.join(skipped)}: bitsandbytes cannot quantise here")
+    if launch_cfg is not None:
+        from safealign import launch
+
+        refused = launch.check_machine(
+            launch_cfg, _cuda_count(), len(__import__("os").sched_getaffinity(0)), {"axolotl"}
+        )
+        if refused:  # the Axolotl cases cannot run this launch here: say why, run the others
+            log(f"  skipping {', '.join(c.name for c in cases if c.method == 'sft')}: {'; '.join(refused)}")
+            cases = [c for c in cases if c.method != "sft"]
+    if launch_cfg is not None and launch_cfg.strategy != "ddp":
+        sharded = [c.name for c in cases if c.adapter == "qlora"]
+        cases = [c for c in cases if c.adapter != "qlora"]
+        if sharded:
+            log(f"  skipping {', '.join(sharded)}: QLoRA runs with ddp only (safealign/launch.py)")
     out.mkdir(parents=True, exist_ok=True)
     model_dir = build_model(shape, out / f"model-{shape}")
     results = []
     for c in cases:
-        results.append(run_case(c, model_dir, out / c.name, shape, warmup, steps, log))
+        results.append(run_case(c, model_dir, out / c.name, shape, warmup, steps, log, launch_cfg))
     relative_to_sft(results)
     versions = _versions()
     (out / "bench.json").write_text(json.dumps({"results": results, "versions": versions}, indent=2) + "\n")
     log(table(results))
     log(f"  {out / 'bench.json'}; versions: {', '.join(f'{k} {v}' for k, v in versions.items())}")
     return results
+
+
+def launch_from(items: list[str]):
+    """`processes=8 strategy=deepspeed` -> a LaunchCfg, validated as the recipe's launch: section
+    is, and against this machine."""
+    from safealign import launch, recipe
+
+    r = recipe.parse("stages: [sft, kto, dpo]\n", "bench-gpu --launch", overrides=[f"launch.{i}" for i in items])
+    problems = launch.check_machine(r.launch, _cuda_count(), len(__import__("os").sched_getaffinity(0)), {"trl"})
+    if problems:
+        raise ValueError("; ".join(problems))
+    return r.launch
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _qlora_ok() -> bool:

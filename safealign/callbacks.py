@@ -23,13 +23,18 @@ class JsonlLogCallback(TrainerCallback):
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path or os.environ.get("SAFEALIGN_TRAIN_LOG", "train_log.jsonl"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
-        (self.path.parent / "steps.jsonl").unlink(missing_ok=True)
+        if int(os.environ.get("RANK", "0")) == 0:  # one writer: the first process of the world
+            self.path.write_text("")
+            (self.path.parent / "steps.jsonl").unlink(missing_ok=True)
 
     def on_train_begin(self, args, state, control, train_dataloader=None, processing_class=None, model=None, **kwargs):
         """model_info.json: what really trains (class, attention, parameters, 4-bit layers, dtype);
         train_samples.jsonl: the first rows exactly as the trainer tokenized them (every token-id
-        column, each also decoded), to check what the model sees against its chat template."""
+        column, each also decoded), to check what the model sees against its chat template;
+        launch/rank<N>.json from every process: what it trains as (safealign/launch.py checks it)."""
+        from safealign import launch
+
+        launch.write_record(self.path.parent, launch.record(args, state, train_dataloader))
         if not state.is_world_process_zero:
             return
         if model is not None:

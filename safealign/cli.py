@@ -4,6 +4,7 @@ resolve     validate recipes/<name>.yaml (+ SET overrides), write the experiment
             recipe, stage plan, links and stages.mk (safealign/plan.py)
 stage       run one stage of an experiment (data, a training kind of safealign/kinds.py, judge,
             leaderboard, safety, summary)
+join        on node N > 0 of a multi-node experiment (launch.nodes): join node 0's training stages
 report      write experiments/<NAME>/report.md and its plots
 compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
 status      every experiment's stages: done / stale / shared / failed / not run
@@ -56,6 +57,13 @@ def cmd_stage(a) -> int:
             return 0
         stages.run(exp, a.stage, a.model)
     print(f"[{exp.name}] {label}: done in {time.time() - t0:.1f}s", flush=True)
+    return 0
+
+
+def cmd_join(a) -> int:
+    from safealign import stages
+
+    stages.join(plan.Experiment(Path(a.exp)), a.node_rank, wait=a.wait)
     return 0
 
 
@@ -230,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exp", required=True)
     p.add_argument("--model", help="leaderboard/safety: base or a stage name")
     p.set_defaults(fn=cmd_stage)
+    p = sub.add_parser("join")
+    p.add_argument("--exp", required=True)
+    p.add_argument("--node-rank", type=int, required=True, help="this node's number, 1..launch.nodes-1")
+    p.add_argument("--wait", type=float, default=3600, help="seconds to wait for node 0 at each stage")
+    p.set_defaults(fn=cmd_join)
     p = sub.add_parser("report")
     p.add_argument("--exp", required=True)
     p.set_defaults(fn=cmd_report)

@@ -220,10 +220,14 @@ def load_model(
 
     dtype = dtype or torch.float32
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:  # under a launcher, each process its own GPU (LOCAL_RANK), not all of them GPU 0
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     if load_in_4bit:
-        extra.update(quantization_config=quantization_config(dtype), device_map={"": 0 if device == "cuda" else "cpu"})
+        gpu = device.startswith("cuda")
+        extra.update(
+            quantization_config=quantization_config(dtype),
+            device_map={"": (int(device.partition(":")[2] or 0) if gpu else "cpu")},
+        )
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra)
     return model.to(device)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from safealign import REPO, codedeps, fsutil, models, names, refs
+from safealign import REPO, codedeps, fsutil, launch, models, names, refs
 from safealign import recipe as recipe_mod
 
 STORE = ".stages"
@@ -53,7 +53,15 @@ def stage_slices(r: recipe_mod.Recipe) -> dict[str, dict]:
     upstream = {"base_model": r.base_model}
     for s in r.stages:
         cfg = recipe_mod.identity(getattr(r, s))
-        slices[s] = {"kind": s, "seed": r.seed, "input": upstream, "data": data_id, "config": cfg, **_profile(r)}
+        slices[s] = {
+            "kind": s,
+            "seed": r.seed,
+            "input": upstream,
+            "data": data_id,
+            "config": cfg,
+            **_profile(r),
+            **launch.identity(r.launch),
+        }
         upstream = {"stage": f"{s}-{_hash(slices[s])}"}
     return slices
 
@@ -151,7 +159,10 @@ def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | No
         lines.append(f"INPUT_{s} := {'$(BASE_DEP)' if i == 0 else f'$(DIR_{r.stages[i - 1]})/.done'}")
     for name, entry in p.items():  # the files each stage's result depends on (safealign/codedeps.py)
         kind = entry["slice"]["kind"]
-        lines.append(f"CODE_{name} := {' '.join(codedeps.templates(kind) + codedeps.files(kind))}")
+        code = codedeps.templates(kind) + codedeps.files(kind)
+        if "launch" in entry["slice"]:  # a launched training stage also renders the launch templates
+            code += launch.TEMPLATES
+        lines.append(f"CODE_{name} := {' '.join(code)}")
     lines.append(f"CODE_summary := {' '.join(codedeps.files('summary'))}")
     models_ = eval_models(r)
     lines.append(f"EVAL_MODELS := {' '.join(models_)}")
@@ -191,6 +202,20 @@ def _link(exp: Path, name: str, dirname: str) -> None:
     os.replace(tmp, link)
 
 
+def machine_problems(r: recipe_mod.Recipe) -> list[str]:
+    """The recipe's launch against this machine's GPUs or CPU cores (safealign/launch.py); checked
+    when an experiment resolves and again when a training stage starts."""
+    if not launch.launched(r.launch):
+        return []
+    import torch
+
+    from safealign.kinds import KINDS
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    tools = {KINDS[s].tool for s in r.stages}
+    return launch.check_machine(r.launch, cuda, len(os.sched_getaffinity(0)), tools)
+
+
 def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> dict:
     """Validate, then write recipe.yaml, config/, stages.json, stages.mk and the stage links.
 
@@ -198,6 +223,10 @@ def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> 
     recipe in history/ and says what changed.
     """
     r = recipe_mod.load(Path(recipe_file), overrides)
+    # `make render` resolves for the GPU machine it renders for (SAFEALIGN_RENDER=1): not this one's
+    machine = machine_problems(r) if os.environ.get("SAFEALIGN_RENDER") != "1" else []
+    if machine:
+        raise recipe_mod.RecipeError([f"{recipe_file}: {m}" for m in machine])
     names.check_name(exp.name, "experiment name")
     names.inside(exp.parent, exp, "experiment folder")  # a link to elsewhere is refused
     parent = recipe_mod.parent_of(Path(recipe_file))

@@ -17,6 +17,7 @@ PACKAGES = (
     "trl",
     "peft",
     "accelerate",
+    "deepspeed",
     "datasets",
     "axolotl",
     "lm_eval",

@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from safealign.kinds import ADAPTERS, ATTENTION, AUTO, KINDS, TrainCfg, since  # the kinds' sections live there
+from safealign.launch import LaunchCfg  # processes, nodes, strategy: safealign/launch.py
 from safealign.leaderboard import BACKENDS
 
 STAGE_KINDS = tuple(KINDS)
@@ -135,6 +136,8 @@ class _Common:
         default_factory=lambda: ["sft", "kto"]
     )  # run in order; each trains on the previous one's merged model
     data: DataCfg = field(default_factory=DataCfg)
+    # how many processes train each stage and how they shard it (safealign/launch.py); default one process
+    launch: LaunchCfg = field(default_factory=LaunchCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     health: HealthCfg = field(default_factory=HealthCfg)
     description: str = ""
@@ -338,6 +341,10 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
         if kind.check:
             kind.check(cfg, lambda path, name=name: where((name, *path)), problems)
     _check_eval(r.eval, where, problems)
+    from safealign import launch
+
+    stages = {s: getattr(r, s) for s in r.stages if isinstance(s, str) and s in KINDS}
+    launch.check(r.launch, stages, lambda key: where(("launch", key)), problems)
     if r.tracker not in TRACKERS:
         problems.append(f"{where(('tracker',))}: expected one of {', '.join(TRACKERS)}, got {r.tracker!r}")
 
@@ -458,7 +465,7 @@ class ProfileInfo:
     description: str = ""
 
 
-PROFILE_RECIPE_KEYS = ("base_model", "training", *KINDS, "eval", "health")
+PROFILE_RECIPE_KEYS = ("base_model", "training", *KINDS, "launch", "eval", "health")
 
 
 def profiles() -> list[str]:

@@ -90,6 +90,9 @@ def check_axolotl(text: str, config: Path) -> dict:
     )
     normalize_config(cfg)
     return {
+        # Axolotl reads the deepspeed: file into its config: the ZeRO stage it will run
+        "deepspeed_zero_stage": (cfg.deepspeed or {}).get("zero_optimization", {}).get("stage"),
+        "fsdp_version": cfg.fsdp_version,
         "adapter": cfg.adapter,
         "load_in_4bit": bool(cfg.load_in_4bit),
         "attn_implementation": cfg.attn_implementation,
@@ -97,6 +100,58 @@ def check_axolotl(text: str, config: Path) -> dict:
         "model_type": cfg.model_config_type,
         "batch_size": cfg.batch_size,
     }
+
+
+def check_launch(folder: Path, launch_cfg) -> dict:
+    """A launched stage's accelerate.yaml as `accelerate launch` itself reads it: its own argument
+    parsing and validation, the launcher it picks (a plain one would start a single process) and
+    the environment it gives the processes; under that environment, accelerate's DeepSpeed or
+    FSDP plugin constructs as in the trainer (for DeepSpeed: reading ds_config.json, and refusing
+    accelerate keys that the file must own)."""
+    import os
+    from unittest import mock
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    from safealign import launch
+
+    path = folder / launch.ACCELERATE_CONFIG
+    args = launch_command_parser().parse_args(["--config_file", str(path), "train.py"])
+    with contextlib.chdir(folder):
+        args, defaults, mp_from_config = _validate_launch_command(args)
+        if args.use_deepspeed and not args.cpu:
+            fields = list(defaults.deepspeed_config.keys()) + (["mixed_precision"] if mp_from_config else [])
+            args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+            launcher, (_, env) = "deepspeed", prepare_deepspeed_cmd_env(args)
+        elif (args.use_fsdp or args.multi_gpu) and not args.cpu:
+            launcher, env = "multi_gpu", prepare_multi_gpu_env(args)
+        else:
+            raise RenderError(
+                f"{path}: accelerate would start one process (its plain launcher), not {args.num_processes}"
+            )
+        if args.num_processes != launch.world_size(launch_cfg) or args.num_machines != launch_cfg.nodes:
+            raise RenderError(
+                f"{path}: {args.num_processes} processes on {args.num_machines} machine(s), launch asks "
+                f"{launch.world_size(launch_cfg)} on {launch_cfg.nodes}"
+            )
+        out = {"launcher": launcher, "processes": args.num_processes, "machines": args.num_machines}
+        with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}):
+            if env.get("ACCELERATE_USE_DEEPSPEED") == "true":
+                from accelerate.utils import DeepSpeedPlugin
+
+                ds = DeepSpeedPlugin()
+                out["zero_stage"] = ds.zero_stage
+                out["offload"] = (
+                    ds.deepspeed_config["zero_optimization"].get("offload_optimizer", {}).get("device") == "cpu"
+                )
+            elif env.get("ACCELERATE_USE_FSDP") == "true":
+                from accelerate.utils import FullyShardedDataParallelPlugin
+
+                fsdp = FullyShardedDataParallelPlugin()
+                out["fsdp_version"] = fsdp.fsdp_version
+                out["offload"] = bool(getattr(fsdp.cpu_offload, "offload_params", False) or fsdp.cpu_offload)
+    return out
 
 
 def check_trl(kind, rendered: dict, tmp: Path) -> dict:
@@ -213,12 +268,21 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
                 warmup=stages.warmup_steps(cfg, len(stage_rows[kind.data_file(cfg).removesuffix(".jsonl")])),
                 eot=turn_end if turn_end != eos else None,
                 eos=eos,
+                launch_cfg=r.launch,
             )
             if kind.tool == "axolotl":
-                checked = {"axolotl": check_axolotl((d / "axolotl.yaml").read_text(), base_config)}
+                with contextlib.chdir(d):  # its deepspeed: file is relative to the stage folder
+                    checked = {"axolotl": check_axolotl((d / "axolotl.yaml").read_text(), base_config)}
             else:
                 checked = {"trl": check_trl(kind, yaml.safe_load((d / f"{stage}.yaml").read_text()), d / "out")}
             checked["model"] = adapter_size(base_config, cfg, stage)  # every stage trains the same architecture
+            if (d / "accelerate.yaml").exists():
+                checked["launch"] = check_launch(d, r.launch)
+                ax = checked.get("axolotl", {})
+                if ax.get("deepspeed_zero_stage"):  # Axolotl switches DeepSpeed on itself, from its own key
+                    checked["launch"]["zero_stage"] = ax["deepspeed_zero_stage"]
+                if ax.get("fsdp_version"):
+                    checked["launch"]["fsdp_version"] = ax["fsdp_version"]
         except RenderError:
             raise
         except Exception as e:  # the tool's own validation refused the config: its words, with the stage
@@ -238,6 +302,13 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
             f"{m['trainable'] / 1e6:.1f}M trainable of {m['parameters'] / 1e9:.2f}B, "
             f"attention {s['runtime']['attn_implementation']}, liger {s['runtime']['liger']}, "
             f"{'QLoRA 4-bit' if s['runtime']['qlora'] else 'bf16' if s['runtime']['bf16'] else 'fp32'}"
+            + (
+                f", {s['launch']['processes']} processes on {s['launch']['machines']} node(s) via {s['launch']['launcher']}"
+                + (f" ZeRO-{s['launch']['zero_stage']}" if "zero_stage" in s["launch"] else "")
+                + (f" FSDP{s['launch']['fsdp_version']}" if "fsdp_version" in s["launch"] else "")
+                if "launch" in s
+                else ""
+            )
         )
     log(f"[{exp.name}] rendered and checked: {out}/ (config.json: {source})")
     return results

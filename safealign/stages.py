@@ -28,9 +28,9 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 
-from safealign import REPO, fsutil, health, kinds, models, provenance
+from safealign import REPO, axolotl_cpu, fsutil, health, kinds, launch, models, provenance
 from safealign import data as data_mod
-from safealign.plan import Experiment
+from safealign.plan import Experiment, machine_problems
 
 TEMPLATES = Path(os.environ.get("SAFEALIGN_TEMPLATES", REPO / "templates"))
 
@@ -230,6 +230,10 @@ def speed(log: list[dict], tokens_per_epoch: int, memory_file: Path) -> dict:
 
 def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float, rows: dict, rt: dict) -> None:
     cfg = getattr(exp.recipe, stage)
+    try:  # what ran, as every process recorded it: a wrong launch can exit 0
+        dist = launch.verify(tmp, exp.recipe.launch, rt["cuda"])
+    except launch.LaunchMismatch as e:
+        raise StageError(f"{stage}: {e}") from None
     log = [json.loads(line) for line in (tmp / "train_log.jsonl").read_text().splitlines() if line.strip()]
     problems = health.check_training(log, exp.recipe.health)
     if problems and (exp.recipe.health.enabled or not any("loss" in r for r in log)):
@@ -264,14 +268,20 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
         "rows": rows,
         **speed(log, rows["tokens"], tmp / "peak_memory.json"),
         "runtime": rt,
+        "distributed": dist,
     }
     fsutil.write_json_atomic(tmp / "summary.json", summary)
     fsutil.write_json_atomic(
         tmp / "provenance.json",
-        _provenance(exp, stage, input_model=base, runtime=rt, **({"merge": merge} if merge else {})),
+        _provenance(exp, stage, input_model=base, runtime=rt, distributed=dist, **({"merge": merge} if merge else {})),
     )
     print(
-        f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {summary['seconds']}s",
+        f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {summary['seconds']}s"
+        + (
+            f"; {dist['world_size']} processes, {dist['distributed_type']} over {dist['backend']}"
+            if dist["world_size"] > 1 or dist["distributed_type"] != "NO"
+            else ""
+        ),
         flush=True,
     )
 
@@ -317,6 +327,9 @@ def run_training(exp: Experiment, stage: str) -> None:
         rt = models.runtime(cfg, stage)
     except models.RuntimeUnavailable as e:
         raise StageError(str(e)) from None
+    problems = machine_problems(r)
+    if problems:
+        raise StageError(f"{stage}: " + "; ".join(problems))
     with fsutil.staged_dir(exp.dir(stage)) as tmp:
         rows = train_rows(exp, stage, tmp, base)
         env = child_env(tmp, r.tracker, r.tracker_project)
@@ -334,7 +347,13 @@ def run_training(exp: Experiment, stage: str) -> None:
             warmup=warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"] + rows["completion_truncated"]),
             eot=models.turn_end(tok),
             eos=tok.eos_token,
+            launch_cfg=r.launch,
         )
+        if r.launch.nodes > 1:  # the other nodes (safealign join) run this command with their --machine_rank
+            fsutil.write_json_atomic(
+                tmp / launch.JOIN_FILE, {"command": cmd, "nodes": r.launch.nodes, "pid": os.getpid()}
+            )
+            print(f"  {stage}: waiting for {r.launch.nodes - 1} more node(s): make join ... NODE_RANK=<n>", flush=True)
         run_logged(cmd, tmp, tmp / "train.log", env=env)
         shutil.rmtree(tmp / "prepared", ignore_errors=True)  # Axolotl's tokenized copy of train.jsonl
         _finish_training(exp, stage, tmp, base, t0, rows, rt)
@@ -354,10 +373,13 @@ def render_stage(
     warmup: int = 0,
     eot: str | None = None,
     eos: str | None = None,
+    launch_cfg: launch.LaunchCfg | None = None,
 ) -> list[str]:
     """Write a training stage's rendered files into `folder` (Axolotl: axolotl.yaml; trl:
-    train_<kind>.py and <kind>.yaml) and return the command that trains it there. The stage, `make
-    render` and `make bench-gpu` all render through here."""
+    train_<kind>.py and <kind>.yaml; with a `launch_cfg` of more than one plain process also
+    accelerate.yaml and, for DeepSpeed, ds_config.json) and return the command that trains it
+    there. The stage, `make render` and `make bench-gpu` all render through here."""
+    launch_cfg = launch_cfg or launch.LaunchCfg()
     if kind.tool == "axolotl":
         ctx = axolotl_context(
             cfg,
@@ -369,14 +391,42 @@ def render_stage(
             rt=rt,
             eot=eot,
             eos=eos,
+            launch_cfg=launch_cfg,
         )
         (folder / "axolotl.yaml").write_text(render(f"axolotl/{kind.name}.yaml.j2", **ctx))
-        return [sys.executable, "-m", "axolotl.cli.train", "axolotl.yaml"]
-    ctx = trl_context(kind, cfg, recipe_path=recipe_path, model=model, seed=seed, warmup=warmup, tracker=tracker, rt=rt)
-    (folder / f"train_{kind.name}.py").write_text(render("trl/train.py.j2", **ctx))
-    (folder / f"{kind.name}.yaml").write_text(render(f"trl/{kind.name}.yaml.j2", **ctx))
-    yaml.safe_load((folder / f"{kind.name}.yaml").read_text())  # a template that renders bad YAML fails here
-    return [sys.executable, f"train_{kind.name}.py", f"{kind.name}.yaml"]
+        # Axolotl on several CPU processes needs one fix (safealign/axolotl_cpu.py); never on a GPU
+        module = axolotl_cpu.__name__ if ctx["active"] and not rt["cuda"] else "axolotl.cli.train"
+        program = ["-m", module, "axolotl.yaml"]
+    else:
+        ctx = trl_context(
+            kind,
+            cfg,
+            recipe_path=recipe_path,
+            model=model,
+            seed=seed,
+            warmup=warmup,
+            tracker=tracker,
+            rt=rt,
+            launch_cfg=launch_cfg,
+        )
+        (folder / f"train_{kind.name}.py").write_text(render("trl/train.py.j2", **ctx))
+        (folder / f"{kind.name}.yaml").write_text(render(f"trl/{kind.name}.yaml.j2", **ctx))
+        yaml.safe_load((folder / f"{kind.name}.yaml").read_text())  # a template that renders bad YAML fails here
+        program = [f"train_{kind.name}.py", f"{kind.name}.yaml"]
+    cmd = launch.command(launch_cfg, rt, program)
+    if ctx["active"]:
+        shown = launch.shell_text(cmd)
+        (folder / launch.ACCELERATE_CONFIG).write_text(
+            render(
+                "accelerate/config.yaml.j2", **{**ctx, "stage": kind.name, "recipe_path": recipe_path, "command": shown}
+            )
+        )
+        yaml.safe_load((folder / launch.ACCELERATE_CONFIG).read_text())
+        if ctx["deepspeed"]:
+            text = render("deepspeed/ds_config.json.j2", **ctx)
+            json.loads(text)  # a template that renders bad JSON fails here
+            (folder / launch.DEEPSPEED_CONFIG).write_text(text)
+    return cmd
 
 
 def axolotl_context(
@@ -390,11 +440,14 @@ def axolotl_context(
     rt: dict | None = None,
     eot: str | None = None,
     eos: str | None = None,
+    launch_cfg: launch.LaunchCfg | None = None,
 ) -> dict:
     """What templates/axolotl/<kind>.yaml.j2 renders from; `rt`: models.runtime (this machine's);
-    `eot`: the token closing a turn when it is not `eos` (models.turn_end)."""
+    `eot`: the token closing a turn when it is not `eos` (models.turn_end); `launch_cfg`: the
+    recipe's launch section (default: one process)."""
     rt = rt or models.runtime(cfg, "sft")
     return dict(
+        **launch.context(launch_cfg or launch.LaunchCfg(), "axolotl", rt),
         eot=eot,
         eos=eos,
         recipe_path=recipe_path,
@@ -411,10 +464,19 @@ def axolotl_context(
 
 
 def trl_context(
-    kind, cfg, *, recipe_path: str, model: str, seed: int, warmup: int, tracker: str, rt: dict | None = None
+    kind,
+    cfg,
+    *,
+    recipe_path: str,
+    model: str,
+    seed: int,
+    warmup: int,
+    tracker: str,
+    rt: dict | None = None,
+    launch_cfg: launch.LaunchCfg | None = None,
 ) -> dict:
     """What templates/trl/train.py.j2 and <kind>.yaml.j2 render from; `rt`: models.runtime
-    (this machine's unless given)."""
+    (this machine's unless given); `launch_cfg`: the recipe's launch section (default: one process)."""
     rt = rt or models.runtime(cfg, kind.name)
 
     def split(ref: str) -> tuple[str, str]:
@@ -422,6 +484,7 @@ def trl_context(
         return module, cls
 
     return dict(
+        **launch.context(launch_cfg or launch.LaunchCfg(), "trl", rt),
         kind=kind,
         cfg=cfg,
         recipe_path=recipe_path,
@@ -436,6 +499,46 @@ def trl_context(
         config_class=split(kind.trl_config),
         variant=split(kind.variant) if kind.variant else None,
     )
+
+
+def join(exp: Experiment, node_rank: int, wait: float = 3600.0, poll: float = 1.0) -> None:
+    """Node `node_rank` (> 0) of a multi-node experiment: for each training stage, wait for node 0
+    (`make exp`) to render it and start its processes, then start this node's with the same
+    command and `--machine_rank node_rank`, in the same stage folder (a filesystem shared by the
+    nodes). Node 0 alone writes the results; this node's output goes to train.node<N>.log."""
+    r = exp.recipe
+    if r.launch.nodes < 2:
+        raise StageError(
+            f"{exp.folder}: launch.nodes is {r.launch.nodes}; joining needs an experiment with launch.nodes > 1"
+        )
+    if not 1 <= node_rank < r.launch.nodes:
+        raise StageError(f"NODE_RANK {node_rank}: expected 1..{r.launch.nodes - 1} (node 0 runs make exp)")
+    for stage in r.stages:
+        final = exp.dir(stage)
+        tmp = final.with_name(final.name + ".tmp")
+        ticket = tmp / launch.JOIN_FILE
+        deadline = time.time() + wait
+        print(f"[{exp.name}] {stage}: node {node_rank} waiting for node 0 to start it ({ticket})", flush=True)
+        # done and not being rebuilt: nothing to join; otherwise wait for node 0's launch command
+        while not ticket.exists() and not (fsutil.is_done(final) and not tmp.exists()):
+            if time.time() > deadline:
+                raise StageError(
+                    f"{stage}: node 0 did not start the stage within {wait:.0f}s ({ticket} never appeared)"
+                )
+            time.sleep(poll)
+        if not ticket.exists():
+            print(f"[{exp.name}] {stage}: done already ({final}); nothing to join", flush=True)
+            continue
+        cmd = list(json.loads(ticket.read_text())["command"])
+        cmd[cmd.index("--machine_rank") + 1] = str(node_rank)
+        run_logged(cmd, tmp, tmp / f"train.node{node_rank}.log", env=child_env(tmp, r.tracker, r.tracker_project))
+        while not fsutil.is_done(final):  # node 0 checks, merges and stamps the stage
+            if time.time() > deadline:
+                raise StageError(
+                    f"{stage}: node 0 did not finish the stage within {wait:.0f}s (see {tmp / 'train.log'})"
+                )
+            time.sleep(poll)
+        print(f"[{exp.name}] {stage}: node {node_rank} done", flush=True)
 
 
 def run_judge(exp: Experiment) -> None:

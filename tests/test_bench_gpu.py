@@ -22,7 +22,7 @@ def test_toy_benchmark_runs_qlora_sft_through_axolotl_and_qlora_dpo_through_trl(
     assert "vs_sft_flops_rate" in dpo and "vs_sft_flops_rate" not in sft
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [r["case"] for r in saved["results"]] == ["sft-qlora", "dpo-qlora"] and "trl" in saved["versions"]
-    assert "| sft-qlora | 496 |" in benchgpu.table(results)
+    assert "| sft-qlora | 1 ddp | 496 |" in benchgpu.table(results)
     # the step's tokens are what Axolotl itself counted
     log = [json.loads(line) for line in (tmp_path / "sft-qlora" / "train_log.jsonl").read_text().splitlines()]
     assert next(r["tokens/total"] for r in log if "tokens/total" in r) == sft["tokens_per_step"]

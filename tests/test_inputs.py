@@ -43,6 +43,8 @@ CASES = {
     "EXPERIMENTS": ["status"],
     "RECIPES": ["exp", "NAME=sft_kto"],
     "SAFEALIGN_CACHE": ["tiny-model"],
+    "NODE_RANK": ["join", "NAME=sft_kto"],
+    "LAUNCH": ["bench-gpu"],
 }
 
 

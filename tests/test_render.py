@@ -161,3 +161,30 @@ def test_make_render_runs_offline_from_the_command_line(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Gemma2ForCausalLM, 54.0M trainable of 9.24B, attention eager" in out.stdout
     assert (tmp_path / "e" / "sft_kto+model-gemma-2-9b-it" / "rendered" / "check.json").exists()
+
+
+def test_make_render_shows_an_eight_gpu_launch_this_machine_could_not_run(tmp_path):
+    """The README's 8-GPU command rendered here: resolving it for this machine is refused (it has
+    no 8 GPUs), `make render` resolves it for the GPU machine and checks each stage's launch files
+    with accelerate's own launcher and DeepSpeed plugin, and Axolotl's validation."""
+    sets = "launch.processes=8 launch.strategy=deepspeed launch.zero_stage=3"
+    env = {**__import__("os").environ, "HF_HOME": str(tmp_path / "hf")}
+    args = ["NAME=sft_kto", "MODEL=sea-lion-v2.1-8b", f"SET={sets}", f"EXPERIMENTS={tmp_path / 'e'}"]
+    out = subprocess.run(["make", "render", *args], cwd=REPO, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "8 processes on 1 node(s) via multi_gpu ZeRO-3" in out.stdout  # sft: accelerate starts, Axolotl shards
+    assert "8 processes on 1 node(s) via deepspeed ZeRO-3" in out.stdout  # kto: accelerate's DeepSpeed launcher
+    exp = next((tmp_path / "e").glob("sft_kto+*"))
+    check = json.loads((exp / "rendered" / "check.json").read_text())
+    assert check["stages"]["sft"]["axolotl"]["deepspeed_zero_stage"] == 3
+    assert yaml.safe_load((exp / "rendered" / "sft" / "axolotl.yaml").read_text())["deepspeed"] == "ds_config.json"
+    assert check["stages"]["kto"]["launch"] == {
+        "launcher": "deepspeed",
+        "processes": 8,
+        "machines": 1,
+        "zero_stage": 3,
+        "offload": False,
+    }
+    (exp / "stages.mk").unlink()  # resolve again, for this machine: refused, naming the key
+    ran = subprocess.run(["make", "exp", *args], cwd=REPO, capture_output=True, text=True, env=env)
+    assert ran.returncode != 0 and "launch.processes: 8 processes per node, but this machine has" in ran.stderr
