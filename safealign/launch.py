@@ -50,8 +50,34 @@ class LaunchCfg:
     strategy: str = "ddp"  # ddp: a full copy per GPU; deepspeed: ZeRO sharding; fsdp: torch FSDP2 (GPUs only)
     zero_stage: int = 2  # deepspeed: 2 = optimizer state + gradients sharded; 3 = weights too (slower, least memory)
     offload: bool = False  # deepspeed/fsdp: state in CPU RAM: fits bigger models, steps several times slower
+    # deepspeed: your own DeepSpeed JSON (e.g. one of Axolotl's deepspeed_configs/) instead of the
+    # rendered one; its ZeRO stage and offload settings are used, zero_stage and offload are not
+    deepspeed_config: str = ""
     main_process_ip: str = "127.0.0.1"  # nodes > 1: node 0's address, reachable from every node
     main_process_port: int = 29500  # the rendezvous port on node 0 (free on it)
+
+
+def user_deepspeed(cfg: LaunchCfg) -> Path | None:
+    """The user's DeepSpeed file (launch.deepspeed_config), relative to the checkout unless absolute."""
+    if not cfg.deepspeed_config:
+        return None
+    from safealign import REPO
+
+    path = Path(cfg.deepspeed_config).expanduser()
+    return path if path.is_absolute() else REPO / path
+
+
+def files(cfg: LaunchCfg) -> list[str]:
+    """What a launched stage's result depends on besides its tool's templates (Make prerequisites):
+    the launch templates and the user's DeepSpeed file."""
+    path = user_deepspeed(cfg)
+    return TEMPLATES + ([str(path)] if path else [])
+
+
+def zero_stage(cfg: LaunchCfg) -> int:
+    """The ZeRO stage that runs: the user's DeepSpeed file's, else launch.zero_stage."""
+    path = user_deepspeed(cfg)
+    return json.loads(path.read_text())["zero_optimization"]["stage"] if path else cfg.zero_stage
 
 
 def world_size(cfg: LaunchCfg) -> int:
@@ -71,8 +97,12 @@ def identity(cfg: LaunchCfg) -> dict:
         return {}
     out = {"world_size": world_size(cfg), "strategy": cfg.strategy}
     if cfg.strategy == "deepspeed":
-        out["zero_stage"] = cfg.zero_stage
-    if cfg.strategy != "ddp" and cfg.offload:
+        out["zero_stage"] = zero_stage(cfg)
+    if user_deepspeed(cfg):  # every setting in it counts: its content, not its name
+        import hashlib
+
+        out["deepspeed_config_sha256"] = hashlib.sha256(user_deepspeed(cfg).read_bytes()).hexdigest()
+    elif cfg.strategy != "ddp" and cfg.offload:
         out["offload"] = True
     return {"launch": out}
 
@@ -98,6 +128,8 @@ def check(cfg: LaunchCfg, training: dict, where, problems: list[str]) -> None:
         problems.append(
             f"{where('offload')}: offloading needs strategy deepspeed or fsdp (ddp keeps a full copy per GPU)"
         )
+    if cfg.deepspeed_config:
+        _check_user_deepspeed(cfg, where, problems)
     for stage, t in training.items():
         if getattr(t, "adapter", "lora") == "qlora" and cfg.strategy != "ddp":
             problems.append(
@@ -105,6 +137,33 @@ def check(cfg: LaunchCfg, training: dict, where, problems: list[str]) -> None:
                 f"{cfg.strategy} here (bitsandbytes weights need quant_storage settings safealign does not "
                 "render); use strategy ddp (each GPU holds the 4-bit base) or adapter lora"
             )
+
+
+def _check_user_deepspeed(cfg: LaunchCfg, where, problems: list[str]) -> None:
+    """launch.deepspeed_config: a JSON file with a ZeRO stage of 2 or 3 that, at stage 3, gathers
+    the weights when saving (the stage merges the saved adapter: partitioned, there is none)."""
+    key = where("deepspeed_config")
+    if cfg.strategy != "deepspeed":
+        problems.append(f"{key}: a DeepSpeed file needs strategy deepspeed, got {cfg.strategy!r}")
+        return
+    path = user_deepspeed(cfg)
+    if not path.is_file():
+        problems.append(f"{key}: no such file {path}")
+        return
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{key}: {path} is not JSON: {e}")
+        return
+    zero = ds.get("zero_optimization", {}) if isinstance(ds, dict) else {}
+    if zero.get("stage") not in ZERO_STAGES:
+        problems.append(f"{key}: {path}: zero_optimization.stage must be 2 or 3, got {zero.get('stage')!r}")
+    elif zero["stage"] == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        problems.append(
+            f"{key}: {path}: ZeRO-3 saves the weights partitioned unless "
+            "zero_optimization.stage3_gather_16bit_weights_on_model_save is true, and the stage merges the "
+            "saved adapter (or keeps the saved model): set it to true"
+        )
 
 
 def check_machine(cfg: LaunchCfg, cuda_devices: int, cpus: int, tools: set[str] = frozenset()) -> list[str]:
@@ -158,6 +217,8 @@ def context(cfg: LaunchCfg, tool: str, rt: dict) -> dict:
         world_size=world_size(cfg),
         accelerate_type=acc_type,
         deepspeed=cfg.strategy == "deepspeed",
+        zero_stage=zero_stage(cfg) if cfg.strategy == "deepspeed" else None,
+        user_deepspeed=str(user_deepspeed(cfg)) if user_deepspeed(cfg) else None,
         fsdp=cfg.strategy == "fsdp",
         deepspeed_config=DEEPSPEED_CONFIG,
         # no CUDA: DeepSpeed and DDP meet over gloo (NCCL is CUDA-only)
@@ -255,8 +316,8 @@ def verify(folder: Path, cfg: LaunchCfg, cuda: bool) -> dict:
     types = {r["distributed_type"] for r in recs}
     if types != {want_type}:
         problems.append(f"distributed type {sorted(types)} recorded, {want_type} expected for strategy {cfg.strategy}")
-    if cfg.strategy == "deepspeed" and {r["zero_stage"] for r in recs} != {cfg.zero_stage}:
-        problems.append(f"ZeRO stage {sorted({str(r['zero_stage']) for r in recs})} recorded, {cfg.zero_stage} asked")
+    if cfg.strategy == "deepspeed" and {r["zero_stage"] for r in recs} != {zero_stage(cfg)}:
+        problems.append(f"ZeRO stage {sorted({str(r['zero_stage']) for r in recs})} recorded, {zero_stage(cfg)} asked")
     if problems:
         raise LaunchMismatch(
             "the launch did not run as the recipe asked, so the stage is not done: "

@@ -161,7 +161,7 @@ def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | No
         kind = entry["slice"]["kind"]
         code = codedeps.templates(kind) + codedeps.files(kind)
         if "launch" in entry["slice"]:  # a launched training stage also renders the launch templates
-            code += launch.TEMPLATES
+            code += launch.files(r.launch)
         lines.append(f"CODE_{name} := {' '.join(code)}")
     lines.append(f"CODE_summary := {' '.join(codedeps.files('summary'))}")
     models_ = eval_models(r)

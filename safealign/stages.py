@@ -422,8 +422,11 @@ def render_stage(
             )
         )
         yaml.safe_load((folder / launch.ACCELERATE_CONFIG).read_text())
-        if ctx["deepspeed"]:
-            text = render("deepspeed/ds_config.json.j2", **ctx)
+        if ctx["deepspeed"]:  # the user's file as it is (launch.deepspeed_config), else the template's
+            if ctx["user_deepspeed"]:
+                text = Path(ctx["user_deepspeed"]).read_text(encoding="utf-8")
+            else:
+                text = render("deepspeed/ds_config.json.j2", **ctx)
             json.loads(text)  # a template that renders bad JSON fails here
             (folder / launch.DEEPSPEED_CONFIG).write_text(text)
     return cmd

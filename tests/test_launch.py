@@ -315,3 +315,42 @@ def test_launch_templates_are_prerequisites_of_launched_stages_only(tmp_path):
     kto, safety = code(["launch.processes=2"])
     assert set(launch.TEMPLATES) <= set(kto) and "templates/accelerate/config.yaml.j2" not in safety
     assert "safealign/launch.py" in kto and "safealign/axolotl_cpu.py" in kto
+
+
+def test_your_own_deepspeed_file(tmp_path):
+    """launch.deepspeed_config: a user's DeepSpeed JSON (Axolotl ships a folder of them) is used as
+    it is, its stage read from it, its content in the stage's identity and Make prerequisites; a
+    ZeRO-3 file that would save the adapter partitioned is refused before anything runs."""
+    z3 = {
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+        "bf16": {"enabled": "auto"},
+    }
+    good = tmp_path / "z3.json"
+    good.write_text(json.dumps(z3))
+    sets = ["launch.processes=2", "launch.strategy=deepspeed", f"launch.deepspeed_config={good}"]
+    r = recipe.load(SFT_KTO, sets)
+    assert launch.zero_stage(r.launch) == 3  # the file's, not launch.zero_stage (2)
+    d, _ = render_stage(tmp_path, "kto", r.launch, cuda=True, r=r)
+    assert json.loads((d / "ds_config.json").read_text()) == z3
+    assert yaml.safe_load((d / "accelerate.yaml").read_text())["deepspeed_config"]["zero3_init_flag"] is True
+    assert render.check_launch(d, r.launch)["zero_stage"] == 3
+    before = plan.plan(r)["kto"]["dir"]
+    good.write_text(json.dumps({**z3, "gradient_clipping": 0.5}))
+    assert plan.plan(recipe.load(SFT_KTO, sets))["kto"]["dir"] != before  # its content is part of the identity
+    assert str(good) in launch.files(r.launch)
+
+    bad = tmp_path / "bad.json"
+    for text, says in [
+        (json.dumps({"zero_optimization": {"stage": 3}}), "stage3_gather_16bit_weights_on_model_save is true"),
+        (json.dumps({"zero_optimization": {"stage": 1}}), "zero_optimization.stage must be 2 or 3, got 1"),
+        ("{stage: 3", "is not JSON"),
+    ]:
+        bad.write_text(text)
+        found = problems("launch.processes=2", "launch.strategy=deepspeed", f"launch.deepspeed_config={bad}")
+        assert any(p.startswith("SET launch.deepspeed_config") and says in p for p in found), found
+    found = problems("launch.processes=2", f"launch.deepspeed_config={good}")
+    assert any("needs strategy deepspeed" in p for p in found), found
+    found = problems(
+        "launch.processes=2", "launch.strategy=deepspeed", f"launch.deepspeed_config={tmp_path / 'none.json'}"
+    )
+    assert any("no such file" in p for p in found), found

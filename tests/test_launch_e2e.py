@@ -264,3 +264,24 @@ def test_fsdp_on_two_gpus(root):
     fsdp = train(root, "dpo-fsdp", "dpo", "dpo.micro_batch_size=4", "launch.processes=2", "launch.strategy=fsdp")
     check_distributed(fsdp, 2, "FSDP", 4)
     assert max_diff(ddp, fsdp) < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL, DeepSpeed's CPU Adam for offload)")
+def test_one_gpu_still_goes_through_the_launcher_with_zero3_offload(root):
+    """One GPU, ZeRO-3 with the optimizer state and weights offloaded to CPU RAM: world size 1, but
+    DeepSpeed, over NCCL; the adapter close to the plain single-process run's."""
+    one = train(root, "dpo-one-gpu", "dpo", "dpo.micro_batch_size=4")
+    ds = train(
+        root,
+        "dpo-z3-offload",
+        "dpo",
+        "dpo.micro_batch_size=4",
+        "launch.strategy=deepspeed",
+        "launch.zero_stage=3",
+        "launch.offload=true",
+    )
+    dist = json.loads((ds / "summary.json").read_text())["distributed"]
+    assert (dist["world_size"], dist["distributed_type"], dist["backend"]) == (1, "DEEPSPEED", "nccl")
+    assert dist["zero_stage"] == 3 and dist["offload"] is True
+    assert max_diff(one, ds) < 1e-3
