@@ -332,7 +332,7 @@ def verify(folder: Path, cfg: LaunchCfg, cuda: bool) -> dict:
         "distributed_type": r0["distributed_type"],
         "backend": r0["backend"],
         **({"zero_stage": r0["zero_stage"]} if cfg.strategy == "deepspeed" else {}),
-        **({"offload": cfg.offload} if cfg.strategy != "ddp" else {}),
+        **({"offload": cfg.offload} if cfg.strategy != "ddp" and not cfg.deepspeed_config else {}),
         "per_device_batch": r0["per_device_batch"],
         "global_batch": r0["per_device_batch"] * r0["gradient_accumulation_steps"] * r0["world_size"],
         "batches_per_epoch_per_process": r0["batches_per_epoch"],

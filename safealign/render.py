@@ -150,7 +150,9 @@ def check_launch(folder: Path, launch_cfg) -> dict:
 
                 fsdp = FullyShardedDataParallelPlugin()
                 out["fsdp_version"] = fsdp.fsdp_version
-                out["offload"] = bool(getattr(fsdp.cpu_offload, "offload_params", False) or fsdp.cpu_offload)
+                # FSDP2: a CPUOffloadPolicy (a plain OffloadPolicy is none); FSDP1: CPUOffload(offload_params)
+                policy = fsdp.cpu_offload
+                out["offload"] = bool(getattr(policy, "offload_params", type(policy).__name__ == "CPUOffloadPolicy"))
     return out
 
 

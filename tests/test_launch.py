@@ -94,7 +94,7 @@ def render_stage(tmp_path, stage, cfg_launch, cuda=False, r=None):
     kind, cfg = kinds.get(stage), getattr(r, stage)
     rt = {**models.runtime(cfg, stage, gpu=cuda), "bf16": cuda}
     d = tmp_path / f"{stage}-{cfg_launch.strategy}-{cuda}"
-    d.mkdir()
+    d.mkdir(parents=True)
     cmd = stages.render_stage(
         kind,
         cfg,
@@ -166,6 +166,8 @@ def test_fsdp_for_trl_goes_in_the_accelerate_config(tmp_path):
     assert acc["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     checked = render.check_launch(d, LaunchCfg(processes=8, strategy="fsdp", offload=True))
     assert checked["launcher"] == "multi_gpu" and checked["fsdp_version"] == 2 and checked["offload"]
+    d, _ = render_stage(tmp_path / "no", "kto", LaunchCfg(processes=8, strategy="fsdp"), cuda=True)
+    assert render.check_launch(d, LaunchCfg(processes=8, strategy="fsdp"))["offload"] is False
 
 
 def test_render_check_catches_what_accelerate_refuses_at_launch(tmp_path):
