@@ -50,6 +50,12 @@ $(call _check,MODEL,name,one-word,a model profile name (models/*.yaml))
 $(call _check,FAMILY,name,one-word,an architecture family)
 $(call _check,NODE_RANK,name,one-word,a node number)
 $(call _check,LAUNCH,set,words,LAUNCH items (launch keys: processes=8 strategy=deepspeed))
+$(call _check,IMAGE,set,one-word,an image reference (registry/name:tag))
+$(call _check,PROJECT,name,one-word,a Google Cloud project id)
+$(call _check,REGION,name,one-word,a Google Cloud region)
+$(call _check,BUCKET,set,one-word,a Cloud Storage bucket (name or gs://name))
+$(call _check,SERVICE_ACCOUNT,set,one-word,a service account e-mail)
+$(call _check,LOCAL,name,one-word,LOCAL (1 or empty))
 # each item of these reaches a shell as one single-quoted word
 _quote = $(foreach w,$(1),'$(w)')
 
@@ -69,6 +75,15 @@ VENV        ?= .venv
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 export SAFEALIGN_CACHE ?= $(CURDIR)/.cache
+# IMAGE: the component image of every pipeline task, set here only (`make image` builds it from
+# the Dockerfile; push it where the cluster pulls from, e.g. REGION-docker.pkg.dev/PROJECT/REPO/safealign:TAG)
+IMAGE       ?= safealign:0.1.0
+# submit: the Google Cloud project, region and bucket (README: Run on Vertex AI)
+PROJECT     ?=
+REGION      ?=
+BUCKET      ?=
+SERVICE_ACCOUNT ?=
+LOCAL       ?=
 # axolotl's exit-time telemetry upload hangs without a network
 export AXOLOTL_DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
@@ -101,6 +116,11 @@ $(VENV_STAMP): pyproject.toml requirements.lock
 	DS_BUILD_OPS=0 $(PY) -m pip install -q -r requirements.lock "$(TORCH)"
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+.PHONY: image
+image: ## build the pipeline component image IMAGE from the Dockerfile (CUDA base, requirements.lock; needs Docker)
+	@command -v docker >/dev/null || { echo "make image: docker is not installed here; build on a machine with Docker (or Cloud Build: gcloud builds submit --tag \$$IMAGE)"; exit 2; }
+	docker build -t $(IMAGE) --build-arg TORCH=$(TORCH) --build-arg TORCH_INDEX=$(or $(TORCH_INDEX),https://download.pytorch.org/whl/cu128) .
 
 .PHONY: tiny-model
 tiny-model: $(TINY_MODEL) ## build the embedded tiny-local base model (cached in .cache/)
@@ -150,9 +170,9 @@ include $(EXP)/stages.mk
 # (stages.mk also names the profile file, PROFILE_FILE, when the experiment has one)
 # Every package file and template is a prerequisite: stages.mk lists which of them each stage's
 # result depends on (CODE_<stage>, read from the code by safealign/codedeps.py).
-# (for `make render` the launch is the GPU machine's, not checked against this one: SAFEALIGN_RENDER)
+# (for `make render` and the pipeline targets the launch is the GPU machine's, not checked against this one: SAFEALIGN_RENDER)
 $(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PROFILE_FILE) $(wildcard $(PKG)/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
-	@$(if $(filter render,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
+	@$(if $(filter render pipeline pipeline-sweep submit,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
 
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1
@@ -229,11 +249,33 @@ join: $(EXP)/stages.mk $(BASE_DEP) | $(VENV_STAMP) ## node N of a multi-node run
 	@test -n "$(NODE_RANK)" || { echo 'usage: make join NAME=<recipe> SET=<as on node 0> NODE_RANK=<1..nodes-1>'; exit 2; }
 	@$(SA) join --exp $(EXP) --node-rank $(NODE_RANK)
 
+# Kubeflow pipelines (safealign/pipeline.py; README: Run on Vertex AI). The same resolved recipe
+# and stage plan as `make exp`, one task per stage, each calling `python -m safealign`.
+# LOCAL=1 then runs it here with kfp's local runner (no Docker, no network).
+.PHONY: pipeline
+pipeline: | $(VENV_STAMP) ## compile NAME into $(EXPERIMENTS)/<name>/pipeline.yaml (Kubeflow v2; LOCAL=1 also runs it here)
+	@$(SA) pipeline --recipe $(NAME) $(if $(SETS),--set $(call _quote,$(SETS))) --experiments $(EXPERIMENTS) \
+		--image $(IMAGE) $(if $(LOCAL),--run-local)
+
+.PHONY: pipeline-sweep
+pipeline-sweep: | $(VENV_STAMP) ## a sweep as one pipeline, shared stages once: make pipeline-sweep NAME=sft_kto GRID='kto.beta=0.1,0.2' (LOCAL=1 runs it)
+	@test -n "$(GRID)" || { echo "usage: make pipeline-sweep NAME=<recipe> GRID='kto.beta=0.1,0.2' [SET=...] [LOCAL=1]"; exit 2; }
+	@$(SA) pipeline --recipe $(NAME) $(if $(SETS),--set $(call _quote,$(SETS))) --grid $(call _quote,$(GRID)) \
+		--experiments $(EXPERIMENTS) --image $(IMAGE) $(if $(LOCAL),--run-local)
+
+# make submit NAME=sft_kto PROJECT=my-project REGION=us-central1 BUCKET=my-bucket [GRID=...] [SERVICE_ACCOUNT=...]
+.PHONY: submit
+submit: | $(VENV_STAMP) ## compile NAME (a sweep with GRID=...) and submit it to Vertex AI Pipelines (PROJECT, REGION, BUCKET)
+	@test -n "$(PROJECT)" -a -n "$(REGION)" -a -n "$(BUCKET)" || { echo "usage: make submit NAME=<recipe> PROJECT=<gcp project> REGION=<region> BUCKET=<bucket> [GRID=...] [SERVICE_ACCOUNT=...]"; exit 2; }
+	@$(SA) pipeline --recipe $(NAME) $(if $(SETS),--set $(call _quote,$(SETS))) $(if $(GRID),--grid $(call _quote,$(GRID))) \
+		--experiments $(EXPERIMENTS) --image $(IMAGE) --submit --project $(PROJECT) --region $(REGION) --bucket $(BUCKET) \
+		$(if $(SERVICE_ACCOUNT),--service-account $(SERVICE_ACCOUNT))
+
 .PHONY: clean-exp
 clean-exp: ## delete experiments/NAME (asks first; shared stages stay in the store)
 	@read -p "delete $(EXP)? [y/N] " a && [ "$$a" = y ] && rm -rf $(EXP)
 else
-exp eval report render clean-exp sweep join:
+exp eval report render clean-exp sweep join pipeline pipeline-sweep submit:
 	@echo "usage: make $@ NAME=<recipe>   (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"; exit 2
 endif
 
@@ -276,7 +318,7 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 	$(PY) -m pytest -q
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches
+test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches, the pipeline run locally
 	$(PY) -m pytest -q -m slow
 
 .PHONY: lint

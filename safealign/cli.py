@@ -10,6 +10,9 @@ compare     write experiments/compare/<names>/compare.md: one table, overlaid cu
 status      every experiment's stages: done / stale / shared / failed / not run
 tiny-model  build the embedded tiny-local model into the cache
 toy-model   build toy-<family> (random weights, that family's class, tokens and chat template)
+pipeline    compile an experiment (or a sweep: --grid) into a Kubeflow pipeline YAML
+            (safealign/pipeline.py); then --run-local runs it with kfp's local runner, --submit
+            submits it to Vertex AI Pipelines
 render      resolve an experiment and render every training stage's config for a GPU machine,
             validated by Axolotl and trl, offline (safealign/render.py)
 validate    validate recipe files, print every problem
@@ -90,7 +93,6 @@ def cmd_compare(a) -> int:
 
 def cmd_status(a) -> int:
     """One line per stage of every experiment: done / stale / shared / failed / not run."""
-    import subprocess
     from collections import defaultdict
 
     root = Path(a.experiments)
@@ -104,20 +106,14 @@ def cmd_status(a) -> int:
             users[entry["dir"]].append(e.name)
     for e in exps:
         res = yaml.safe_load((e / plan.RESOLVED).read_text())
-        rfile = Path(res["recipe_file"])
-        make_args = [f"NAME={rfile.stem}", f"RECIPES={rfile.parent}", f"EXPERIMENTS={root}", f"EXP_NAME={e.name}"]
-        if res.get("overrides"):
-            make_args.append("SET=" + " ".join(res["overrides"]))
+        experiment = plan.Experiment(e)
         print(
             f"{e.name}  ({res['recipe_file']}{', SET ' + ' '.join(res['overrides']) if res.get('overrides') else ''})"
         )
         entries = [(s, root / plan.STORE / d["dir"]) for s, d in json.loads((e / "stages.json").read_text()).items()]
         for stage, d in entries + [("summary", e / "eval")]:
             if fsutil.is_done(d):
-                q = subprocess.run(
-                    ["make", "-q", "--no-print-directory", f"{d}/.done", *make_args], capture_output=True, text=True
-                )
-                state = "done" if q.returncode == 0 else "stale"
+                state = "done" if experiment.up_to_date(d / ".done") else "stale"
             elif fsutil.is_locked(d):
                 state = "running (another process holds its lock)"
             elif d.with_name(d.name + ".tmp").exists():
@@ -154,6 +150,55 @@ def cmd_render(a) -> int:
     exp = plan.Experiment(Path(a.exp))
     print(f"[{exp.name}] rendering its training stages for a GPU machine (offline)", flush=True)
     render.run(exp)
+    return 0
+
+
+def _pipeline_extra():
+    try:
+        import kfp  # noqa: F401
+    except ImportError:
+        raise PipelineUnavailable(
+            "kfp is not installed: `pip install '.[pipeline]'` (kfp 2.16.1, google-cloud-aiplatform 2.7.0; "
+            "`make setup` installs them from requirements.lock)"
+        ) from None
+
+
+class PipelineUnavailable(RuntimeError):
+    pass
+
+
+def cmd_pipeline(a) -> int:
+    from safealign import pipeline
+
+    _pipeline_extra()
+    experiments = Path(a.experiments)
+    if a.grid:
+        try:
+            grid = names.grid_points(a.grid)
+        except ValueError as e:
+            raise RecipeError([f"GRID: {e}"]) from None
+        points = [pipeline.resolve_point(a.recipe, [*a.set, *point], experiments) for point in grid]
+        label = pipeline.sweep_name(a.recipe, a.set, a.grid)
+        out = experiments / "sweep" / label / pipeline.PIPELINE_FILE
+    else:
+        points = [pipeline.resolve_point(a.recipe, a.set, experiments)]
+        label = points[0].name
+        out = experiments / label / pipeline.PIPELINE_FILE
+    pipeline.compile_pipeline(points, out, a.image, str(experiments), a.cache, label)
+    stages = {e["dir"] for p in points for e in p.stages.values()}
+    print(f"{out}: {len(points)} experiment(s), {len(stages)} distinct stages, image {a.image}")
+    if a.run_local:
+        t0 = time.time()
+        root = a.run_root or str(experiments)
+        pipeline.run_local(out, out.parent / "local-run", root=root, cache=a.cache, hf_home="")
+        for p in points:
+            print(f"[{p.name}] ran locally in {time.time() - t0:.0f}s: {Path(root) / p.name / 'report.md'}")
+    if a.submit:
+        missing = [k for k in ("project", "region", "bucket") if not getattr(a, k)]
+        if missing:
+            raise RecipeError([f"--submit needs --{', --'.join(missing)}"])
+        job = pipeline.submit(out, a.project, a.region, a.bucket, a.service_account)
+        print(f"submitted {out} to Vertex AI Pipelines ({a.project}, {a.region}): {job.resource_name}")
     return 0
 
 
@@ -260,6 +305,23 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("render")
     p.add_argument("--exp", required=True)
     p.set_defaults(fn=cmd_render)
+    p = sub.add_parser("pipeline")
+    p.add_argument("--recipe", required=True, help="recipes/<name>.yaml's name")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. kto.beta=0.2")
+    p.add_argument("--grid", nargs="*", default=[], metavar="KEY=V1,V2", help="a sweep: one experiment per point")
+    p.add_argument("--experiments", default="experiments", help="the stage store's folder (the root parameter)")
+    p.add_argument("--cache", default=".cache", help="the model cache (the cache parameter)")
+    p.add_argument("--image", required=True, help="the component image (Makefile: IMAGE)")
+    p.add_argument("--run-local", action="store_true", help="then run it with kfp's local runner, here")
+    p.add_argument("--run-root", help="--run-local: another stage store than --experiments")
+    p.add_argument("--submit", action="store_true", help="then submit it to Vertex AI Pipelines")
+    p.add_argument("--project", default="", help="--submit: the Google Cloud project")
+    p.add_argument("--region", default="", help="--submit: its region, e.g. us-central1")
+    p.add_argument(
+        "--bucket", default="", help="--submit: gs://<bucket> or <bucket>: stage store, caches, pipeline root"
+    )
+    p.add_argument("--service-account", default="", help="--submit: the service account the pipeline runs as")
+    p.set_defaults(fn=cmd_pipeline)
     p = sub.add_parser("toy-model")
     p.add_argument("--family", required=True)
     p.add_argument("--out", required=True)
@@ -304,6 +366,7 @@ def known_errors() -> tuple[type, ...]:
     from safealign.judges import JudgeError
     from safealign.leaderboard import LeaderboardError
     from safealign.models import ModelUnavailable, RuntimeUnavailable
+    from safealign.pipeline import SubmitError
     from safealign.regress import RegressError
     from safealign.render import RenderError
     from safealign.safety import DegenerateAnswers, SafetyError
@@ -322,6 +385,8 @@ def known_errors() -> tuple[type, ...]:
         RegressError,
         RenderError,
         names.InvalidName,
+        PipelineUnavailable,
+        SubmitError,
     )
 
 

@@ -8,6 +8,7 @@ and they also keep every path the project writes inside the experiments folder.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from pathlib import Path
 
@@ -48,3 +49,16 @@ def inside(root: Path, path: Path, what: str) -> Path:
     if p != r and r not in p.parents:
         raise InvalidName(f"{what} {path}: resolves to {p}, outside {r}")
     return Path(path)
+
+
+def grid_points(items: list[str]) -> list[list[str]]:
+    """A sweep grid, `key=v1,v2 ...`, as one list of SET items per point (every combination)."""
+    axes = []
+    for arg in items:
+        key, eq, values = arg.partition("=")
+        if not eq or not key or not values:
+            raise ValueError(f"{arg!r}: expected key=v1,v2,... e.g. kto.beta=0.05,0.1,0.2")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    if not axes:
+        raise ValueError("GRID is empty; e.g. GRID='kto.beta=0.05,0.1,0.2,0.4'")
+    return [list(point) for point in itertools.product(*axes)]

@@ -25,6 +25,7 @@ import yaml
 from safealign.kinds import ADAPTERS, ATTENTION, AUTO, KINDS, TrainCfg, since  # the kinds' sections live there
 from safealign.launch import LaunchCfg  # processes, nodes, strategy: safealign/launch.py
 from safealign.leaderboard import BACKENDS
+from safealign.pipeline import ResourcesCfg  # what each pipeline task asks for: safealign/pipeline.py
 
 STAGE_KINDS = tuple(KINDS)
 # model profiles: models/<name>.yaml (SAFEALIGN_MODELS points elsewhere, for tests)
@@ -138,6 +139,8 @@ class _Common:
     data: DataCfg = field(default_factory=DataCfg)
     # how many processes train each stage and how they shard it (safealign/launch.py); default one process
     launch: LaunchCfg = field(default_factory=LaunchCfg)
+    # what each task of `make pipeline` asks the cluster for (safealign/pipeline.py); Make ignores it
+    resources: ResourcesCfg = field(default_factory=ResourcesCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     health: HealthCfg = field(default_factory=HealthCfg)
     description: str = ""
@@ -345,6 +348,9 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
 
     stages = {s: getattr(r, s) for s in r.stages if isinstance(s, str) and s in KINDS}
     launch.check(r.launch, stages, lambda key: where(("launch", key)), problems)
+    from safealign import pipeline
+
+    pipeline.check(r.resources, r.launch, lambda key: where(("resources", key)), problems)
     if r.tracker not in TRACKERS:
         problems.append(f"{where(('tracker',))}: expected one of {', '.join(TRACKERS)}, got {r.tracker!r}")
 
@@ -465,7 +471,7 @@ class ProfileInfo:
     description: str = ""
 
 
-PROFILE_RECIPE_KEYS = ("base_model", "training", *KINDS, "launch", "eval", "health")
+PROFILE_RECIPE_KEYS = ("base_model", "training", *KINDS, "launch", "resources", "eval", "health")
 
 
 def profiles() -> list[str]:

@@ -5,18 +5,19 @@ grid.py kto.beta=0.05,0.1 kto.learning_rate=5e-4,1e-3
 -> kto.beta=0.05 kto.learning_rate=5e-4
    kto.beta=0.05 kto.learning_rate=1e-3
    ...
+
+The rule is safealign.names.grid_points (also what `make pipeline-sweep` compiles).
 """
 
-import itertools
 import sys
+from pathlib import Path
 
-axes = []
-for arg in sys.argv[1:]:
-    key, eq, values = arg.partition("=")
-    if not eq or not key or not values:
-        sys.exit(f"grid: {arg!r}: expected key=v1,v2,... e.g. kto.beta=0.05,0.1,0.2")
-    axes.append([f"{key}={v}" for v in values.split(",")])
-if not axes:
-    sys.exit("grid: GRID is empty; e.g. make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4'")
-for point in itertools.product(*axes):
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from safealign import names  # noqa: E402
+
+try:
+    points = names.grid_points(sys.argv[1:])
+except ValueError as e:
+    sys.exit(f"grid: {e}")
+for point in points:
     print(" ".join(point))

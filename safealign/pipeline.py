@@ -1,0 +1,485 @@
+"""Kubeflow Pipelines v2 (Vertex AI Pipelines): an experiment's stage plan as one pipeline.
+
+    make pipeline NAME=sft_kto [SET=...] [MODEL=...]           # -> experiments/<name>/pipeline.yaml
+    make pipeline-sweep NAME=sft_kto GRID='kto.beta=0.1,0.2'    # -> experiments/<name>+sweep-<grid>/pipeline.yaml
+    make submit NAME=sft_kto PROJECT=my-project REGION=us-central1 BUCKET=my-bucket
+
+The pipeline is compiled from the same resolved recipe and stage plan as `make exp`
+(safealign/plan.py): one task per stage (resolve, the base model, data, each training stage with
+its merge, judge, leaderboard and safety per model, summary, report), each a lightweight Python
+component whose body calls `python -m safealign <command>`, the entry point Make calls, so a
+stage's output is the same whichever runner ran it. Components install nothing: the image (the
+repository's Dockerfile, built from requirements.lock) holds everything, and kfp's local runner
+(`SubprocessRunner(use_venv=False)`) runs them in the current venv.
+
+Stages write where Make writes them: `<root>/.stages/<stage>-<hash>`, with `<root>/<experiment>/`
+linking to them. The `root` parameter is the checkout's experiments/ locally and a shared
+filesystem on a cluster (Vertex AI mounts Cloud Storage at /gcs/<bucket>; `make submit` sets it).
+Each task carries its stage's identity (the store folder's name) as an input, so Kubeflow's cache
+key changes exactly when the project's does, and the task refuses to run when the image resolves
+the recipe to another identity (its code or recipes differ from the checkout that compiled it).
+
+Artifacts: Dataset (rows by split and label, file hashes), Model (base, each stage's adapter and
+merged model, the judge), Metrics (safety and leaderboard figures per model, the summary numbers
+Vertex shows), Markdown (summary.md, report.md). Their metadata carries the figures; their files
+are small manifests naming the store folder (models stay in the store, not copied per task).
+
+Resources come from the recipe's `resources:` section (or a model profile's): the accelerator and
+its count for the stages that load a model (training: launch.processes GPUs; evaluation:
+resources.eval_gpus), CPU and memory; none for the CPU-only stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from safealign import REPO, fsutil
+
+# Vertex AI's accelerator types (aiplatform's AcceleratorType); "" runs every stage on CPU
+ACCELERATORS = (
+    "NVIDIA_TESLA_T4",
+    "NVIDIA_L4",
+    "NVIDIA_TESLA_V100",
+    "NVIDIA_TESLA_A100",
+    "NVIDIA_A100_80GB",
+    "NVIDIA_H100_80GB",
+    "NVIDIA_H100_MEGA_80GB",
+    "NVIDIA_H200_141GB",
+    "NVIDIA_B200",
+)
+MEMORY_RE = re.compile(r"^\d+(\.\d+)?(K|M|G|T|Ki|Mi|Gi|Ti)?$")  # 64G, 512Mi
+PIPELINE_FILE = "pipeline.yaml"
+MANIFEST = "manifest.json"  # what a task wrote: the store folder, its figures (in the artifact)
+
+
+@dataclass
+class ResourcesCfg:
+    """The recipe's `resources:` section: what each pipeline task asks the cluster for (Make on
+    one machine ignores it)."""
+
+    # Vertex AI accelerator for the stages that load a model (training, leaderboard, safety);
+    # "" = CPU only (the tiny model). An 8B LoRA run: NVIDIA_H100_80GB; QLoRA: NVIDIA_L4 fits
+    accelerator: str = ""
+    eval_gpus: int = 1  # GPUs per evaluation task (vLLM runs one replica per GPU); training: launch.processes
+    cpu: float = 8  # CPU cores of those stages; more cores = faster tokenising and merging
+    memory: str = "64G"  # their memory limit: an 8B merge holds the model in RAM (~32G in bf16)
+    light_cpu: float = 2  # the CPU-only stages: resolve, data, judge, summary, report
+    light_memory: str = "8G"
+
+
+def check(cfg: ResourcesCfg, launch_cfg, where, problems: list[str]) -> None:
+    """Recipe-level rules; `where(key)` names the recipe line."""
+    if cfg.accelerator and cfg.accelerator not in ACCELERATORS:
+        problems.append(
+            f"{where('accelerator')}: expected a Vertex AI accelerator type ({', '.join(ACCELERATORS)}) "
+            f"or '' for CPU only, got {cfg.accelerator!r}"
+        )
+    if cfg.eval_gpus < 1:
+        problems.append(f"{where('eval_gpus')}: must be at least 1, got {cfg.eval_gpus}")
+    for key in ("cpu", "light_cpu"):
+        if not getattr(cfg, key) > 0:
+            problems.append(f"{where(key)}: expected a number of CPU cores above 0 (8, 0.5), got {getattr(cfg, key)!r}")
+    for key in ("memory", "light_memory"):
+        if not MEMORY_RE.match(str(getattr(cfg, key))):
+            problems.append(f"{where(key)}: expected a memory quantity like 64G or 512Mi, got {getattr(cfg, key)!r}")
+
+
+def compile_problems(r) -> list[str]:
+    """What a pipeline cannot run that Make can (checked when compiling)."""
+    problems = []
+    if r.launch.nodes > 1:
+        problems.append(
+            f"launch.nodes: {r.launch.nodes}: a pipeline task is one machine; several nodes run with "
+            "`make exp` on node 0 and `make join` on the others (README: More than one GPU)"
+        )
+    if r.launch.processes > 1 and not r.resources.accelerator:
+        problems.append(
+            f"launch.processes: {r.launch.processes} processes need resources.accelerator (one GPU each) "
+            "in a pipeline; CPU processes run with `make exp`"
+        )
+    return problems
+
+
+# ------------------------------------------------------------------ what a task runs (in its container)
+def _sa(*args: str) -> None:
+    """`python -m safealign ...` from the checkout, as Make runs it; its output goes to the task log."""
+    cmd = [sys.executable, "-m", "safealign", *args]
+    print("$ " + " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, cwd=REPO)
+    if r.returncode:
+        raise RuntimeError(f"`{' '.join(cmd[1:])}` exited {r.returncode} (its output is above)")
+
+
+def _environment(cache: str, hf_home: str) -> None:
+    os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
+    if cache:
+        os.environ["SAFEALIGN_CACHE"] = str((REPO / cache).resolve())
+    if hf_home:
+        os.environ["HF_HOME"] = hf_home
+
+
+def experiment_at(root: str, exp_name: str):
+    from safealign import plan
+
+    return plan.Experiment((REPO / root).resolve() / exp_name)
+
+
+def _offline(exp) -> None:
+    from safealign import plan
+
+    if plan.offline(exp.recipe, {"data": {"slice": _slice(exp, "data")}}):
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def _slice(exp, label: str) -> dict:
+    return json.loads((exp.folder / "config" / f"{label}.json").read_text())
+
+
+def step_resolve(root: str, cache: str, hf_home: str, recipe: str, sets: list, exp_name: str, plan_json: str) -> dict:
+    """Resolve the experiment as `make exp` does; refuse when this image's plan is not the compiled one."""
+    _environment(cache, hf_home)
+    exp_dir = (REPO / root).resolve() / exp_name
+    _sa("resolve", "--recipe", f"recipes/{recipe}.yaml", "--exp", str(exp_dir), *(["--set", *sets] if sets else []))
+    got = json.loads((exp_dir / "stages.json").read_text())
+    want = json.loads(plan_json)
+    if got != want:
+        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        changes = ", ".join(f"{k}: {(want.get(k) or {}).get('dir')} -> {(got.get(k) or {}).get('dir')}" for k in diff)
+        raise RuntimeError(
+            f"{exp_name}: this image resolves the recipe to other stages than the pipeline was compiled with "
+            f"({changes}); rebuild the image from the checkout that compiled it (make image) or recompile"
+        )
+    return {"experiment": exp_name, "stages": len(got), "folder": str(exp_dir)}
+
+
+def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
+    """The base model: the embedded ones are built as `make tiny-model`/`make toy-model` build them."""
+    from safealign import models
+
+    _environment(cache, hf_home)
+    exp = experiment_at(root, exp_name)
+    base = exp.recipe.base_model
+    if base == models.TINY and not (models.tiny_path() / ".done").exists():
+        _sa("tiny-model", "--out", str(models.tiny_path()), "--data", "data/sg_safety/train.jsonl")
+    elif models.toy_family(base) and not (models.embedded_path(base) / ".done").exists():
+        fam = models.toy_family(base)
+        _sa(
+            "toy-model",
+            "--family",
+            fam,
+            "--out",
+            str(models.embedded_path(base)),
+            "--data",
+            "data/sg_safety/train.jsonl",
+        )
+    return {
+        "base_model": base,
+        "path": exp.model_path("base"),
+        "embedded": models.is_local(base) and not Path(base).exists(),
+    }
+
+
+def step_stage(root: str, cache: str, hf_home: str, exp_name: str, stage: str, model: str, identity: str) -> dict:
+    """One stage through `safealign stage` (a finished one in the store is reused, as with Make);
+    returns the figures for its artifact's metadata."""
+    _environment(cache, hf_home)
+    exp = experiment_at(root, exp_name)
+    label = f"{stage}-{model}" if model else stage
+    planned = exp.stages.get(label, {}).get("dir")
+    if planned != identity:
+        raise RuntimeError(
+            f"{exp_name}: stage {label} is {planned} here but the pipeline was compiled for {identity}; "
+            "rebuild the image from the compiling checkout (make image) or recompile"
+        )
+    _offline(exp)
+    target = exp.dir(label)
+    if fsutil.is_done(target) and exp.up_to_date(target / ".done"):  # as Make: a finished, current stage is reused
+        print(f"[{exp_name}] {label}: reusing {target} (done, and newer than its config and code)", flush=True)
+    else:
+        _sa("stage", stage, "--exp", str(exp.folder), *(["--model", model] if model else []))
+    return describe(exp, stage, model)
+
+
+def step_summary(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
+    _environment(cache, hf_home)
+    exp = experiment_at(root, exp_name)
+    _sa("stage", "summary", "--exp", str(exp.folder))
+    return summary_metrics(json.loads((exp.folder / "eval" / "summary.json").read_text()))
+
+
+def step_report(root: str, cache: str, hf_home: str, exp_name: str) -> str:
+    _environment(cache, hf_home)
+    exp = experiment_at(root, exp_name)
+    _sa("report", "--exp", str(exp.folder))
+    return str(exp.folder / "report.md")
+
+
+def fill(artifact, meta: dict) -> None:
+    """An artifact's metadata (what the Vertex UI lists) and its file: the same, as JSON (a manifest
+    naming the store folder; the stage's files stay in the store)."""
+    artifact.metadata.update(meta)
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def describe(exp, stage: str, model: str = "") -> dict:
+    """A finished stage's figures for its artifact (pure reads of the stage folder)."""
+    label = f"{stage}-{model}" if model else stage
+    folder = exp.dir(label)
+    meta = {"stage": label, "identity": folder.name, "store": str(folder)}
+    if stage == "data":
+        counts = json.loads((folder / "counts.json").read_text())
+        for split, c in counts.items():
+            if isinstance(c, dict) and "rows" in c:
+                meta.update(
+                    {f"{split}_rows": c["rows"], f"{split}_safe": c.get("safe"), f"{split}_unsafe": c.get("unsafe")}
+                )
+        meta["sha256"] = {p.name: fsutil.sha256_file(p) for p in sorted(folder.glob("*.jsonl"))}
+    elif stage == "judge":
+        meta["embedding"] = str(json.loads((folder / "judge.json").read_text()).get("embedding", ""))[:200]
+    elif stage in ("leaderboard", "safety"):
+        meta["model"] = model
+        meta["metrics"] = (
+            leaderboard_metrics(json.loads((folder / "table.json").read_text()))
+            if stage == "leaderboard"
+            else safety_metrics(json.loads((folder / "metrics.json").read_text()))
+        )
+    else:  # a training stage
+        meta.update(
+            {"adapter": str(folder / "adapter"), "merged": str(folder / "merged"), "base": exp.input_model(stage)}
+        )
+        steps = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
+        losses = [s["loss"] for s in steps if "loss" in s]
+        if losses:
+            meta.update({"steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1]})
+    return meta
+
+
+def safety_metrics(m: dict) -> dict:
+    """safety metrics.json -> {name: value} (the overall rates; the rest stays in the store)."""
+    return {k: v["value"] for k, v in m.get("overall", {}).items() if isinstance(v, dict) and "value" in v}
+
+
+def leaderboard_metrics(t: dict) -> dict:
+    """leaderboard table.json -> normalised score per family and the average."""
+    out = {f"{fam}_normalised": v["normalised"] for fam, v in t.get("families", {}).items() if "normalised" in v}
+    if t.get("average") is not None:
+        out["average"] = t["average"]
+    return out
+
+
+def summary_metrics(s: dict) -> dict:
+    """eval/summary.json -> flat `<model>.<metric>` numbers (what the Vertex UI shows for the run)."""
+    out = {}
+    for m, entry in s.get("models", {}).items():
+        if entry.get("safety"):
+            out.update({f"{m}.{k}": v for k, v in safety_metrics(entry["safety"]).items()})
+        if entry.get("leaderboard"):
+            out.update({f"{m}.leaderboard.{k}": v for k, v in leaderboard_metrics(entry["leaderboard"]).items()})
+    return out
+
+
+# ------------------------------------------------------------------ compiling (where `make pipeline` runs)
+@dataclass
+class Point:
+    """One experiment of the pipeline: its recipe, SET items, folder name and resolved plan."""
+
+    recipe: str
+    sets: list
+    name: str
+    recipe_obj: object
+    stages: dict  # stages.json: label -> {"dir": identity}
+
+
+def resolve_point(recipe: str, sets: list[str], experiments: Path) -> Point:
+    """Resolve as `make exp` does (experiments/<name>/ written the same way), for the cluster's
+    machines rather than this one (the launch is checked against them when the task resolves)."""
+    from safealign import names, plan
+    from safealign.recipe import RecipeError
+
+    name = names.exp_name(recipe, sets)
+    rel = f"recipes/{recipe}.yaml"
+    recipe_file = rel if Path.cwd().resolve() == REPO else str(REPO / rel)
+    if not (REPO / rel).exists():
+        raise RecipeError([f"{rel}: no such recipe"])
+    old = os.environ.get("SAFEALIGN_RENDER")
+    os.environ["SAFEALIGN_RENDER"] = "1"
+    try:
+        plan.resolve(recipe_file, experiments / name, sets)
+    finally:
+        if old is None:
+            os.environ.pop("SAFEALIGN_RENDER", None)
+        else:
+            os.environ["SAFEALIGN_RENDER"] = old
+    exp = plan.Experiment(experiments / name)
+    problems = compile_problems(exp.recipe)
+    if problems:
+        raise RecipeError([f"{rel}: {p}" for p in problems])
+    return Point(recipe, list(sets), name, exp.recipe, exp.stages)
+
+
+def sweep_name(recipe: str, sets: list[str], grid: list[str]) -> str:
+    """experiments/sweep/<this>/: the recipe, its SET items and the grid's keys and values,
+    e.g. sft_kto+sweep+kto.beta-0.1_0.2 (the grid's hash when that is not a valid name)."""
+    from safealign import names
+
+    base = names.exp_name(recipe, sets)
+    axes = "+".join(g.replace("=", "-").replace(",", "_") for g in grid)
+    label = f"{base}+sweep+{axes}"
+    try:
+        names.check_name(label, "sweep name")
+        return label
+    except names.InvalidName:
+        from safealign import fsutil
+
+        return f"{base}+sweep-{fsutil.sha256_text(' '.join(grid))[:12]}"
+
+
+def _cores(n: float) -> str:
+    return str(int(n)) if float(n).is_integer() else f"{int(n * 1000)}m"
+
+
+def pipeline_name(text: str) -> str:
+    """Kubeflow's rule for a pipeline name: lower-case letters, digits and '-', at most 128."""
+    return (re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "safealign")[:128]
+
+
+def build(points: list[Point], image: str, root: str, cache: str, name: str):
+    """The pipeline function: one task per distinct stage over all points (a stage shared by
+    several points, same identity, runs once)."""
+    from kfp import dsl
+
+    from safealign import pipeline_ops, plan
+
+    op = {f.__name__: dsl.component(f, base_image=image, install_kfp_package=False) for f in pipeline_ops.OPS}
+
+    def sized(task, res: ResourcesCfg, gpus: int):
+        """gpus > 0: a stage that loads a model (the accelerator when the recipe names one);
+        0: a CPU-only stage."""
+        if not gpus:
+            return task.set_cpu_limit(_cores(res.light_cpu)).set_memory_limit(str(res.light_memory))
+        task.set_cpu_limit(_cores(res.cpu)).set_memory_limit(str(res.memory))
+        if res.accelerator:
+            task.set_accelerator_type(res.accelerator).set_accelerator_limit(gpus)
+        return task
+
+    def pipe(root: str = root, cache: str = cache, hf_home: str = ""):
+        common = {"root": root, "cache": cache, "hf_home": hf_home}
+        done: dict[str, object] = {}  # stage identity -> its task: once per pipeline
+
+        def stage(identity: str, name: str, resolve, res: ResourcesCfg, gpus: int, **inputs):
+            """The task of a stage identity, created by the first point that needs it (after that
+            point's resolve); a later point with the same identity reuses it."""
+            if identity not in done:
+                task = sized(op[name](**common, identity=identity, **inputs), res, gpus).after(resolve)
+                task.set_display_name(identity).set_env_variable("AXOLOTL_DO_NOT_TRACK", "1")
+                done[identity] = task
+            return done[identity]
+
+        for pt in points:
+            r, res, e = pt.recipe_obj, pt.recipe_obj.resources, pt.name
+            ident = {label: entry["dir"] for label, entry in pt.stages.items()}
+            plan_json = json.dumps(pt.stages, sort_keys=True)
+            resolve = op["resolve_op"](**common, recipe=pt.recipe, sets=pt.sets, exp_name=e, plan_json=plan_json)
+            sized(resolve, res, 0).set_display_name(f"resolve {e}").set_caching_options(False)
+            experiment = resolve.outputs["experiment"]
+            key = f"base:{r.base_model}"
+            if key not in done:  # builds the embedded model (tiny-local) or names the hub one: always runs
+                done[key] = sized(op["base_op"](**common, exp_name=e, experiment=experiment), res, 0)
+                done[key].set_display_name(f"base {r.base_model}").set_caching_options(False)
+            models = {"base": done[key].outputs["base"]}
+            data = stage(ident["data"], "data_op", resolve, res, 0, exp_name=e, experiment=experiment)
+            dataset = data.outputs["dataset"]
+            prev = models["base"]
+            for s in r.stages:
+                train = stage(ident[s], "train_op", resolve, res, r.launch.processes, exp_name=e, stage=s,
+                              dataset=dataset, base=prev)  # fmt: skip
+                models[s] = prev = train.outputs["model"]
+            judge = stage(ident["judge"], "judge_op", resolve, res, 0, exp_name=e, dataset=dataset).outputs["judge"]
+            evals = []
+            for m in plan.eval_models(r):
+                if f"leaderboard-{m}" in ident:
+                    evals.append(stage(ident[f"leaderboard-{m}"], "leaderboard_op", resolve, res, res.eval_gpus,
+                                       exp_name=e, model_name=m, model=models[m]))  # fmt: skip
+                safety = stage(ident[f"safety-{m}"], "safety_op", resolve, res, res.eval_gpus, exp_name=e,
+                               model_name=m, model=models[m], judge=judge, dataset=dataset)  # fmt: skip
+                if m != "base":  # safety compares each answer with the base model's
+                    safety.after(done[ident["safety-base"]])
+                evals.append(safety)
+            summary = sized(op["summary_op"](**common, exp_name=e), res, 0).after(*evals)
+            summary.set_display_name(f"summary {e}").set_caching_options(False)
+            report = sized(op["report_op"](**common, exp_name=e, summary=summary.outputs["summary"]), res, 0)
+            report.set_display_name(f"report {e}").set_caching_options(False)
+
+    pipe.__annotations__ = {"root": str, "cache": str, "hf_home": str}  # this module's are strings (PEP 563)
+    return dsl.pipeline(name=pipeline_name(name), description=f"safealign: {name} ({len(points)} experiment(s))")(pipe)
+
+
+def compile_pipeline(points: list[Point], out: Path, image: str, root: str, cache: str, name: str) -> Path:
+    from kfp import compiler
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.yaml")  # kfp insists on the suffix
+    compiler.Compiler().compile(build(points, image, root, cache, name), str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def run_local(pipeline_file: Path, pipeline_root: Path, **params) -> None:
+    """Run a compiled pipeline with kfp's local runner in this venv (no Docker, no network; it
+    ignores resources, caching and retries). Raises when a task fails."""
+    from kfp import components, local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    components.load_component_from_file(str(pipeline_file))(**params)
+
+
+def submit(pipeline_file: Path, project: str, region: str, bucket: str, service_account: str = "", job=None):
+    """Submit to Vertex AI Pipelines: the stage store and model caches on the bucket (mounted by
+    Vertex at /gcs/<bucket>), the pipeline's own artifacts under gs://<bucket>/pipeline-root.
+    Returns the PipelineJob (built by google-cloud-aiplatform; `job` replaces its class in tests)."""
+    import google.auth
+    import google.auth.exceptions
+    from google.cloud import aiplatform
+
+    bucket = bucket.removeprefix("gs://").strip("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]", bucket):
+        raise SubmitError(f"BUCKET: {bucket!r} is not a Cloud Storage bucket name (lower-case letters, digits, - _ .)")
+    try:  # this machine's credentials (gcloud's application default, or GOOGLE_APPLICATION_CREDENTIALS)
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise SubmitError(
+            "no Google Cloud credentials here: run `gcloud auth application-default login` (or set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service account key), then `make submit` again"
+        ) from None
+    try:
+        aiplatform.init(project=project, location=region, staging_bucket=f"gs://{bucket}", credentials=credentials)
+    except ValueError as e:  # aiplatform checks the region against Vertex AI's list
+        raise SubmitError(f"REGION: {region!r}: {str(e)[:300]}") from None
+    pj = (job or aiplatform.PipelineJob)(
+        display_name=pipeline_file.parent.name,
+        template_path=str(pipeline_file),
+        pipeline_root=f"gs://{bucket}/pipeline-root",
+        parameter_values={
+            "root": f"/gcs/{bucket}/experiments",
+            "cache": f"/gcs/{bucket}/cache",
+            "hf_home": f"/gcs/{bucket}/huggingface",
+        },
+        enable_caching=True,
+        project=project,
+        location=region,
+        credentials=credentials,
+    )
+    # unmocked, this checks (or creates) the bucket, then creates the run on Vertex AI
+    pj.submit(service_account=service_account or None)
+    return pj
+
+
+class SubmitError(RuntimeError):
+    """`make submit` cannot reach Vertex AI as asked; the message says what to set."""
