@@ -231,6 +231,13 @@ $(EXP)/report.md: $(EXP)/eval/.done $(PKG)/report.py | $(VENV_STAMP)
 .PHONY: report
 report: $(EXP)/report.md ## (re)write experiments/NAME/report.md with its plots
 
+.PHONY: data-card
+data-card: $(EXP)/data_card.md ## write experiments/NAME/data_card.md: sources, counts, length histograms, examples, hashes
+	@echo "$(EXP)/data_card.md"
+
+$(EXP)/data_card.md: $(DIR_data)/.done $(PKG)/datacard.py | $(VENV_STAMP)
+	@$(SA) data-card --exp $(EXP)
+
 .PHONY: render
 render: $(EXP)/stages.mk $(BASE_DEP) | $(VENV_STAMP) ## render NAME's training configs for a GPU machine and check them with Axolotl and trl (offline; MODEL=<profile>)
 	@$(SA) render --exp $(EXP)
@@ -275,7 +282,7 @@ submit: | $(VENV_STAMP) ## compile NAME (a sweep with GRID=...) and submit it to
 clean-exp: ## delete experiments/NAME (asks first; shared stages stay in the store)
 	@read -p "delete $(EXP)? [y/N] " a && [ "$$a" = y ] && rm -rf $(EXP)
 else
-exp eval report render clean-exp sweep join pipeline pipeline-sweep submit:
+exp eval report render clean-exp sweep join pipeline pipeline-sweep submit data-card:
 	@echo "usage: make $@ NAME=<recipe>   (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"; exit 2
 endif
 

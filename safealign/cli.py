@@ -6,6 +6,7 @@ stage       run one stage of an experiment (data, a training kind of safealign/k
             leaderboard, safety, summary)
 join        on node N > 0 of a multi-node experiment (launch.nodes): join node 0's training stages
 report      write experiments/<NAME>/report.md and its plots
+data-card   write experiments/<NAME>/data_card.md: sources, counts, lengths, examples, hashes
 compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
 status      every experiment's stages: done / stale / shared / failed / not run
 tiny-model  build the embedded tiny-local model into the cache
@@ -76,6 +77,13 @@ def cmd_report(a) -> int:
     t0 = time.time()
     path = report.build(Path(a.exp))
     print(f"[{Path(a.exp).name}] report: {path} ({time.time() - t0:.1f}s)", flush=True)
+    return 0
+
+
+def cmd_data_card(a) -> int:
+    from safealign import datacard
+
+    print(datacard.write(plan.Experiment(Path(a.exp))))
     return 0
 
 
@@ -291,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     p.add_argument("--exp", required=True)
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("data-card")
+    p.add_argument("--exp", required=True)
+    p.set_defaults(fn=cmd_data_card)
     p = sub.add_parser("compare")
     p.add_argument("names", nargs="+")
     p.add_argument("--experiments", default="experiments")

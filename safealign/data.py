@@ -71,9 +71,8 @@ def validate_row(row, where: str) -> dict:
     return row
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Validated canonical rows of a JSONL file (UTF-8, a byte-order mark allowed)."""
-    rows, ids = [], {}
+def _json_lines(path: Path):
+    """(line number, 'file:line', object) for each non-blank line of a UTF-8 JSONL file."""
     try:
         text = fsutil.read_utf8(path)
     except fsutil.EncodingError as e:
@@ -83,11 +82,17 @@ def read_jsonl(path: Path) -> list[dict]:
             continue
         where = f"{path}:{n}"
         try:
-            row = json.loads(line)
+            yield n, where, json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         except RecursionError:
             raise DataError(f"{where}: not valid JSON (nested too deeply)") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Validated canonical rows of a JSONL file (UTF-8, a byte-order mark allowed)."""
+    rows, ids = [], {}
+    for n, where, row in _json_lines(path):
         validate_row(row, where)
         if row["id"] in ids:
             raise DataError(f"{where}: field 'id' {row['id']!r} repeats line {ids[row['id']]}")
@@ -98,11 +103,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def load_canonical(source: str, root: Path = Path(".")) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """Rows per split and a description of where each split came from.
+def load_canonical(
+    source: str, root: Path = Path("."), fmt: str = "canonical", categories: dict | None = None, names=None
+) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Rows per split and a description of where each split came from (load_source)."""
+    splits, origin, _ = load_source(source, root, fmt, categories, names)
+    return splits, origin
 
-    `source` is a local folder holding train.jsonl and test.jsonl, or an HF dataset id whose
-    train and test splits follow the canonical schema.
+
+def load_source(
+    source: str, root: Path = Path("."), fmt: str = "canonical", categories: dict | None = None, names=None
+) -> tuple[dict[str, list[dict]], dict[str, str], dict]:
+    """Rows per split, a description of where each split came from, and the import report.
+
+    `source` is a local folder holding train.jsonl and test.jsonl, or an HF dataset id with train
+    and test splits; in the canonical schema, or (`fmt`) a public dataset's own, converted by
+    safealign/importers.py with the `categories` table (report: rows read, written, skipped by reason).
+    `names`: a hub dataset's own split names for train and test ({"train": "30k_train"}).
     """
     from safealign import refs
 
@@ -111,18 +128,54 @@ def load_canonical(source: str, root: Path = Path(".")) -> tuple[dict[str, list[
         missing = [s for s in SPLITS if not (local / f"{s}.jsonl").exists()]
         if missing:
             raise DataError(f"{local}: missing {', '.join(m + '.jsonl' for m in missing)}")
-        return ({s: read_jsonl(local / f"{s}.jsonl") for s in SPLITS}, {s: str(local / f"{s}.jsonl") for s in SPLITS})
-    if refs.is_path(source, root) or source.endswith(".jsonl"):
-        raise DataError(f"data.source: {source}: no such folder")
-    import datasets  # a hub id: the same validation, row by row
+        origin = {s: str(local / f"{s}.jsonl") for s in SPLITS}
+        if fmt == "canonical":
+            return {s: read_jsonl(local / f"{s}.jsonl") for s in SPLITS}, origin, {}
+        raw = {s: _raw_jsonl(local / f"{s}.jsonl") for s in SPLITS}
+    else:
+        if refs.is_path(source, root) or source.endswith(".jsonl"):
+            raise DataError(f"data.source: {source}: no such folder")
+        import datasets  # a hub id: the same validation, row by row
 
-    ds = datasets.load_dataset(source)
-    out = {}
-    for split in SPLITS:
-        if split not in ds:
-            raise DataError(f"data.source: {source}: dataset has no '{split}' split (has {', '.join(ds)})")
-        out[split] = [validate_row(dict(r), f"{source}[{split}] row {i + 1}") for i, r in enumerate(ds[split])]
-    return out, {s: f"hf://{source}[{s}]" for s in SPLITS}
+        ds = datasets.load_dataset(source)
+        name = {s: (names or {}).get(s, s) for s in SPLITS}
+        for split in SPLITS:
+            if name[split] not in ds:
+                raise DataError(
+                    f"data.source: {source}: dataset has no '{name[split]}' split (has {', '.join(ds)}); "
+                    "data.splits maps train and test to its names"
+                )
+        origin = {s: f"hf://{source}[{name[s]}]" for s in SPLITS}
+        if fmt == "canonical":
+            out = {
+                s: [validate_row(dict(r), f"{source}[{name[s]}] row {i + 1}") for i, r in enumerate(ds[name[s]])]
+                for s in SPLITS
+            }
+            return out, origin, {}
+        raw = {s: [dict(r) for r in ds[name[s]]] for s in SPLITS}
+    from safealign import importers
+
+    out, report = {}, {"format": fmt}
+    for s in SPLITS:
+        rows, rep = importers.convert(fmt, raw[s], categories or {}, s)
+        if not rows:
+            raise DataError(
+                f"data.source: {source}[{s}]: no row converted from format {fmt} "
+                f"({rep.read} read; skipped: {dict(rep.skipped) or 'none'}); see data.categories"
+            )
+        out[s] = [validate_row(r, f"{origin[s]} ({fmt}) row {r['id']}") for r in rows]
+        report[s] = rep.as_dict()
+    return out, origin, report
+
+
+def _raw_jsonl(path: Path) -> list[dict]:
+    """A public dataset's rows, JSON objects one per line, not yet in the canonical schema."""
+    rows = []
+    for _, where, row in _json_lines(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def _user(text):
@@ -220,15 +273,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def build(source: str, seed: int, out_dir: Path, root: Path = Path(".")) -> dict:
-    """Validate the canonical data and write every stage's files into `out_dir`."""
-    splits, origin = load_canonical(source, root)
+def build(
+    source: str,
+    seed: int,
+    out_dir: Path,
+    root: Path = Path("."),
+    fmt: str = "canonical",
+    categories: dict | None = None,
+    names: dict | None = None,
+) -> dict:
+    """Validate the canonical data (converted first from a public format) and write every stage's
+    files into `out_dir`."""
+    splits, origin, imported = load_source(source, root, fmt, categories, names)
     stage_rows = build_stage_rows(splits["train"], seed)
     for name, rows in stage_rows.items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
     write_jsonl(out_dir / "test.jsonl", splits["test"])
     c = counts(splits, stage_rows)
     c["source"] = origin
+    if imported:
+        c["import"] = imported
     (out_dir / "counts.json").write_text(json.dumps(c, indent=2) + "\n")
     return c
 

@@ -14,6 +14,7 @@ Every kind merges its LoRA adapter into the model it started from (none with
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ def since(default, version: str = "0.2"):
     """A field added after stage names were published: it enters a stage's identity only when it
     differs from `default` (which reproduces the earlier behaviour), so existing stages keep
     their names (tests/fixtures/stage_names.json). safealign.recipe.identity reads the marker."""
-    return field(default=default, metadata={"since": version})
+    if isinstance(default, (dict, list)):  # a fresh copy per recipe
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"since": version, "default": default})
+    return field(default=default, metadata={"since": version, "default": default})
 
 
 # trl 1.9.0's DPOConfig.loss_type values

@@ -48,8 +48,7 @@ def data_identity(r: recipe_mod.Recipe) -> dict:
 
 def stage_slices(r: recipe_mod.Recipe) -> dict[str, dict]:
     """What each stage's result depends on, inputs by identity; hashed into its store folder."""
-    d = recipe_mod.to_dict(r)
-    slices = {"data": {"kind": "data", "seed": r.seed, "data": d["data"], "files": data_identity(r)}}
+    slices = {"data": {"kind": "data", "seed": r.seed, "data": recipe_mod.identity(r.data), "files": data_identity(r)}}
     data_id = _hash(slices["data"])
     upstream = {"base_model": r.base_model}
     for s in r.stages:

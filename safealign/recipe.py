@@ -45,6 +45,12 @@ class RecipeError(ValueError):
 @dataclass
 class DataCfg:
     source: str = "data/sg_safety"  # local folder (train.jsonl, test.jsonl) or an HF dataset id
+    # the source's schema: canonical, or a public dataset's own (safealign/importers.py), converted here
+    format: str = since("canonical", "0.3")
+    # a public dataset's category names -> the project's ("*": any other; "safe": safe prompts' topic)
+    categories: dict = since({}, "0.3")
+    # a hub dataset's split names for train and test, e.g. {train: 30k_train, test: 30k_test} (BeaverTails)
+    splits: dict = since({}, "0.3")
 
 
 @dataclass
@@ -329,6 +335,22 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
             problems.append(f"{where(('stages',))}: stage {i + 1} {s!r} is not a stage kind ({hint})")
     if len(set(map(str, r.stages))) != len(r.stages):
         problems.append(f"{where(('stages',))}: each stage kind may appear once, got {r.stages}")
+    from safealign.importers import FORMATS
+
+    if r.data.format not in FORMATS:
+        problems.append(f"{where(('data', 'format'))}: expected one of {', '.join(FORMATS)}, got {r.data.format!r}")
+    bad = {k: v for k, v in r.data.categories.items() if not isinstance(v, str) or not v.strip()}
+    if bad:
+        problems.append(f"{where(('data', 'categories'))}: each name maps to a category name (a string), got {bad}")
+    unknown = set(r.data.splits) - {"train", "test"}
+    if unknown or not all(isinstance(v, str) and v for v in r.data.splits.values()):
+        problems.append(
+            f"{where(('data', 'splits'))}: maps train and test to the dataset's split names, got {r.data.splits}"
+        )
+    if r.data.categories and r.data.format == "canonical":
+        problems.append(
+            f"{where(('data', 'categories'))}: only for an imported format (data.format); canonical rows carry their category"
+        )
     if r.base_model.startswith("toy-"):
         from safealign.families import FAMILIES
 
@@ -631,7 +653,7 @@ def identity(node) -> dict:
     out = {}
     for f in dataclasses.fields(node):
         value = getattr(node, f.name)
-        if "since" in f.metadata and value == f.default:
+        if "since" in f.metadata and value == f.metadata["default"]:
             continue
         out[f.name] = identity(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out

@@ -246,7 +246,7 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     base_config, source = config_dir(r.base_model, tmp)
-    splits, _ = data_mod.load_canonical(r.data.source, REPO)
+    splits, _ = data_mod.load_canonical(r.data.source, REPO, r.data.format, r.data.categories, r.data.splits)
     stage_rows = data_mod.build_stage_rows(splits["train"], r.seed)  # rows per stage file, for the warmup steps
     turn_end, eos = turn_end_offline(r, base_config)
     results = {"experiment": exp.name, "base_model": r.base_model, "config_source": source, "stages": {}}

@@ -289,7 +289,9 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
 def run_data(exp: Experiment) -> None:
     r = exp.recipe
     with fsutil.staged_dir(exp.dir("data")) as tmp:
-        c = data_mod.build(r.data.source, r.seed, tmp, root=REPO)
+        c = data_mod.build(
+            r.data.source, r.seed, tmp, root=REPO, fmt=r.data.format, categories=r.data.categories, names=r.data.splits
+        )
         unmet = data_mod.unmet_needs(r, c)
         if unmet:
             raise StageError(
@@ -548,7 +550,7 @@ def run_judge(exp: Experiment) -> None:
     from safealign import judges
 
     r = exp.recipe
-    splits, origin = data_mod.load_canonical(r.data.source, REPO)
+    splits, origin = data_mod.load_canonical(r.data.source, REPO, r.data.format, r.data.categories, r.data.splits)
     with fsutil.staged_dir(exp.dir("judge")) as tmp:
         report = judges.build(splits["train"], splits["test"], r.seed, tmp)
         fsutil.write_json_atomic(
