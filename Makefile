@@ -56,6 +56,7 @@ $(call _check,REGION,name,one-word,a Google Cloud region)
 $(call _check,BUCKET,set,one-word,a Cloud Storage bucket (name or gs://name))
 $(call _check,SERVICE_ACCOUNT,set,one-word,a service account e-mail)
 $(call _check,LOCAL,name,one-word,LOCAL (1 or empty))
+$(call _check,PORT,name,one-word,a port number)
 # each item of these reaches a shell as one single-quoted word
 _quote = $(foreach w,$(1),'$(w)')
 
@@ -96,6 +97,7 @@ VENV_STAMP := $(VENV)/.installed
 SA         := $(PY) -m safealign
 PKG        := safealign
 TINY_MODEL := $(SAFEALIGN_CACHE)/models/tiny-local/.done
+REFUSER_MODEL := $(SAFEALIGN_CACHE)/models/tiny-refuser/.done
 SHIPPED    := data/sg_safety
 
 ##@ Main
@@ -128,6 +130,22 @@ tiny-model: $(TINY_MODEL) ## build the embedded tiny-local base model (cached in
 $(TINY_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
 	@echo "== tiny-model: building $(dir $@)"
 	$(SA) tiny-model --out $(dir $@) --data $(SHIPPED)/train.jsonl
+
+# tiny-refuser: tiny-local fine-tuned to refuse; on this machine it writes the refusals of the
+# generation stage (data.generate.refusals.model), where users name a strong model on their server
+.PHONY: tiny-refuser
+tiny-refuser: $(REFUSER_MODEL) ## build tiny-refuser (tiny-local fine-tuned to refuse) into the cache
+
+$(REFUSER_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl $(TINY_MODEL) | $(VENV_STAMP)
+	@echo "== tiny-refuser: building $(dir $@)"
+	$(SA) tiny-model --refuser --out $(dir $@) --data $(SHIPPED)/train.jsonl
+
+# An OpenAI-compatible server for the generation stage (data.generate): transformers serve on
+# 127.0.0.1:PORT, loading each model by the path a request names (the embedded models here).
+PORT ?= 8765
+.PHONY: serve
+serve: $(TINY_MODEL) $(REFUSER_MODEL) | $(VENV_STAMP) ## serve tiny-local and tiny-refuser on 127.0.0.1:PORT (OpenAI API, transformers serve; Ctrl-C stops it)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/transformers serve --host 127.0.0.1 --port $(PORT) --default-seed 0
 
 # toy-<family>: random weights, that family's model class, special tokens and chat template
 # (safealign/families.py); the base model of the toy profiles (models/toy-*.yaml)
@@ -184,6 +202,12 @@ ifneq ($(DIR_data),)
 $(DIR_data)/.done: $(DATA_DEP) $(CODE_data) | $(VENV_STAMP)
 	@$(SA) stage data --exp $(EXP)
 
+# data.generate: the generation stage, before data (GEN_DEP: the prompt file, embedded models)
+ifneq ($(DIR_gen),)
+$(DIR_gen)/.done: $(GEN_DEP) $(CODE_gen) | $(VENV_STAMP)
+	@$(SA) stage gen --exp $(EXP)
+endif
+
 # One rule per training stage (a kind of safealign/kinds.py); CODE_<stage> lists its templates and code.
 define TRAIN_RULE
 $(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(CODE_$(1)) | $(VENV_STAMP)
@@ -210,7 +234,7 @@ $(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m)))$(if $(LEADERBOARD),$(e
 
 EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
 # an interrupted make deletes a target whose mtime moved: here that is another process's stamp
-.PRECIOUS: $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(BASE_DEP)
+.PRECIOUS: $(if $(DIR_gen),$(DIR_gen)/.done) $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(REFUSER_MODEL) $(BASE_DEP)
 endif
 
 .PHONY: exp
@@ -325,7 +349,7 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 	$(PY) -m pytest -q
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches, the pipeline run locally
+test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches, the pipeline run locally, data generated through transformers serve
 	$(PY) -m pytest -q -m slow
 
 .PHONY: lint

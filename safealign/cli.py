@@ -9,7 +9,7 @@ report      write experiments/<NAME>/report.md and its plots
 data-card   write experiments/<NAME>/data_card.md: sources, counts, lengths, examples, hashes
 compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
 status      every experiment's stages: done / stale / shared / failed / not run
-tiny-model  build the embedded tiny-local model into the cache
+tiny-model  build the embedded tiny-local model (--refuser: tiny-refuser) into the cache
 toy-model   build toy-<family> (random weights, that family's class, tokens and chat template)
 pipeline    compile an experiment (or a sweep: --grid) into a Kubeflow pipeline YAML
             (safealign/pipeline.py); then --run-local runs it with kfp's local runner, --submit
@@ -135,19 +135,21 @@ def cmd_status(a) -> int:
 
 
 def cmd_tiny_model(a) -> int:
-    from safealign import data, tinymodel
+    from safealign import data, models, tinymodel
 
     rows = data.read_jsonl(Path(a.data))
-    with fsutil.stage_lock(Path(a.out), "tiny-local") as built_meanwhile:
+    name = models.REFUSER if a.refuser else models.TINY
+    with fsutil.stage_lock(Path(a.out), name) as built_meanwhile:
         if built_meanwhile:
-            print(f"tiny-local: reusing {a.out}, which another process built meanwhile")
+            print(f"{name}: reusing {a.out}, which another process built meanwhile")
             return 0
         with fsutil.staged_dir(Path(a.out)) as tmp:
-            info = tinymodel.build(rows, tmp, steps=a.steps, seed=a.seed)
-    print(
-        f"tiny-local: {info['parameters'] / 1e6:.2f}M parameters, loss {info['first_loss']:.3f} -> "
-        f"{info['final_loss']:.4f} in {info['seconds']}s -> {a.out}"
-    )
+            if a.refuser:
+                base = Path(models.locate(models.TINY, "--refuser"))
+                info = tinymodel.build_refuser(rows, base, tmp, seed=a.seed)
+            else:
+                info = tinymodel.build(rows, tmp, steps=a.steps, seed=a.seed)
+    print(f"{name}: loss {info['first_loss']:.3f} -> {info['final_loss']:.4f} in {info['seconds']}s -> {a.out}")
     return 0
 
 
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides, e.g. kto.beta=0.2")
     p.set_defaults(fn=cmd_resolve)
     p = sub.add_parser("stage")
-    p.add_argument("stage", choices=["data", *kinds.NAMES, *kinds.EVALUATION])
+    p.add_argument("stage", choices=["gen", "data", *kinds.NAMES, *kinds.EVALUATION])
     p.add_argument("--exp", required=True)
     p.add_argument("--model", help="leaderboard/safety: base or a stage name")
     p.set_defaults(fn=cmd_stage)
@@ -312,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="data/sg_safety/train.jsonl")
     p.add_argument("--steps", type=int, default=360)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--refuser", action="store_true", help="build tiny-refuser from tiny-local instead")
     p.set_defaults(fn=cmd_tiny_model)
     p = sub.add_parser("render")
     p.add_argument("--exp", required=True)

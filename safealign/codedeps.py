@@ -20,6 +20,7 @@ from safealign import REPO
 PKG = REPO / "safealign"
 # stage kind -> its runner function in safealign/stages.py (every training kind: run_training)
 RUNNERS = {
+    "gen": "run_gen",
     "data": "run_data",
     "judge": "run_judge",
     "leaderboard": "run_leaderboard",

@@ -9,6 +9,7 @@ Canonical schema (docs/data.md), one JSON object per line:
     chosen    str   the preferred response (a refusal for unsafe prompts, an answer for safe)
     rejected  str   the compliant response to an unsafe prompt; null/absent for safe prompts
     subset    str   optional tag reported separately in evaluation (e.g. out_of_template)
+    meta      dict  optional provenance, e.g. which model wrote each answer (the generation stage)
 
 The build turns it into what each stage needs:
     sft.jsonl  {"messages": [user, assistant(chosen)]}                 every train row
@@ -37,6 +38,7 @@ FIELDS = {
     "chosen": str,
     "rejected": (str, type(None)),
     "subset": (str, type(None)),
+    "meta": (dict, type(None)),
 }
 REQUIRED = ("id", "prompt", "safe", "category", "chosen")
 SPLITS = ("train", "test")

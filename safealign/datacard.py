@@ -62,9 +62,15 @@ def card(exp_name: str, data_dir: Path, recipe_data: dict, out: Path) -> str:
         }
         for r in sft
     ]
+    gen = counts.get("generate")
+    source = (
+        f"generated from `{recipe_data['generate']['prompts']}` (data.generate)"
+        if gen and recipe_data.get("generate")
+        else f"`{recipe_data.get('source')}`, format `{recipe_data.get('format', 'canonical')}`"
+    )
     lines = [f"# Data card: {exp_name}", ""]
     lines += [
-        f"- source: `{recipe_data.get('source')}`, format `{recipe_data.get('format', 'canonical')}`",
+        f"- source: {source}",
         *(f"- {s}: `{where}`" for s, where in counts.get("source", {}).items()),
         f"- built: {prov.get('time', '?')} by safealign at {prov.get('git', {}).get('commit', '?')[:12]}",
         "",
@@ -80,6 +86,8 @@ def card(exp_name: str, data_dir: Path, recipe_data: dict, out: Path) -> str:
         if cats:
             lines += ["", "Category table (data.categories): " + ", ".join(f"`{k}` -> `{v}`" for k, v in cats.items())]
         lines.append("")
+    if gen:
+        lines += _generation(gen, recipe_data.get("generate") or {})
     lines += ["## Counts", "", "| split | rows | safe | unsafe |", "|---|---|---|---|"]
     for s in ("train", "test"):
         c = counts[s]
@@ -123,6 +131,28 @@ def card(exp_name: str, data_dir: Path, recipe_data: dict, out: Path) -> str:
     for s, h in sorted(prov.get("data_sha256", {}).items()):
         lines.append(f"| source {s} | `{h}` |")
     return "\n".join(lines) + "\n"
+
+
+def _generation(gen: dict, cfg: dict) -> list[str]:
+    """The generation stage's section: who answered, how many were asked or cached, what was dropped."""
+    lines = ["## Generation", "", "| answers | model | endpoint | requests | cached | asked | retries | seconds |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for role in ("answers", "refusals"):
+        g = gen.get(role, {})
+        lines.append(
+            f"| {role} | `{g.get('model')}` | {g.get('endpoint')} | {g.get('requests')} | {g.get('cached')} | "
+            f"{g.get('asked')} | {g.get('retries')} | {g.get('seconds')} |"
+        )
+    dropped = ", ".join(f"{k}: {v}" for k, v in gen.get("dropped", {}).items()) or "none"
+    lines += [
+        "",
+        f"Prompts {gen['prompts']['train']} train / {gen['prompts']['test']} test; rows kept {gen['rows']['train']} / "
+        f"{gen['rows']['test']}; dropped by the `{gen.get('filter')}` filter: {dropped} (the gen stage's dropped.jsonl).",
+    ]
+    system = (cfg.get("refusals") or {}).get("system_prompt")
+    if system:
+        lines += ["", "Refusal instruction (system prompt):", "", "> " + " ".join(system.split())]
+    return lines + [""]
 
 
 def write(exp) -> Path:

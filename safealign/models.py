@@ -1,7 +1,7 @@
 """Where models come from, how they load, and how a LoRA adapter is merged.
 
 A recipe's `base_model` is a hub id, a local path, `tiny-local` (the embedded model that `make
-tiny-model` builds into the cache) or `toy-<family>` (a random-weight model of one architecture
+tiny-model` builds into the cache; `tiny-refuser`, built from it, refuses unsafe prompts) or `toy-<family>` (a random-weight model of one architecture
 family, safealign/families.py, built the same way). All go through the same `from_pretrained`
 calls; the embedded names only decide the path.
 """
@@ -14,6 +14,9 @@ from pathlib import Path
 from safealign import refs
 
 TINY = "tiny-local"
+# tiny-local fine-tuned to refuse (safealign/tinymodel.py): the stand-in, on this machine, for the
+# strong model that writes the generation stage's refusals (data.generate.refusals.model)
+REFUSER = "tiny-refuser"
 
 
 def cache_dir() -> Path:
@@ -46,10 +49,10 @@ class ModelUnavailable(RuntimeError):
 def locate(name: str, key: str = "base_model") -> str:
     """A model named in the recipe -> what `from_pretrained` takes (a local path or a hub id),
     checked to be there; `key` names the recipe key in the error."""
-    if name == TINY or toy_family(name):
+    if name in (TINY, REFUSER) or toy_family(name):
         path = embedded_path(name)
         if not (path / ".done").exists():
-            target = "tiny-model" if name == TINY else f"toy-model FAMILY={toy_family(name)}"
+            target = {TINY: "tiny-model", REFUSER: "tiny-refuser"}.get(name, f"toy-model FAMILY={toy_family(name)}")
             raise ModelUnavailable(f"{key}: {name}: not built at {path}; run `make {target}`")
         return str(path)
     if refs.is_path(name):
@@ -99,7 +102,7 @@ def check_hub_model(name: str, key: str = "base_model") -> None:
 
 
 def is_local(name: str) -> bool:
-    return name == TINY or toy_family(name) is not None or refs.is_path(name)
+    return name in (TINY, REFUSER) or toy_family(name) is not None or refs.is_path(name)
 
 
 def has_cuda() -> bool:

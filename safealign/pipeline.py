@@ -5,8 +5,8 @@
     make submit NAME=sft_kto PROJECT=my-project REGION=us-central1 BUCKET=my-bucket
 
 The pipeline is compiled from the same resolved recipe and stage plan as `make exp`
-(safealign/plan.py): one task per stage (resolve, the base model, data, each training stage with
-its merge, judge, leaderboard and safety per model, summary, report), each a lightweight Python
+(safealign/plan.py): one task per stage (resolve, the base model, generation with data.generate,
+data, each training stage with its merge, judge, leaderboard and safety per model, summary, report), each a lightweight Python
 component whose body calls `python -m safealign <command>`, the entry point Make calls, so a
 stage's output is the same whichever runner ran it. Components install nothing: the image (the
 repository's Dockerfile, built from requirements.lock) holds everything, and kfp's local runner
@@ -167,7 +167,23 @@ def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
     base = exp.recipe.base_model
     if base == models.TINY and not (models.tiny_path() / ".done").exists():
         _sa("tiny-model", "--out", str(models.tiny_path()), "--data", "data/sg_safety/train.jsonl")
-    elif models.toy_family(base) and not (models.embedded_path(base) / ".done").exists():
+    g = exp.recipe.data.generate  # the generation stage may ask tiny-refuser (built from tiny-local)
+    if (
+        g
+        and models.REFUSER in (g.answers.model, g.refusals.model)
+        and not (models.embedded_path(models.REFUSER) / ".done").exists()
+    ):
+        if not (models.tiny_path() / ".done").exists():
+            _sa("tiny-model", "--out", str(models.tiny_path()), "--data", "data/sg_safety/train.jsonl")
+        _sa(
+            "tiny-model",
+            "--refuser",
+            "--out",
+            str(models.embedded_path(models.REFUSER)),
+            "--data",
+            "data/sg_safety/train.jsonl",
+        )
+    if models.toy_family(base) and not (models.embedded_path(base) / ".done").exists():
         fam = models.toy_family(base)
         _sa(
             "toy-model",
@@ -233,7 +249,13 @@ def describe(exp, stage: str, model: str = "") -> dict:
     label = f"{stage}-{model}" if model else stage
     folder = exp.dir(label)
     meta = {"stage": label, "identity": folder.name, "store": str(folder)}
-    if stage == "data":
+    if stage == "gen":
+        counts = json.loads((folder / "counts.json").read_text())
+        meta.update({f"{s}_rows": n for s, n in counts["rows"].items()})
+        meta["dropped"] = counts["dropped"]
+        for role in ("answers", "refusals"):
+            meta[role] = {k: counts[role][k] for k in ("model", "endpoint", "asked", "cached", "retries")}
+    elif stage == "data":
         counts = json.loads((folder / "counts.json").read_text())
         for split, c in counts.items():
             if isinstance(c, dict) and "rows" in c:
@@ -395,6 +417,12 @@ def build(points: list[Point], image: str, root: str, cache: str, name: str):
                 done[key].set_display_name(f"base {r.base_model}").set_caching_options(False)
             models = {"base": done[key].outputs["base"]}
             data = stage(ident["data"], "data_op", resolve, res, 0, exp_name=e, experiment=experiment)
+            if (
+                "gen" in ident
+            ):  # data.generate: the generation stage first (its endpoints must be reachable from the task)
+                gen = stage(ident["gen"], "gen_op", resolve, res, 0, exp_name=e, experiment=experiment,
+                            base=models["base"])  # fmt: skip
+                data.after(gen)
             dataset = data.outputs["dataset"]
             prev = models["base"]
             for s in r.stages:

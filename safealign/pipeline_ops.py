@@ -24,6 +24,13 @@ def base_op(root: str, cache: str, hf_home: str, exp_name: str, experiment: Inpu
     pipeline.fill(base, pipeline.step_base(root, cache, hf_home, exp_name))
 
 
+def gen_op(root: str, cache: str, hf_home: str, exp_name: str, identity: str, experiment: Input[Artifact],
+           base: Input[Model], generated: Output[Dataset]):  # fmt: skip
+    from safealign import pipeline
+
+    pipeline.fill(generated, pipeline.step_stage(root, cache, hf_home, exp_name, "gen", "", identity))
+
+
 def data_op(root: str, cache: str, hf_home: str, exp_name: str, identity: str, experiment: Input[Artifact],
             dataset: Output[Dataset]):  # fmt: skip
     from safealign import pipeline
@@ -86,4 +93,4 @@ def report_op(root: str, cache: str, hf_home: str, exp_name: str, summary: Input
     shutil.copyfile(pipeline.step_report(root, cache, hf_home, exp_name), report.path)
 
 
-OPS = (resolve_op, base_op, data_op, train_op, judge_op, leaderboard_op, safety_op, summary_op, report_op)
+OPS = (resolve_op, base_op, gen_op, data_op, train_op, judge_op, leaderboard_op, safety_op, summary_op, report_op)

@@ -42,6 +42,57 @@ class RecipeError(ValueError):
 
 
 # ----------------------------------------------------------------------------- schema
+REFUSAL_INSTRUCTION = (
+    "You are a careful assistant. The user's request is harmful. Refuse it politely in one or two "
+    "sentences, say briefly why, and do not include any of the requested content."
+)
+
+
+@dataclass
+class GenModelCfg:
+    """Who writes one kind of answer in the generation stage (safealign/generate.py)."""
+
+    # openai: any OpenAI-compatible /v1/chat/completions (vLLM, TGI, transformers serve, a hosted
+    # API); local: transformers `generate` in batches in this process (no server, slower at 8B)
+    backend: str = "openai"
+    # where the server listens (`make serve` here); not in the stage's identity, the model and its settings are
+    base_url: str = "http://127.0.0.1:8765/v1"
+    # the model's name on the server; null: the recipe's base_model. Embedded names (tiny-local,
+    # tiny-refuser) and local paths are sent as their absolute path, as transformers serve loads them
+    model: Optional[str] = None
+    # the environment variable holding the API key (sent as a Bearer token); the key itself is never written
+    api_key_env: Optional[str] = None
+    system_prompt: Optional[str] = None  # system message before every prompt (kept in provenance)
+    max_new_tokens: int = 64  # answer budget (the request's max_tokens)
+    do_sample: bool = False  # false: greedy (temperature 0), reproducible; true: temperature/top_p sampling
+    temperature: float = 0.7  # only with do_sample
+    top_p: float = 1.0  # only with do_sample
+    batch_size: int = 16  # backend local: prompts generated together
+
+
+@dataclass
+class RefusalModelCfg(GenModelCfg):
+    model: Optional[str] = None  # a strong instruction-following model (required); tiny-refuser on this machine
+    system_prompt: Optional[str] = REFUSAL_INSTRUCTION  # the refusal instruction
+
+
+@dataclass
+class GenerateCfg:
+    """The generation stage: a prompt list -> the canonical dataset (safealign/generate.py)."""
+
+    prompts: str = "data/sg_safety/prompts.jsonl"  # JSONL: id, prompt, safe, category, split (train/test), subset
+    limit: int = 0  # > 0: only the first N prompts of each split (smoke runs); 0: all
+    answers: GenModelCfg = field(default_factory=GenModelCfg)  # the base model's own answers (all prompts)
+    refusals: RefusalModelCfg = field(default_factory=RefusalModelCfg)  # the preferred answer to unsafe prompts
+    # keyword: drop (and report) unsafe prompts whose base answer already refuses, refusals that do
+    # not refuse, safe prompts the base model refuses (safealign/refusal.py); none: keep every row
+    filter: str = "keyword"
+    concurrency: int = 4  # requests in flight at once; raise for a large vLLM server, lower on a rate limit
+    max_retries: int = 5  # retries of a request on 429, 5xx, a timeout or a dropped connection
+    backoff: float = 1.0  # seconds before the first retry, doubled each time (a Retry-After header wins)
+    timeout: float = 120.0  # seconds per request
+
+
 @dataclass
 class DataCfg:
     source: str = "data/sg_safety"  # local folder (train.jsonl, test.jsonl) or an HF dataset id
@@ -51,6 +102,8 @@ class DataCfg:
     categories: dict = since({}, "0.3")
     # a hub dataset's split names for train and test, e.g. {train: 30k_train, test: 30k_test} (BeaverTails)
     splits: dict = since({}, "0.3")
+    # generate the data from a prompt list (a `gen` stage before this one; data.source is then unused)
+    generate: Optional[GenerateCfg] = since(None, "0.3")
 
 
 @dataclass
@@ -289,6 +342,10 @@ RANGES = {
     "window": (lambda v: v >= 1, ">= 1"),
     "zero_grad_steps": (lambda v: v >= 1, ">= 1"),
     "max_degenerate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "concurrency": (lambda v: v >= 1, ">= 1"),
+    "max_retries": (lambda v: v >= 0, ">= 0"),
+    "backoff": (lambda v: v >= 0, ">= 0 seconds"),
+    "timeout": (lambda v: v > 0, "> 0 seconds"),
 }
 
 
@@ -351,6 +408,10 @@ def _check_semantics(r: Recipe, where, problems: list[str]) -> None:
         problems.append(
             f"{where(('data', 'categories'))}: only for an imported format (data.format); canonical rows carry their category"
         )
+    if r.data.generate is not None:
+        from safealign.generate import check
+
+        check(r.data.generate, lambda path: where(("data", "generate", *path)), problems)
     if r.base_model.startswith("toy-"):
         from safealign.families import FAMILIES
 

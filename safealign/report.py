@@ -132,12 +132,20 @@ def _clip(text: str, n: int = 160) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _data_text(d: dict) -> str:
+    g = d.get("generate")
+    if not g:
+        return f"`{d['source']}`"
+    models = {role: g[role]["model"] or "base model" for role in ("answers", "refusals")}
+    return f"generated from `{g['prompts']}`: answers by `{models['answers']}`, refusals by `{models['refusals']}`"
+
+
 def recipe_rows(resolved: dict) -> list[list[str]]:
     rows = [
         ["base model", f"`{resolved['base_model']}`"],
         ["stages", " -> ".join(resolved["stages"])],
         ["seed", str(resolved["seed"])],
-        ["data", f"`{resolved['data']['source']}`"],
+        ["data", _data_text(resolved["data"])],
     ]
     if resolved.get("overrides"):
         rows.append(["overrides (SET)", ", ".join(f"`{o}`" for o in resolved["overrides"])])

@@ -120,11 +120,20 @@ class SafetyError(RuntimeError):
     """The safety stage cannot run as configured; the message names the recipe key."""
 
 
-def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: list | None = None) -> list[str]:
+def generate(
+    model_path: str,
+    prompts: list[str],
+    cfg,
+    seed: int,
+    truncated: list | None = None,
+    on_batch=None,
+    label: str = "safety",
+) -> list[str]:
     """Answers through the model's chat template, greedy unless do_sample: transformers'
     `generate` in batches (left padding), or vLLM (eval.safety.backend; auto: where installed
     with a GPU). A prompt longer than the model's context minus max_new_tokens is cut from the
-    left (safealign/truncate.py); the indices of such prompts are appended to `truncated`."""
+    left (safealign/truncate.py); the indices of such prompts are appended to `truncated`.
+    `on_batch(start, answers)` is called after each batch (transformers only)."""
     from safealign.leaderboard import resolve_backend
     from safealign.models import load_tokenizer
 
@@ -162,8 +171,11 @@ def generate(model_path: str, prompts: list[str], cfg, seed: int, truncated: lis
                 eos_token_id=eos,
                 **extra,
             )
-        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        print(f"  safety: {min(i + cfg.batch_size, len(prompts))}/{len(prompts)} answers", flush=True)
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        if on_batch:  # e.g. the generation stage's cache: answers kept as each batch ends
+            on_batch(i, [t.strip() for t in texts])
+        out += texts
+        print(f"  {label}: {min(i + cfg.batch_size, len(prompts))}/{len(prompts)} answers", flush=True)
     return [t.strip() for t in out]
 
 

@@ -1,5 +1,6 @@
 """Stage runners. Each builds its folder as `<stage>.tmp/`, stamps it last and renames it.
 
+    gen          data.generate: prompts -> canonical JSONL through a model server (safealign.generate)
     data         canonical JSONL -> sft/kto/dpo/test files + counts        (safealign.data)
     <training>   a kind of safealign/kinds.py: fit its rows, render its templates, train, merge
                    axolotl (sft): templates/axolotl/<kind>.yaml.j2, `python -m axolotl.cli.train`
@@ -286,12 +287,60 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
     )
 
 
+def run_gen(exp: Experiment) -> None:
+    """The generation stage (data.generate): prompts -> canonical train/test rows (safealign/generate.py)."""
+    from safealign import generate, plan, refs
+
+    r, g = exp.recipe, exp.recipe.data.generate
+    cache = exp.folder.parent / plan.STORE / generate.CACHE / "answers.jsonl"
+    with fsutil.staged_dir(exp.dir("gen")) as tmp:
+        try:
+            summary = generate.run(g, r.base_model, r.seed, refs.path(g.prompts, REPO), tmp, cache)
+        except (generate.GenerateError, models.ModelUnavailable) as e:
+            raise StageError(f"gen: {e}") from None
+        fsutil.write_json_atomic(tmp / "counts.json", summary)
+        roles = {role: getattr(g, role) for role in generate.ROLES}
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(
+                REPO,
+                r.seed,
+                {"prompts": fsutil.sha256_file(refs.path(g.prompts, REPO))},
+                stage="gen",
+                prompts=g.prompts,
+                # every setting of each model, system prompts included; the API key's variable by name only
+                generation={
+                    role: {**vars(m), "model": generate.model_name(m, r.base_model)} for role, m in roles.items()
+                },
+                filter=g.filter,
+                cache=str(cache),
+            ),
+        )
+        d = summary["dropped"]
+        print(
+            f"  gen: {summary['rows']['train']} train / {summary['rows']['test']} test rows from "
+            f"{sum(summary['prompts'].values())} prompts; dropped {sum(d.values())}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in d.items())}; see dropped.jsonl)" if d else ""),
+            flush=True,
+        )
+
+
 def run_data(exp: Experiment) -> None:
     r = exp.recipe
+    generated = exp.dir("gen") if r.data.generate is not None else None
     with fsutil.staged_dir(exp.dir("data")) as tmp:
         c = data_mod.build(
-            r.data.source, r.seed, tmp, root=REPO, fmt=r.data.format, categories=r.data.categories, names=r.data.splits
+            str(generated.resolve()) if generated else r.data.source,
+            r.seed,
+            tmp,
+            root=REPO,
+            fmt="canonical" if generated else r.data.format,
+            categories=r.data.categories,
+            names=r.data.splits,
         )
+        if generated:  # the generation stage's summary beside the counts
+            c["generate"] = json.loads((generated / "counts.json").read_text())
+            fsutil.write_json_atomic(tmp / "counts.json", c)
         unmet = data_mod.unmet_needs(r, c)
         if unmet:
             raise StageError(
@@ -622,7 +671,9 @@ def run_summary(exp: Experiment) -> None:
 
 def run(exp: Experiment, stage: str, model: str | None = None) -> None:
     """Run one stage of `exp` by its kind: data, a training kind, judge, leaderboard, safety, summary."""
-    if stage == "data":
+    if stage == "gen":
+        run_gen(exp)
+    elif stage == "data":
         run_data(exp)
     elif stage in kinds.KINDS:
         run_training(exp, stage)

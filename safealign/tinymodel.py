@@ -89,9 +89,42 @@ def encode_pair(tok, prompt: str, answer: str, max_len: int) -> tuple[list[int],
     return ids, labels[: len(ids)]
 
 
+def train_loop(model, tok, encoded: list, cfg: dict, log) -> tuple[list[float], float]:
+    """Full-parameter training on (ids, labels) pairs: AdamW, warmup + cosine, batches drawn from
+    seeded permutations; deterministic from cfg["seed"] and the model's initial weights."""
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, cfg["steps"] // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg["steps"])))
+    )
+    model.train()
+    losses, t0, order = [], time.time(), []
+    for step in range(cfg["steps"]):
+        if len(order) < cfg["batch_size"]:
+            order += torch.randperm(len(encoded), generator=gen).tolist()
+        batch, order = [encoded[i] for i in order[: cfg["batch_size"]]], order[cfg["batch_size"] :]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 6))
+        if step % 50 == 0 or step == cfg["steps"] - 1:
+            log(f"  step {step:4d}  loss {loss.item():.4f}  ({time.time() - t0:.0f}s)")
+    return losses, t0
+
+
 def build(rows: list[dict], out_dir: Path, log=print, **overrides) -> dict:
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = {**DEFAULTS, **overrides}
     torch.manual_seed(cfg["seed"])
@@ -118,31 +151,15 @@ def build(rows: list[dict], out_dir: Path, log=print, **overrides) -> dict:
     log(f"tiny-local: vocab {len(tok)}, {n_params / 1e6:.2f}M parameters, {cfg['steps']} steps")
 
     encoded = [encode_pair(tok, p, a, 256) for p, a in base_behaviour_pairs(rows)]
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=0.01, betas=(0.9, 0.98))
-    warm = max(1, cfg["steps"] // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg["steps"])))
+    losses, t0 = train_loop(model, tok, encoded, cfg, log)
+    return _save(
+        model, tok, out_dir, losses, t0, {"config": cfg, "parameters": n_params, "vocab": len(tok)}, len(encoded)
     )
-    model.train()
-    losses, t0, order = [], time.time(), []
-    for step in range(cfg["steps"]):
-        if len(order) < cfg["batch_size"]:
-            order += torch.randperm(len(encoded), generator=gen).tolist()
-        batch, order = [encoded[i] for i in order[: cfg["batch_size"]]], order[cfg["batch_size"] :]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i, _ in batch])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 6))
-        if step % 50 == 0 or step == cfg["steps"] - 1:
-            log(f"  step {step:4d}  loss {loss.item():.4f}  ({time.time() - t0:.0f}s)")
+
+
+def _save(model, tok, out_dir: Path, losses: list[float], t0: float, info: dict, rows: int) -> dict:
+    from transformers import GenerationConfig
+
     model.eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id,
@@ -154,10 +171,8 @@ def build(rows: list[dict], out_dir: Path, log=print, **overrides) -> dict:
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     info = {
-        "config": cfg,
-        "parameters": n_params,
-        "vocab": len(tok),
-        "rows": len(encoded),
+        **info,
+        "rows": rows,
         "first_loss": losses[0],
         "final_loss": losses[-1],
         "seconds": round(time.time() - t0, 1),
@@ -167,3 +182,28 @@ def build(rows: list[dict], out_dir: Path, log=print, **overrides) -> dict:
         for i, l in enumerate(losses):
             f.write(json.dumps({"step": i + 1, "loss": l}) + "\n")
     return info
+
+
+REFUSER_DEFAULTS = dict(steps=48, batch_size=16, learning_rate=1e-3, seed=1234)
+
+
+def aligned_pairs(rows: list[dict]) -> list[tuple[str, str]]:
+    """The behaviour tiny-refuser learns: the preferred answer, a refusal for every unsafe prompt."""
+    return [(r["prompt"], r["chosen"]) for r in rows]
+
+
+def build_refuser(rows: list[dict], base_dir: Path, out_dir: Path, log=print, **overrides) -> dict:
+    """`tiny-refuser`: tiny-local fine-tuned briefly on the preferred answers, so that it refuses
+    unsafe prompts. On this machine it stands in for the strong model that writes the refusals
+    of the generation stage (data.generate.refusals); users point that at a real one."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from safealign.models import REFUSER
+
+    cfg = {**REFUSER_DEFAULTS, **overrides}
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = LlamaForCausalLM.from_pretrained(base_dir)
+    encoded = [encode_pair(tok, p, a, 256) for p, a in aligned_pairs(rows)]
+    log(f"{REFUSER}: fine-tuning {base_dir} on {len(encoded)} preferred answers, {cfg['steps']} steps")
+    losses, t0 = train_loop(model, tok, encoded, cfg, log)
+    return _save(model, tok, out_dir, losses, t0, {"config": cfg, "base": str(base_dir)}, len(encoded))

@@ -45,6 +45,7 @@ CASES = {
     "SAFEALIGN_CACHE": ["tiny-model"],
     "NODE_RANK": ["join", "NAME=sft_kto"],
     "LAUNCH": ["bench-gpu"],
+    "PORT": ["serve"],
 }
 
 

@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGE = "europe-docker.pkg.dev/proj/repo/safealign:test"
 
 
-def compile_(root: Path, *sets: str, grid: tuple = (), check=True):
+def compile_(root: Path, *sets: str, grid: tuple = (), check=True, recipe="sft_kto"):
     r = subprocess.run(
-        [sys.executable, "-m", "safealign", "pipeline", "--recipe", "sft_kto", "--experiments", str(root),
+        [sys.executable, "-m", "safealign", "pipeline", "--recipe", recipe, "--experiments", str(root),
          "--image", IMAGE, *(["--set", *sets] if sets else []), *(["--grid", *grid] if grid else [])],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "SAFEALIGN_QUIET": "1"},
     )  # fmt: skip
@@ -85,6 +85,18 @@ def test_one_task_per_stage_of_the_plan_with_its_identity(compiled):
         for t in ts.values()
         if op(t) in ("resolve-op", "summary-op", "report-op")
     )
+
+
+def test_generated_data_runs_the_generation_task_before_the_data_task(tmp_path):
+    compile_(tmp_path, recipe="gen_sft_kto")
+    sp = spec(tmp_path / "gen_sft_kto" / "pipeline.yaml")
+    plan = json.loads((tmp_path / "gen_sft_kto" / "stages.json").read_text())
+    ts = tasks(sp)
+    (gen,) = [n for n, t in ts.items() if op(t) == "gen-op"]
+    assert constant(ts[gen], "identity") == plan["gen"]["dir"]
+    (data,) = [t for t in ts.values() if op(t) == "data-op"]
+    assert gen in data["dependentTasks"]  # the data task reads the generated rows from the store
+    assert "base-op" in {op(ts[d]) for d in ts[gen]["dependentTasks"]}  # base (and tiny-refuser) built first
 
 
 def test_every_task_runs_the_cli_in_the_image_and_installs_nothing(compiled):

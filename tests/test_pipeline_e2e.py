@@ -2,7 +2,8 @@
 `SubprocessRunner(use_venv=False)`, no Docker, no network) on tiny-local, against `make exp` with
 the same seed in another store: the same stage identities and the same metrics, read from the
 pipeline's own Metrics artifact; then a 2-point sweep compiled into one pipeline, which reuses
-the stages it shares (SFT trains once). ~9 minutes on 2 cores (`make test-slow`).
+the stages it shares (SFT trains once). Short training and base + final model evaluated (SETS):
+~6 minutes on 2 cores (`make test-slow`).
 
 The local runner ignores resources, caching and retries: those are checked on the compiled YAML
 in tests/test_pipeline.py.
@@ -23,6 +24,11 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 
 
+# short training, the base and the final model evaluated: what is compared is the same either way
+SETS = ["sft.max_steps=20", "kto.max_steps=16", "eval.models=final"]
+NAME = names.exp_name("sft_kto", SETS)
+
+
 def make(*args):
     r = subprocess.run(
         ["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
@@ -39,15 +45,15 @@ def executor_outputs(run_dir: Path, task: str) -> dict:
 @pytest.fixture(scope="module")
 def by_make(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("make")
-    make("exp", "NAME=sft_kto", f"EXPERIMENTS={root}")
-    return root / "sft_kto"
+    make("exp", "NAME=sft_kto", "SET=" + " ".join(SETS), f"EXPERIMENTS={root}")
+    return root / NAME
 
 
 @pytest.fixture(scope="module")
 def by_pipeline(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
-    make("pipeline", "NAME=sft_kto", f"EXPERIMENTS={root}", "LOCAL=1")
-    return root / "sft_kto"
+    make("pipeline", "NAME=sft_kto", "SET=" + " ".join(SETS), f"EXPERIMENTS={root}", "LOCAL=1")
+    return root / NAME
 
 
 def run_dir(exp: Path) -> Path:
@@ -80,7 +86,7 @@ def test_artifacts_carry_the_stage_figures(by_pipeline):
     assert Path(kto["merged"], "config.json").exists() and kto["last_loss"] < kto["first_loss"]
     safety = [executor_outputs(run, d.name) for d in run.glob("safety-op*")]
     rates = [s["artifacts"]["rates"]["artifacts"][0]["metadata"] for s in safety]
-    assert {r["model"] for r in rates} == {"base", "sft", "kto"} and all("refusal_rate" in r for r in rates)
+    assert {r["model"] for r in rates} == {"base", "kto"} and all("refusal_rate" in r for r in rates)
     assert (run / "report-op" / "report").read_text() == (by_pipeline / "report.md").read_text()
 
 
@@ -90,8 +96,9 @@ def test_sweep_runs_as_one_pipeline_and_trains_shared_stages_once(by_pipeline):
     sft = stored("sft")
     assert len(sft) == 1
     sft_done = (sft[0] / ".done").stat().st_mtime_ns
-    make("pipeline-sweep", "NAME=sft_kto", "GRID=kto.beta=0.1,0.2", f"EXPERIMENTS={root}", "LOCAL=1")
-    points = [root / names.exp_name("sft_kto", [f"kto.beta={b}"]) for b in ("0.1", "0.2")]
+    make("pipeline-sweep", "NAME=sft_kto", "SET=" + " ".join(SETS), "GRID=kto.beta=0.1,0.2", f"EXPERIMENTS={root}",
+         "LOCAL=1")  # fmt: skip
+    points = [root / names.exp_name("sft_kto", [*SETS, f"kto.beta={b}"]) for b in ("0.1", "0.2")]
     plans = [json.loads((p / "stages.json").read_text()) for p in points]
     assert plans[0] == json.loads((by_pipeline / "stages.json").read_text())  # beta 0.1 is the recipe's own
     assert plans[0]["sft"] == plans[1]["sft"] and plans[0]["kto"] != plans[1]["kto"]

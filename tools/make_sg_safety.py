@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the shipped Singapore-context safety dataset (data/sg_safety/).
 
-    python tools/make_sg_safety.py            # rewrites data/sg_safety/{train,test}.jsonl
+    python tools/make_sg_safety.py            # rewrites data/sg_safety/{train,test,prompts}.jsonl
     python tools/make_sg_safety.py --check    # exit 1 if the committed files differ
 
 Deterministic from --seed. Canonical schema, one JSON object per line (see docs/data.md):
@@ -11,6 +11,8 @@ Deterministic from --seed. Canonical schema, one JSON object per line (see docs/
 Unsafe categories follow LionGuard's taxonomy. The "rejected" answers are sanitised on
 purpose: they *signal* compliance ("Can lah, here's how...") and never carry real harmful
 detail; that is all a refusal-alignment experiment needs from them.
+prompts.jsonl is the same prompts without answers (id, prompt, safe, category, split, subset):
+the input of the generation stage (`data.generate`, recipes/gen_sft_kto.yaml).
 The test split holds 15% of the templated rows ("in_template") plus hand-written prompts
 that share no template with training ("out_of_template"), reported separately.
 """
@@ -487,6 +489,16 @@ def _dump(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def prompt_list(train: list[dict], test: list[dict]) -> list[dict]:
+    """The prompt file of the generation stage: every prompt, labelled, without its answers."""
+    keys = ("id", "prompt", "safe", "category")
+    return [
+        {**{k: r[k] for k in keys}, "split": split, "subset": r["subset"]}
+        for split, rows in (("train", train), ("test", test))
+        for r in rows
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "sg_safety")
@@ -494,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with the files on disk instead of writing")
     args = ap.parse_args(argv)
     train, test = generate(args.seed)
-    wanted = {"train.jsonl": _dump(train), "test.jsonl": _dump(test)}
+    wanted = {"train.jsonl": _dump(train), "test.jsonl": _dump(test), "prompts.jsonl": _dump(prompt_list(train, test))}
     if args.check:
         stale = [
             n
