@@ -6,8 +6,8 @@
 
 The pipeline is compiled from the same resolved recipe and stage plan as `make exp`
 (safealign/plan.py): one task per stage (resolve, the base model, generation with data.generate,
-data, each training stage with its merge, judge, leaderboard and safety per model, summary, report), each a lightweight Python
-component whose body calls `python -m safealign <command>`, the entry point Make calls, so a
+data, each training stage with its merge, judge, leaderboard and safety per model, summary,
+report), each a lightweight Python component whose body calls `python -m safealign <command>`, the entry point Make calls, so a
 stage's output is the same whichever runner ran it. Components install nothing: the image (the
 repository's Dockerfile, built from requirements.lock) holds everything, and kfp's local runner
 (`SubprocessRunner(use_venv=False)`) runs them in the current venv.
@@ -165,24 +165,13 @@ def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
     _environment(cache, hf_home)
     exp = experiment_at(root, exp_name)
     base = exp.recipe.base_model
-    if base == models.TINY and not (models.tiny_path() / ".done").exists():
-        _sa("tiny-model", "--out", str(models.tiny_path()), "--data", "data/sg_safety/train.jsonl")
-    g = exp.recipe.data.generate  # the generation stage may ask tiny-refuser (built from tiny-local)
-    if (
-        g
-        and models.REFUSER in (g.answers.model, g.refusals.model)
-        and not (models.embedded_path(models.REFUSER) / ".done").exists()
-    ):
-        if not (models.tiny_path() / ".done").exists():
-            _sa("tiny-model", "--out", str(models.tiny_path()), "--data", "data/sg_safety/train.jsonl")
-        _sa(
-            "tiny-model",
-            "--refuser",
-            "--out",
-            str(models.embedded_path(models.REFUSER)),
-            "--data",
-            "data/sg_safety/train.jsonl",
-        )
+    g = exp.recipe.data.generate  # the generation stage may ask tiny-refuser, built from tiny-local
+    refuser = base == models.REFUSER or (g is not None and models.REFUSER in (g.answers.model, g.refusals.model))
+    needed = ([models.TINY] if base == models.TINY or refuser else []) + ([models.REFUSER] if refuser else [])
+    for name in needed:
+        if not (models.embedded_path(name) / ".done").exists():
+            flags = ["--refuser"] if name == models.REFUSER else []
+            _sa("tiny-model", *flags, "--out", str(models.embedded_path(name)), "--data", "data/sg_safety/train.jsonl")
     if models.toy_family(base) and not (models.embedded_path(base) / ".done").exists():
         fam = models.toy_family(base)
         _sa(
@@ -417,12 +406,9 @@ def build(points: list[Point], image: str, root: str, cache: str, name: str):
                 done[key].set_display_name(f"base {r.base_model}").set_caching_options(False)
             models = {"base": done[key].outputs["base"]}
             data = stage(ident["data"], "data_op", resolve, res, 0, exp_name=e, experiment=experiment)
-            if (
-                "gen" in ident
-            ):  # data.generate: the generation stage first (its endpoints must be reachable from the task)
-                gen = stage(ident["gen"], "gen_op", resolve, res, 0, exp_name=e, experiment=experiment,
-                            base=models["base"])  # fmt: skip
-                data.after(gen)
+            if "gen" in ident:  # data.generate: generation first; its servers must be reachable from the task
+                data.after(stage(ident["gen"], "gen_op", resolve, res, 0, exp_name=e, experiment=experiment,
+                                 base=models["base"]))  # fmt: skip
             dataset = data.outputs["dataset"]
             prev = models["base"]
             for s in r.stages:
