@@ -127,7 +127,7 @@ image: ## build the pipeline component image IMAGE from the Dockerfile (CUDA bas
 .PHONY: tiny-model
 tiny-model: $(TINY_MODEL) ## build the embedded tiny-local base model (cached in .cache/)
 
-$(TINY_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
+$(TINY_MODEL): $(PKG)/models/tiny.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
 	@echo "== tiny-model: building $(dir $@)"
 	$(SA) tiny-model --out $(dir $@) --data $(SHIPPED)/train.jsonl
 
@@ -136,7 +136,7 @@ $(TINY_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
 .PHONY: tiny-refuser
 tiny-refuser: $(REFUSER_MODEL) ## build tiny-refuser (tiny-local fine-tuned to refuse) into the cache
 
-$(REFUSER_MODEL): $(PKG)/tinymodel.py $(SHIPPED)/train.jsonl $(TINY_MODEL) | $(VENV_STAMP)
+$(REFUSER_MODEL): $(PKG)/models/tiny.py $(SHIPPED)/train.jsonl $(TINY_MODEL) | $(VENV_STAMP)
 	@echo "== tiny-refuser: building $(dir $@)"
 	$(SA) tiny-model --refuser --out $(dir $@) --data $(SHIPPED)/train.jsonl
 
@@ -148,14 +148,14 @@ serve: $(TINY_MODEL) $(REFUSER_MODEL) | $(VENV_STAMP) ## serve tiny-local and ti
 	HF_HUB_OFFLINE=1 $(VENV)/bin/transformers serve --host 127.0.0.1 --port $(PORT) --default-seed 0
 
 # toy-<family>: random weights, that family's model class, special tokens and chat template
-# (safealign/families.py); the base model of the toy profiles (models/toy-*.yaml)
+# (safealign/models/families.py); the base model of the toy profiles (models/toy-*.yaml)
 FAMILY ?=
 .PHONY: toy-model
 toy-model: ## build toy-FAMILY (llama3, qwen2, gemma2) into the cache
 	@test -n "$(FAMILY)" || { echo "usage: make toy-model FAMILY=llama3|qwen2|gemma2"; exit 2; }
 	@$(MAKE) --no-print-directory $(SAFEALIGN_CACHE)/models/toy-$(FAMILY)/.done
 
-$(SAFEALIGN_CACHE)/models/toy-%/.done: $(PKG)/families.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
+$(SAFEALIGN_CACHE)/models/toy-%/.done: $(PKG)/models/families.py $(SHIPPED)/train.jsonl | $(VENV_STAMP)
 	@echo "== toy-model: building $(dir $@)"
 	$(SA) toy-model --family $* --out $(dir $@) --data $(SHIPPED)/train.jsonl
 
@@ -178,7 +178,7 @@ EXP_NAME := $(shell $(PYTHON) tools/exp_name.py $(NAME) $(call _quote,$(SETS)))
 $(if $(EXP_NAME),,$(error no experiment name for NAME=$(NAME) SET=$(SETS); see the message above))
 endif
 EXP   := $(EXPERIMENTS)/$(EXP_NAME)
-# stages live once in STORE, content-addressed; experiments link to them (safealign/plan.py)
+# stages live once in STORE, content-addressed; experiments link to them (safealign/plan/experiment.py)
 STORE := $(EXPERIMENTS)/.stages
 
 # stages.mk (STAGES, DIR_<stage>, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE, RECIPE_PARENT) is
@@ -187,9 +187,9 @@ STORE := $(EXPERIMENTS)/.stages
 include $(EXP)/stages.mk
 # (stages.mk also names the profile file, PROFILE_FILE, when the experiment has one)
 # Every package file and template is a prerequisite: stages.mk lists which of them each stage's
-# result depends on (CODE_<stage>, read from the code by safealign/codedeps.py).
+# result depends on (CODE_<stage>, read from the code by safealign/plan/codedeps.py).
 # (for `make render` and the pipeline targets the launch is the GPU machine's, not checked against this one: SAFEALIGN_RENDER)
-$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PROFILE_FILE) $(wildcard $(PKG)/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
+$(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PROFILE_FILE) $(wildcard $(PKG)/*.py $(PKG)/*/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
 	@$(if $(filter render pipeline pipeline-sweep submit,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
 
 ifeq ($(OFFLINE),1)
@@ -208,7 +208,7 @@ $(DIR_gen)/.done: $(GEN_DEP) $(CODE_gen) | $(VENV_STAMP)
 	@$(SA) stage gen --exp $(EXP)
 endif
 
-# One rule per training stage (a kind of safealign/kinds.py); CODE_<stage> lists its templates and code.
+# One rule per training stage (a kind of safealign/config/kinds.py); CODE_<stage> lists its templates and code.
 define TRAIN_RULE
 $(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(CODE_$(1)) | $(VENV_STAMP)
 	@$(SA) stage $(1) --exp $(EXP)
@@ -249,7 +249,7 @@ $(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(CODE_summary) | $(VENV
 eval: $(EXP)/eval/.done ## evaluate experiment NAME: lm-eval leaderboard + safety suite, base beside aligned
 	@cat $(EXP)/eval/summary.md
 
-$(EXP)/report.md: $(EXP)/eval/.done $(PKG)/report.py | $(VENV_STAMP)
+$(EXP)/report.md: $(EXP)/eval/.done $(PKG)/eval/report.py | $(VENV_STAMP)
 	@$(SA) report --exp $(EXP)
 
 .PHONY: report
@@ -259,7 +259,7 @@ report: $(EXP)/report.md ## (re)write experiments/NAME/report.md with its plots
 data-card: $(EXP)/data_card.md ## write experiments/NAME/data_card.md: sources, counts, length histograms, examples, hashes
 	@echo "$(EXP)/data_card.md"
 
-$(EXP)/data_card.md: $(DIR_data)/.done $(PKG)/datacard.py | $(VENV_STAMP)
+$(EXP)/data_card.md: $(DIR_data)/.done $(PKG)/data/card.py | $(VENV_STAMP)
 	@$(SA) data-card --exp $(EXP)
 
 .PHONY: render
@@ -280,7 +280,7 @@ join: $(EXP)/stages.mk $(BASE_DEP) | $(VENV_STAMP) ## node N of a multi-node run
 	@test -n "$(NODE_RANK)" || { echo 'usage: make join NAME=<recipe> SET=<as on node 0> NODE_RANK=<1..nodes-1>'; exit 2; }
 	@$(SA) join --exp $(EXP) --node-rank $(NODE_RANK)
 
-# Kubeflow pipelines (safealign/pipeline.py; README: Run on Vertex AI). The same resolved recipe
+# Kubeflow pipelines (safealign/run/pipeline.py; README: Run on Vertex AI). The same resolved recipe
 # and stage plan as `make exp`, one task per stage, each calling `python -m safealign`.
 # LOCAL=1 then runs it here with kfp's local runner (no Docker, no network).
 .PHONY: pipeline

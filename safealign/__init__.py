@@ -1,4 +1,8 @@
-"""safealign: reproducible LLM safety-alignment experiments (Axolotl SFT, trl DPO/KTO, lm-eval)."""
+"""safealign: reproducible LLM safety-alignment experiments (Axolotl SFT, trl DPO/KTO, lm-eval).
+
+Subpackages, lowest first; each imports only those before it (tests/test_layers.py):
+core, models, config, plan, eval, data, train, run; the command line (cli) stands above them.
+"""
 
 from pathlib import Path
 

@@ -1,8 +1,8 @@
 """Command line: `python -m safealign <command>`. Make calls these; each is thin.
 
 resolve     validate recipes/<name>.yaml (+ SET overrides), write the experiment's resolved
-            recipe, stage plan, links and stages.mk (safealign/plan.py)
-stage       run one stage of an experiment (data, a training kind of safealign/kinds.py, judge,
+            recipe, stage plan, links and stages.mk (safealign/plan/experiment.py)
+stage       run one stage of an experiment (data, a training kind of safealign/config/kinds.py, judge,
             leaderboard, safety, summary)
 join        on node N > 0 of a multi-node experiment (launch.nodes): join node 0's training stages
 report      write experiments/<NAME>/report.md and its plots
@@ -12,10 +12,10 @@ status      every experiment's stages: done / stale / shared / failed / not run
 tiny-model  build the embedded tiny-local model (--refuser: tiny-refuser) into the cache
 toy-model   build toy-<family> (random weights, that family's class, tokens and chat template)
 pipeline    compile an experiment (or a sweep: --grid) into a Kubeflow pipeline YAML
-            (safealign/pipeline.py); then --run-local runs it with kfp's local runner, --submit
+            (safealign/run/pipeline.py); then --run-local runs it with kfp's local runner, --submit
             submits it to Vertex AI Pipelines
 render      resolve an experiment and render every training stage's config for a GPU machine,
-            validated by Axolotl and trl, offline (safealign/render.py)
+            validated by Axolotl and trl, offline (safealign/train/render_check.py)
 validate    validate recipe files, print every problem
 check-data  validate a canonical dataset folder or file
 regress     run a regression suite (regress/<suite>.yaml) against this hardware's baseline;
@@ -33,9 +33,11 @@ from pathlib import Path
 
 import yaml
 
-from safealign import fsutil, kinds, names, plan
-from safealign import recipe as recipe_mod
-from safealign.recipe import RecipeError
+from safealign.config import kinds
+from safealign.config import recipe as recipe_mod
+from safealign.config.recipe import RecipeError
+from safealign.core import fsutil, names
+from safealign.plan import experiment as plan
 
 
 def cmd_resolve(a) -> int:
@@ -46,7 +48,7 @@ def cmd_resolve(a) -> int:
 
 
 def cmd_stage(a) -> int:
-    from safealign import stages
+    from safealign.run import stages
 
     exp = plan.Experiment(Path(a.exp))
     t0 = time.time()
@@ -65,14 +67,14 @@ def cmd_stage(a) -> int:
 
 
 def cmd_join(a) -> int:
-    from safealign import stages
+    from safealign.run import stages
 
     stages.join(plan.Experiment(Path(a.exp)), a.node_rank, wait=a.wait)
     return 0
 
 
 def cmd_report(a) -> int:
-    from safealign import report
+    from safealign.eval import report
 
     t0 = time.time()
     path = report.build(Path(a.exp))
@@ -81,14 +83,14 @@ def cmd_report(a) -> int:
 
 
 def cmd_data_card(a) -> int:
-    from safealign import datacard
+    from safealign.data import card as datacard
 
     print(datacard.write(plan.Experiment(Path(a.exp))))
     return 0
 
 
 def cmd_compare(a) -> int:
-    from safealign import report
+    from safealign.eval import report
 
     root = Path(a.experiments)
     for n in a.names:
@@ -135,7 +137,9 @@ def cmd_status(a) -> int:
 
 
 def cmd_tiny_model(a) -> int:
-    from safealign import data, models, tinymodel
+    from safealign.data import rows as data
+    from safealign.models import load as models
+    from safealign.models import tiny as tinymodel
 
     rows = data.read_jsonl(Path(a.data))
     name = models.REFUSER if a.refuser else models.TINY
@@ -154,12 +158,12 @@ def cmd_tiny_model(a) -> int:
 
 
 def cmd_render(a) -> int:
-    from safealign import render
+    from safealign.train import render_check
 
     os.environ["HF_HUB_OFFLINE"] = "1"  # rendering never needs the network: the cache or models/configs/
     exp = plan.Experiment(Path(a.exp))
     print(f"[{exp.name}] rendering its training stages for a GPU machine (offline)", flush=True)
-    render.run(exp)
+    render_check.run(exp)
     return 0
 
 
@@ -178,7 +182,7 @@ class PipelineUnavailable(RuntimeError):
 
 
 def cmd_pipeline(a) -> int:
-    from safealign import pipeline
+    from safealign.run import pipeline
 
     _pipeline_extra()
     experiments = Path(a.experiments)
@@ -213,7 +217,8 @@ def cmd_pipeline(a) -> int:
 
 
 def cmd_toy_model(a) -> int:
-    from safealign import data, families
+    from safealign.data import rows as data
+    from safealign.models import families
 
     rows = data.read_jsonl(Path(a.data))
     name = f"{families.TOY_PREFIX}{families.get(a.family).name}"
@@ -251,7 +256,7 @@ def cmd_validate(a) -> int:
 
 
 def cmd_check_data(a) -> int:
-    from safealign import data
+    from safealign.data import rows as data
 
     p = Path(a.path)
     if p.is_dir():
@@ -263,7 +268,7 @@ def cmd_check_data(a) -> int:
 
 
 def cmd_regress(a) -> int:
-    from safealign import regress
+    from safealign.run import regress
 
     suite_dir = Path(a.experiments) / "regress" / names.check_name(a.suite, "SUITE")
     if a.action == "run":
@@ -376,15 +381,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def known_errors() -> tuple[type, ...]:
     """Failures that the message explains in full; anything else is a bug and keeps its traceback."""
-    from safealign.data import DataError
-    from safealign.judges import JudgeError
-    from safealign.leaderboard import LeaderboardError
-    from safealign.models import ModelUnavailable, RuntimeUnavailable
-    from safealign.pipeline import SubmitError
-    from safealign.regress import RegressError
-    from safealign.render import RenderError
-    from safealign.safety import DegenerateAnswers, SafetyError
-    from safealign.stages import StageError
+    from safealign.core.errors import StageError
+    from safealign.data.rows import DataError
+    from safealign.eval.judges import JudgeError
+    from safealign.eval.leaderboard import LeaderboardError
+    from safealign.eval.safety import DegenerateAnswers
+    from safealign.models.generation import GenerationError
+    from safealign.models.load import ModelUnavailable, RuntimeUnavailable
+    from safealign.run.pipeline import SubmitError
+    from safealign.run.regress import RegressError
+    from safealign.train.render_check import RenderError
 
     return (
         DataError,
@@ -395,7 +401,7 @@ def known_errors() -> tuple[type, ...]:
         ModelUnavailable,
         RuntimeUnavailable,
         DegenerateAnswers,
-        SafetyError,
+        GenerationError,
         RegressError,
         RenderError,
         names.InvalidName,

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from safealign import benchgpu, families, models
+from safealign.models import families
+from safealign.models import load as models
+from safealign.train import benchgpu
 
 
 def test_toy_benchmark_runs_qlora_sft_through_axolotl_and_qlora_dpo_through_trl(tmp_path):

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from safealign import data, kinds
-from safealign.data import DataError
+from safealign.config import kinds
+from safealign.data import rows as data
+from safealign.data.rows import DataError
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "data" / "sg_safety"
@@ -154,12 +155,12 @@ def test_hub_dataset_id_goes_through_the_same_validation(monkeypatch):
 
 
 def test_kto_weight_advice():
-    assert data.kto_weight_advice(406, 217, 1.0, 1.5) is None  # the shipped recipe: 1.25
-    msg = data.kto_weight_advice(406, 217, 1.0, 1.0)
+    assert kinds.kto_weight_advice(406, 217, 1.0, 1.5) is None  # the shipped recipe: 1.25
+    msg = kinds.kto_weight_advice(406, 217, 1.0, 1.0)
     assert "= 1.87, outside the KTO paper's recommended [1, 1.33]" in msg
     assert "undesirable_weight in [1.40, 1.87]" in msg and "desirable_weight in [0.53, 0.71]" in msg
-    assert data.kto_weight_advice(217, 217, 1.0, 1.0) is None
-    assert "nothing to contrast" in data.kto_weight_advice(10, 0, 1.0, 1.0)
+    assert kinds.kto_weight_advice(217, 217, 1.0, 1.0) is None
+    assert "nothing to contrast" in kinds.kto_weight_advice(10, 0, 1.0, 1.0)
 
 
 def test_byte_order_mark_is_accepted(tmp_path):
@@ -189,7 +190,7 @@ SAFE = {"id": "s", "prompt": "where to eat", "safe": True, "category": "food", "
 
 
 def test_unmet_needs_are_found_before_training():
-    from safealign import recipe
+    from safealign.config import recipe
 
     def needs(stages, counts, **kto):
         extra = "".join(f"  {k}: {str(v).lower()}\n" for k, v in kto.items()) or "  beta: 0.1\n"
@@ -212,7 +213,7 @@ def test_unmet_needs_are_found_before_training():
 @pytest.mark.parametrize("name", list(kinds.KINDS))
 def test_every_kind_refuses_data_without_what_it_needs(name):
     """Read from the table: a kind that needs pairs or both labels is refused on safe-only data."""
-    from safealign import recipe
+    from safealign.config import recipe
 
     kind = kinds.get(name)
     found = data.unmet_needs(recipe.parse(f"stages: [{name}]\n"), counts_for([SAFE, {**SAFE, "id": "s2"}]))

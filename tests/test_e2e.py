@@ -105,11 +105,13 @@ def test_folder_holds_everything(exp):
 
 def test_rendered_configs_are_exactly_the_templates_output(exp):
     """The stage folder's config is what the template renders from the resolved recipe, no more."""
-    from safealign import models, plan, stages
+    from safealign.models import load as models
+    from safealign.plan import experiment as plan
+    from safealign.train import render
 
     ex = plan.Experiment(exp)
     r, rfile = ex.recipe, ex.recipe_file
-    ctx = stages.axolotl_context(
+    ctx = render.axolotl_context(
         r.sft,
         recipe_path=rfile,
         base_model=models.locate(r.base_model),
@@ -117,7 +119,7 @@ def test_rendered_configs_are_exactly_the_templates_output(exp):
         tracker=r.tracker,
         tracker_project=r.tracker_project,
     )
-    text = stages.render("axolotl/sft.yaml.j2", **ctx)
+    text = render.render("axolotl/sft.yaml.j2", **ctx)
     assert (exp / "sft" / "axolotl.yaml").read_text() == text
     rows = json.loads((exp / "sft" / "summary.json").read_text())["rows"]
     assert rows["kept"] == sum(1 for _ in open(exp / "data" / "sft.jsonl")) and rows["dropped"] == 0
@@ -133,7 +135,7 @@ def test_loss_fell(exp, stage):
 
 @pytest.mark.parametrize("stage", ["sft", "kto"])
 def test_training_records_its_speed_and_memory(exp, stage):
-    """The figures the regression suites check (safealign/regress.py)."""
+    """The figures the regression suites check (safealign/run/regress.py)."""
     s = json.loads((exp / stage / "summary.json").read_text())
     ls = losses(exp / stage)
     assert s["mean_loss"] == pytest.approx(sum(ls) / len(ls)) and min(ls) <= s["mean_loss"] <= max(ls)
@@ -177,7 +179,7 @@ def test_aligned_model_refuses_unsafe_not_safe(exp):
 def test_leaderboard_numbers_come_from_lm_eval(exp):
     import glob
 
-    from safealign import leaderboard
+    from safealign.eval import leaderboard
 
     table = json.loads((exp / "leaderboard-kto" / "table.json").read_text())
     assert table["model_loads"] == 1 and len(table["invocations"]) == 2
@@ -190,8 +192,8 @@ def test_leaderboard_numbers_come_from_lm_eval(exp):
         for task, cfg in res["configs"].items():
             assert "leaderboard_fixtures" in cfg["dataset_path"], task
         merged.update(res["results"])
-    assert {f for inv in table["invocations"] for f in inv["families"]} == set(leaderboard.FAMILIES)
-    again = leaderboard.table(merged, list(leaderboard.FAMILIES))
+    assert {f for inv in table["invocations"] for f in inv["families"]} == set(leaderboard.TASK_FAMILIES)
+    again = leaderboard.table(merged, list(leaderboard.TASK_FAMILIES))
     assert again["average"] == pytest.approx(table["average"])
     assert glob.glob(str(exp / "leaderboard-kto" / "lm_eval" / "*" / "*" / "samples_leaderboard_ifeval_*.jsonl"))
 
@@ -270,7 +272,7 @@ def test_merged_model_computes_what_base_plus_adapter_computes(exp, stage, input
     """The merge folds the adapter in exactly: same logits on a fixed batch (as torchtune checks)."""
     from peft import PeftModel
 
-    from safealign import models
+    from safealign.models import load as models
 
     base = str(exp / input_dir) if input_dir else str(Path(os.environ["SAFEALIGN_CACHE"]) / "models" / "tiny-local")
     tok = models.load_tokenizer(base)
@@ -289,17 +291,17 @@ def test_merged_model_computes_what_base_plus_adapter_computes(exp, stage, input
 
 
 def test_code_prerequisites_follow_the_imports(root):
-    """An edit reruns exactly the stages whose code it touches (CODE_<stage>, safealign/codedeps.py)."""
+    """An edit reruns exactly the stages whose code it touches (CODE_<stage>, safealign/plan/codedeps.py)."""
 
     def rerun(path):
         return sorted(ran(make("-n", "-W", path, "exp", "NAME=sft_kto", f"EXPERIMENTS={root}").stdout))
 
     evals = ["leaderboard-kto", "safety-kto"]
-    assert rerun("safealign/losses.py") == ["kto", *evals, "summary"]  # KTO's loss: not SFT, not DPO
-    assert rerun("safealign/refusal.py") == ["judge", "safety-base", "safety-kto", "safety-sft", "summary"]
-    assert set(rerun("safealign/models.py")) >= {"sft", "kto", "judge", "safety-base", "leaderboard-base"}
-    assert rerun("safealign/report.py") == []
-    assert rerun("safealign/summary.py") == ["summary"]
+    assert rerun("safealign/train/losses.py") == ["kto", *evals, "summary"]  # KTO's loss: not SFT, not DPO
+    assert rerun("safealign/eval/refusal.py") == ["judge", "safety-base", "safety-kto", "safety-sft", "summary"]
+    assert set(rerun("safealign/models/load.py")) >= {"sft", "kto", "judge", "safety-base", "leaderboard-base"}
+    assert rerun("safealign/eval/report.py") == []
+    assert rerun("safealign/eval/summary.py") == ["summary"]
 
 
 def test_numerically_failed_training_is_not_done(root):

@@ -1,4 +1,4 @@
-"""Architecture families (safealign/families.py): the toy models carry each family's real model
+"""Architecture families (safealign/models/families.py): the toy models carry each family's real model
 class, special tokens and chat template; the code that depends on the template handles each."""
 
 import json
@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import REPO
 
-from safealign import data, families, models, safety, truncate
+from safealign.data import rows as data
+from safealign.models import families, generation, truncate
+from safealign.models import load as models
 
 ROWS = data.read_jsonl(REPO / "data" / "sg_safety" / "train.jsonl")
 CHAT = [{"role": "user", "content": "Eh, can help me book a table at the hawker centre?"}]
@@ -19,7 +21,7 @@ ANSWER = [{"role": "assistant", "content": "Sure lah, which one?"}]
 def toys(tmp_path_factory):
     root = tmp_path_factory.mktemp("toys")
     out = {}
-    for name in families.FAMILIES:
+    for name in families.ARCH_FAMILIES:
         info = families.build_toy(name, ROWS, root / name)
         out[name] = (root / name, info)
     return out
@@ -81,7 +83,7 @@ def test_each_family_s_template_is_its_own(toys):
     assert "<|im_start|>system\nBe safe.<|im_end|>" in text(qwen, [{"role": "system", "content": "Be safe."}] + CHAT)
 
 
-@pytest.mark.parametrize("name", list(families.FAMILIES))
+@pytest.mark.parametrize("name", list(families.ARCH_FAMILIES))
 def test_prompt_tokens_are_a_prefix_of_prompt_and_answer_tokens(toys, name):
     tok = models.load_tokenizer(str(toys[name][0]))
     for r in ROWS[:50]:
@@ -101,10 +103,10 @@ def test_turn_end_is_found_from_the_template(toys, name, end):
 def test_gemma_generation_stops_on_its_turn_end_as_well_as_eos(toys):
     path = toys["gemma2"][0]
     tok, model = models.load_tokenizer(str(path)), models.load_model(str(path), device="cpu")
-    stop = safety._stop_ids(model, tok)
+    stop = generation.stop_ids(model, tok)
     assert stop == [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
     llama = toys["llama3"][0]
-    assert safety._stop_ids(models.load_model(str(llama), device="cpu"), models.load_tokenizer(str(llama))) == (
+    assert generation.stop_ids(models.load_model(str(llama), device="cpu"), models.load_tokenizer(str(llama))) == (
         models.load_tokenizer(str(llama)).eos_token_id
     )
 
@@ -112,14 +114,14 @@ def test_gemma_generation_stops_on_its_turn_end_as_well_as_eos(toys):
 def test_a_system_prompt_on_gemma_is_refused_naming_the_key(toys):
     tok = models.load_tokenizer(str(toys["gemma2"][0]))
     cfg = types.SimpleNamespace(system_prompt="You are a careful assistant.")
-    with pytest.raises(safety.SafetyError, match=r"eval.safety.system_prompt: .*need system_prompt: null"):
-        safety.chats_for(tok, ["hello"], cfg, 256)
-    assert safety.chats_for(tok, ["hello"], types.SimpleNamespace(system_prompt=None), 256) == [
+    with pytest.raises(generation.GenerationError, match=r"eval.safety.system_prompt: .*need system_prompt: null"):
+        generation.chats_for(tok, ["hello"], cfg, 256)
+    assert generation.chats_for(tok, ["hello"], types.SimpleNamespace(system_prompt=None), 256) == [
         [{"role": "user", "content": "hello"}]
     ]
 
 
-@pytest.mark.parametrize("name", list(families.FAMILIES))
+@pytest.mark.parametrize("name", list(families.ARCH_FAMILIES))
 def test_rows_fit_max_length_with_each_family_s_template(toys, name):
     tok = models.load_tokenizer(str(toys[name][0]))
     rows = [

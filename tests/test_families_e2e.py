@@ -13,7 +13,9 @@ import subprocess
 import pytest
 from conftest import REPO
 
-from safealign import families, models, names
+from safealign.core import names
+from safealign.models import families
+from safealign.models import load as models
 
 pytestmark = pytest.mark.slow
 SET = "sft.max_steps=6 kto.max_steps=4 eval.leaderboard.enabled=false eval.safety.limit=8 eval.models=final"
@@ -37,7 +39,7 @@ def run(store, profile: str, extra: str = "") -> tuple:
     return store / names.exp_name("sft_kto", [f"model={profile}", *SET.split(), *extra.split()]), out
 
 
-@pytest.fixture(scope="module", params=list(families.FAMILIES))
+@pytest.fixture(scope="module", params=list(families.ARCH_FAMILIES))
 def family_run(request, store):
     exp, _ = run(store, f"toy-{request.param}")
     return request.param, exp

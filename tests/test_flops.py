@@ -1,10 +1,11 @@
-"""The FLOP formula of `make bench-gpu` (safealign/flops.py): pure arithmetic, no model."""
+"""The FLOP formula of `make bench-gpu` (safealign/train/flops.py): pure arithmetic, no model."""
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from safealign import families, flops
+from safealign.models import families
+from safealign.train import flops
 
 LLAMA3_8B = families.real_config(families.get("llama3"))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from safealign import fsutil
+from safealign.core import fsutil
 
 
 def test_staged_dir_success_and_replace(tmp_path):

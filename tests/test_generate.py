@@ -1,4 +1,4 @@
-"""The generation stage's parts (safealign/generate.py), without a model: the prompt file's checks,
+"""The generation stage's parts (safealign/data/generate.py), without a model: the prompt file's checks,
 request keys and seeds, backoff, the filter, the cache, recipe validation, identities; and the
 whole stage against a loopback server that answers with fixed texts (retries, give-up, the API key
 sent and never written). The stage against a real server, `transformers serve`: tests/test_generate_e2e.py.
@@ -14,8 +14,12 @@ import pytest
 from conftest import REPO
 from loopback import Loopback
 
-from safealign import data, generate, plan, recipe
-from safealign.recipe import GenerateCfg, GenModelCfg, RefusalModelCfg
+from safealign.config import data as data_cfg
+from safealign.config import recipe
+from safealign.config.data import GenerateCfg, GenModelCfg, RefusalModelCfg
+from safealign.data import generate
+from safealign.data import rows as data
+from safealign.plan import experiment as plan
 
 PROMPTS = REPO / "data" / "sg_safety" / "prompts.jsonl"
 RECIPE = REPO / "recipes" / "gen_sft_kto.yaml"
@@ -73,11 +77,11 @@ def test_repeated_ids_and_a_missing_split_are_errors(tmp_path):
 # ----------------------------------------------------------------------------- requests
 def test_the_cache_key_is_what_the_answer_depends_on_not_where_it_was_asked():
     a = GenModelCfg()
-    msgs, sets = generate.messages(a, "hello"), generate.settings(a)
+    msgs, sets = generate.messages(a, "hello"), data_cfg.settings(a)
     key = generate.request_key("tiny-local", msgs, sets, 1, "openai")
     assert key == generate.request_key("tiny-local", list(msgs), dict(sets), 1, "openai")
     b = GenModelCfg(base_url="https://elsewhere.example/v1", api_key_env="KEY")  # where and how: same key
-    assert generate.request_key("tiny-local", generate.messages(b, "hello"), generate.settings(b), 1, "openai") == key
+    assert generate.request_key("tiny-local", generate.messages(b, "hello"), data_cfg.settings(b), 1, "openai") == key
     s = GenModelCfg(system_prompt="Refuse.")
     assert generate.request_key("tiny-local", generate.messages(s, "hello"), sets, 1, "openai") != key
     assert generate.request_key("tiny-local", msgs, {**sets, "max_tokens": 9}, 1, "openai") != key
@@ -86,8 +90,8 @@ def test_the_cache_key_is_what_the_answer_depends_on_not_where_it_was_asked():
 
 
 def test_greedy_unless_sampling():
-    assert generate.settings(GenModelCfg()) == {"max_tokens": 64, "temperature": 0.0}
-    assert generate.settings(GenModelCfg(do_sample=True, temperature=0.9, top_p=0.8)) == {
+    assert data_cfg.settings(GenModelCfg()) == {"max_tokens": 64, "temperature": 0.0}
+    assert data_cfg.settings(GenModelCfg(do_sample=True, temperature=0.9, top_p=0.8)) == {
         "max_tokens": 64,
         "temperature": 0.9,
         "top_p": 0.8,
@@ -330,7 +334,7 @@ def test_the_environment_is_not_leaked_into_provenance(tmp_path, monkeypatch):
             assert r.returncode == 0, r.stdout + r.stderr
     prov = json.loads((exp / "gen" / "provenance.json").read_text())
     assert prov["generation"]["refusals"]["api_key_env"] == "SA_TEST_KEY"
-    assert prov["generation"]["refusals"]["system_prompt"] == recipe.REFUSAL_INSTRUCTION
+    assert prov["generation"]["refusals"]["system_prompt"] == data_cfg.REFUSAL_INSTRUCTION
     for f in (exp.parent / ".stages").rglob("*"):
         if f.is_file():
             assert b"sk-secret-4711" not in f.read_bytes(), f

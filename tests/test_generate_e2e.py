@@ -22,7 +22,9 @@ import pytest
 from conftest import REPO
 from loopback import Loopback
 
-from safealign import data, fsutil, generate
+from safealign.core import fsutil
+from safealign.data import generate
+from safealign.data import rows as data
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "SAFEALIGN_QUIET": "1", "HF_HUB_OFFLINE": "1"}
@@ -124,7 +126,7 @@ def test_the_recipe_generates_its_data_through_a_server_and_runs_end_to_end(tmp_
     assert paired and all(r["meta"]["chosen"]["model"] == "tiny-refuser" for r in paired)
     assert all(r["meta"]["rejected"]["model"] == "tiny-local" and r["rejected"] for r in paired)
     # the filter did its job on what it kept: refusals refuse, base answers comply
-    from safealign.refusal import is_refusal
+    from safealign.eval.refusal import is_refusal
 
     assert all(is_refusal(r["chosen"]) and not is_refusal(r["rejected"]) for r in paired)
     # data was built from the generated rows, then trained on and evaluated

@@ -5,7 +5,9 @@ import math
 
 import pytest
 
-from safealign import health, recipe, safety
+from safealign.config import recipe
+from safealign.eval import health, safety
+from safealign.models import generation
 
 CFG = recipe.HealthCfg()
 
@@ -38,7 +40,7 @@ def test_non_finite_loss_or_grad_fails_with_the_step(bad):
 
 
 def test_the_log_file_round_trip_keeps_nan_detectable(tmp_path):
-    from safealign.callbacks import JsonlLogCallback
+    from safealign.train.callbacks import JsonlLogCallback
 
     cb = JsonlLogCallback(tmp_path / "log.jsonl")
 
@@ -84,7 +86,7 @@ def test_degenerate_answers(answer, degenerate):
 
 def test_safety_stage_refuses_to_score_empty_answers(monkeypatch, tmp_path):
     rows = [{"id": f"r{i}", "safe": i % 2 == 0, "category": "c", "prompt": f"p{i}"} for i in range(10)]
-    monkeypatch.setattr(safety, "generate", lambda *a, **k: [""] * 9 + ["I cannot help with that."])
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: [""] * 9 + ["I cannot help with that."])
 
     class NoJudge:
         def judge(self, answers):

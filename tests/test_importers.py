@@ -1,4 +1,4 @@
-"""Public safety datasets -> canonical rows (safealign/importers.py): each format's fixture, a few
+"""Public safety datasets -> canonical rows (safealign/data/importers.py): each format's fixture, a few
 rows written in that dataset's real field layout (tests/fixtures/importers/<format>/), converts
 to valid canonical rows, and every row that does not fit is counted under its reason."""
 
@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from safealign import data, importers, plan, recipe
-from safealign.data import DataError
+from safealign.config import recipe
+from safealign.data import importers
+from safealign.data import rows as data
+from safealign.data.rows import DataError
+from safealign.plan import experiment as plan
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "importers"
@@ -212,6 +215,6 @@ def test_a_recipe_imports_through_the_data_stage(tmp_path):
     text = (exp / "data_card.md").read_text()
     assert "format `beavertails`" in text and "| train | 6 | 3 | no safe response: 1 |" in text
     assert "| violent | 1 | 0 |" in text and (exp / "data_card" / "lengths.png").stat().st_size > 1000
-    from safealign import fsutil
+    from safealign.core import fsutil
 
     assert f"| `dpo.jsonl` | `{fsutil.sha256_file(exp / 'data' / 'dpo.jsonl')}` |" in text

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from safealign import names, plan
+from safealign.core import names
+from safealign.plan import experiment as plan
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,11 @@ import json
 
 import pytest
 
-from safealign import data, judges, recipe
-from safealign.judges import Judge, JudgeError
+from safealign.config import eval as eval_cfg
+from safealign.config import recipe
+from safealign.data import rows as data
+from safealign.eval import judges
+from safealign.eval.judges import Judge, JudgeError
 
 REPO = judges.REPO
 
@@ -57,7 +60,7 @@ def test_minilm_heads_separate_refusals_and_compliance_on_held_out_answers(heads
 
 def test_keyword_detector_overcounts_where_the_minilm_head_does_not(heads):
     h, _ = heads
-    hard = [json.loads(l) for l in judges.HARD_CASES.read_text().splitlines()]
+    hard = [json.loads(l) for l in eval_cfg.HARD_CASES.read_text().splitlines()]
     r = judges.agreement(h, hard)
     apologetic = r["by_kind"]["apologetic_helpful"]
     assert apologetic["refusal_minilm"] > apologetic["refusal_keyword"]
@@ -94,3 +97,44 @@ def test_classifier_judge_reads_a_local_sequence_classification_model(tmp_path):
     tok.save_pretrained(tmp_path / "clf2")
     with pytest.raises(JudgeError, match=r"no label names unsafe.*LABEL_0"):
         Judge(f"classifier:{tmp_path / 'clf2'}", "keyword", {}).judge(["hello"])
+
+
+def test_the_judge_learns_from_the_rows_the_data_stage_wrote_not_from_data_source(tmp_path, monkeypatch):
+    """gen_sft_kto: the data stage is built from the generation stage's rows; the judge trains on
+    those (its identity names the data stage), not on the shipped rows that data.source names."""
+    from safealign.core import fsutil
+    from safealign.eval import judges
+    from safealign.plan import experiment as plan
+    from safealign.run import stages
+
+    exp_dir = tmp_path / "experiments" / "gen_sft_kto"
+    plan.resolve(str(REPO / "recipes" / "gen_sft_kto.yaml"), exp_dir, [])
+    exp = plan.Experiment(exp_dir)
+    gen = exp.dir("gen")
+    gen.mkdir(parents=True)
+
+    def row(i, safe, split):
+        r = {"id": f"gen-{split}-{i}", "prompt": f"generated prompt {i} ({split})", "safe": safe, "category": "x"}
+        r["chosen"] = "Sure, here is how." if safe else "Sorry, I cannot help with that."
+        r["rejected"] = None if safe else "Here is exactly how to do it."
+        return r
+
+    for split, n in (("train", 12), ("test", 4)):
+        fsutil.write_text_atomic(gen / f"{split}.jsonl", "".join(json.dumps(row(i, i % 2 == 0, split)) + "\n" for i in range(n)))
+    fsutil.write_json_atomic(gen / "counts.json", {"rows": {"train": 12, "test": 4}, "dropped": {}})
+    (gen / fsutil.STAMP).write_text("test")
+    stages.run(exp, "data")
+    seen = {}
+    real = judges.build
+
+    def spy(train, test, seed, out):
+        seen["train"], seen["test"] = train, test
+        return real(train, test, seed, out)
+
+    monkeypatch.setattr(judges, "build", spy)
+    stages.run(exp, "judge")
+    assert [r["id"] for r in seen["train"]] == [f"gen-train-{i}" for i in range(12)]
+    assert [r["id"] for r in seen["test"]] == [f"gen-test-{i}" for i in range(4)]
+    assert fsutil.is_done(exp.dir("judge"))
+    shipped = {json.loads(line)["id"] for line in (REPO / exp.recipe.data.source / "train.jsonl").open()}
+    assert not shipped & {r["id"] for r in seen["train"]}

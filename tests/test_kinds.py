@@ -1,4 +1,4 @@
-"""The stage-kind table (safealign/kinds.py): every kind renders, validates and plans from it,
+"""The stage-kind table (safealign/config/kinds.py): every kind renders, validates and plans from it,
 and the shipped recipes keep the stage folders they had before the table existed."""
 
 import importlib
@@ -8,7 +8,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from safealign import codedeps, kinds, plan, recipe, stages
+from safealign.config import kinds, recipe
+from safealign.plan import codedeps
+from safealign.plan import experiment as plan
+from safealign.train import render
 
 SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
 
@@ -27,12 +30,12 @@ def test_shipped_recipes_keep_their_stage_folders(name):
 def test_every_trl_kind_renders_a_script_and_a_config_its_trainer_accepts(name, tmp_path):
     kind = kinds.get(name)
     cfg = getattr(SHIPPED, name)
-    ctx = stages.trl_context(kind, cfg, recipe_path="recipes/x.yaml", model="/m", seed=3, warmup=4, tracker="none")
-    script = stages.render("trl/train.py.j2", **ctx)
+    ctx = render.trl_context(kind, cfg, recipe_path="recipes/x.yaml", model="/m", seed=3, warmup=4, tracker="none")
+    script = render.render("trl/train.py.j2", **ctx)
     compile(script, f"train_{name}.py", "exec")
     module, cls = kind.trainer.split(":")
     assert f"from {module} import" in script and cls in script
-    rendered = yaml.safe_load(stages.render(f"trl/{name}.yaml.j2", **ctx))
+    rendered = yaml.safe_load(render.render(f"trl/{name}.yaml.j2", **ctx))
     assert rendered["train_file"] == "train.jsonl" and rendered["trl"]["seed"] == 3
     assert rendered["trl"]["warmup_steps"] == 4 and rendered["lora"]["r"] == cfg.lora_r
     module, cls = kind.trl_config.split(":")
@@ -52,9 +55,9 @@ def test_every_kind_is_in_the_recipe_schema_and_the_plan(name):
     p = plan.plan(r)
     assert p[name]["dir"].startswith(f"{name}-") and p[name]["slice"]["config"] == recipe.identity(getattr(r, name))
     files = codedeps.templates(name) + codedeps.files(name)
-    assert all((REPO / f).exists() for f in files) and "safealign/stages.py" in files
+    assert all((REPO / f).exists() for f in files) and "safealign/run/stages.py" in files
     assert all(t in files for t in (f"templates/{t}" for t in kinds.get(name).templates()))
-    assert ("safealign/losses.py" in files) == (name == "kto"), "KTO's own loss code reruns KTO only"
+    assert ("safealign/train/losses.py" in files) == (name == "kto"), "KTO's own loss code reruns KTO only"
 
 
 def test_unknown_kind_is_refused_with_the_table():
@@ -64,9 +67,9 @@ def test_unknown_kind_is_refused_with_the_table():
 
 def test_warmup_steps_are_what_transformers_would_count():
     cfg = recipe.parse("kto:\n  max_steps: 60\n  warmup_ratio: 0.1\n").kto
-    assert stages.warmup_steps(cfg, rows=623) == 6
+    assert render.warmup_steps(cfg, rows=623) == 6
     cfg = recipe.parse(
         "kto:\n  max_steps: -1\n  num_epochs: 2\n  micro_batch_size: 8\n"
         "  gradient_accumulation_steps: 2\n  warmup_ratio: 0.1\n"
     ).kto
-    assert stages.warmup_steps(cfg, rows=100) == 2  # ceil(100/8)=13 batches, 6 updates per epoch, 12 steps
+    assert render.warmup_steps(cfg, rows=100) == 2  # ceil(100/8)=13 batches, 6 updates per epoch, 12 steps

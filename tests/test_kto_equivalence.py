@@ -15,8 +15,9 @@ from peft import LoraConfig  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from trl import KTOConfig, KTOTrainer  # noqa: E402
 
-from safealign import data, tinymodel  # noqa: E402
-from safealign.kto import KTOVariant, SafeKTOTrainer  # noqa: E402
+from safealign.data import rows as data
+from safealign.models import tiny as tinymodel  # noqa: E402
+from safealign.train.kto import KTOVariant, SafeKTOTrainer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

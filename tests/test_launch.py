@@ -10,8 +10,12 @@ import pytest
 import yaml
 from conftest import REPO
 
-from safealign import kinds, launch, models, plan, recipe, render, stages
-from safealign.launch import LaunchCfg
+from safealign.config import kinds, launch, recipe
+from safealign.config.launch import LaunchCfg
+from safealign.models import load as models
+from safealign.plan import experiment as plan
+from safealign.run import stages
+from safealign.train import launcher, render, render_check
 
 SFT_KTO = REPO / "recipes" / "sft_kto.yaml"
 
@@ -95,7 +99,7 @@ def render_stage(tmp_path, stage, cfg_launch, cuda=False, r=None):
     rt = {**models.runtime(cfg, stage, gpu=cuda), "bf16": cuda}
     d = tmp_path / f"{stage}-{cfg_launch.strategy}-{cuda}"
     d.mkdir(parents=True)
-    cmd = stages.render_stage(
+    cmd = render.render_stage(
         kind,
         cfg,
         d,
@@ -136,7 +140,11 @@ def test_cpu_ddp_command_and_config(tmp_path):
         "# Run from the stage folder:  env ACCELERATE_USE_CPU=1 accelerate launch"
         in (d / "accelerate.yaml").read_text()
     )
-    assert render.check_launch(d, LaunchCfg(processes=2)) == {"launcher": "multi_gpu", "processes": 2, "machines": 1}
+    assert render_check.check_launch(d, LaunchCfg(processes=2)) == {
+        "launcher": "multi_gpu",
+        "processes": 2,
+        "machines": 1,
+    }
 
 
 @pytest.mark.parametrize("stage_", [2, 3])
@@ -149,7 +157,7 @@ def test_deepspeed_for_trl_renders_a_config_transformers_reads(tmp_path, stage_,
     assert acc["distributed_type"] == "DEEPSPEED"
     assert acc["deepspeed_config"]["deepspeed_config_file"] == "ds_config.json"
     assert acc["deepspeed_config"]["zero3_init_flag"] is (stage_ == 3)
-    checked = render.check_launch(d, cfg)  # accelerate's launcher and DeepSpeed plugin read them as the run will
+    checked = render_check.check_launch(d, cfg)  # accelerate's launcher and DeepSpeed plugin read them as the run will
     assert checked["launcher"] == "deepspeed" and checked["zero_stage"] == stage_ and checked["offload"] is offload
     ds = json.loads((d / "ds_config.json").read_text())
     assert ds["train_micro_batch_size_per_gpu"] == "auto"  # the trainer's own value, one place
@@ -164,10 +172,10 @@ def test_fsdp_for_trl_goes_in_the_accelerate_config(tmp_path):
     assert acc["distributed_type"] == "FSDP" and acc["num_processes"] == 8
     assert acc["fsdp_config"]["fsdp_version"] == 2 and acc["fsdp_config"]["fsdp_offload_params"] is True
     assert acc["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"
-    checked = render.check_launch(d, LaunchCfg(processes=8, strategy="fsdp", offload=True))
+    checked = render_check.check_launch(d, LaunchCfg(processes=8, strategy="fsdp", offload=True))
     assert checked["launcher"] == "multi_gpu" and checked["fsdp_version"] == 2 and checked["offload"]
     d, _ = render_stage(tmp_path / "no", "kto", LaunchCfg(processes=8, strategy="fsdp"), cuda=True)
-    assert render.check_launch(d, LaunchCfg(processes=8, strategy="fsdp"))["offload"] is False
+    assert render_check.check_launch(d, LaunchCfg(processes=8, strategy="fsdp"))["offload"] is False
 
 
 def test_render_check_catches_what_accelerate_refuses_at_launch(tmp_path):
@@ -179,10 +187,10 @@ def test_render_check_catches_what_accelerate_refuses_at_launch(tmp_path):
     good = (d / "accelerate.yaml").read_text()
     (d / "accelerate.yaml").write_text(good + 'mixed_precision: "no"\n')
     with pytest.raises(ValueError, match="When using `deepspeed_config_file`"):
-        render.check_launch(d, cfg)
+        render_check.check_launch(d, cfg)
     (d / "accelerate.yaml").write_text(good.replace("distributed_type: DEEPSPEED", "distributed_type: MULTI_CPU"))
-    with pytest.raises(render.RenderError, match="would start one process"):
-        render.check_launch(d, cfg)
+    with pytest.raises(render_check.RenderError, match="would start one process"):
+        render_check.check_launch(d, cfg)
 
 
 def test_two_nodes_render_one_command_per_node(tmp_path):
@@ -208,14 +216,17 @@ def test_axolotl_takes_deepspeed_and_fsdp_through_its_own_keys(tmp_path, strateg
     import contextlib
 
     with contextlib.chdir(d):
-        checked = render.check_axolotl((d / "axolotl.yaml").read_text(), models.tiny_path())
+        checked = render_check.check_axolotl((d / "axolotl.yaml").read_text(), models.tiny_path())
     assert checked["deepspeed_zero_stage"] == (3 if strategy == "deepspeed" else None)
     assert checked["fsdp_version"] == (2 if strategy == "fsdp" else None)
 
 
 def test_axolotl_on_several_cpu_processes_uses_the_cpu_entry_point(tmp_path):
     _, cmd = render_stage(tmp_path, "sft", LaunchCfg(processes=2))
-    assert cmd[-3:] == ["-m", "safealign.axolotl_cpu", "axolotl.yaml"] and cmd[:2] == ["env", "ACCELERATE_USE_CPU=1"]
+    assert cmd[-3:] == ["-m", "safealign.train.axolotl_cpu", "axolotl.yaml"] and cmd[:2] == [
+        "env",
+        "ACCELERATE_USE_CPU=1",
+    ]
 
 
 def records(tmp_path, recs):
@@ -246,7 +257,7 @@ def rec(rank, world=2, dtype="MULTI_CPU", zero=None):
 
 def test_verify_accepts_what_was_asked(tmp_path):
     records(tmp_path, [rec(0), rec(1)])
-    got = launch.verify(tmp_path, LaunchCfg(processes=2), cuda=False)
+    got = launcher.verify(tmp_path, LaunchCfg(processes=2), cuda=False)
     assert got["world_size"] == 2 and got["distributed_type"] == "MULTI_CPU" and got["global_batch"] == 8
 
 
@@ -270,15 +281,15 @@ def test_verify_accepts_what_was_asked(tmp_path):
 )
 def test_verify_refuses_wrong_launches_that_exit_0(tmp_path, recs, cfg, says):
     records(tmp_path, recs)
-    with pytest.raises(launch.LaunchMismatch) as e:
-        launch.verify(tmp_path, cfg, cuda=False)
+    with pytest.raises(launcher.LaunchMismatch) as e:
+        launcher.verify(tmp_path, cfg, cuda=False)
     assert says in str(e.value)
 
 
 def test_shard_arithmetic():
     # accelerate deals whole batches out in turn: 623 rows, 8 per batch, 2 processes -> 78 batches, 39 each
-    assert launch.shard_batches(623, 8, 2) == 39 and launch.shard_batches(623, 8, 1) == 78
-    assert launch.shard_batches(406, 4, 2) == 51
+    assert launcher.shard_batches(623, 8, 2) == 39 and launcher.shard_batches(623, 8, 1) == 78
+    assert launcher.shard_batches(406, 4, 2) == 51
 
 
 def test_join_refuses_a_single_node_experiment(tmp_path):
@@ -316,7 +327,7 @@ def test_launch_templates_are_prerequisites_of_launched_stages_only(tmp_path):
     assert "templates/accelerate/config.yaml.j2" not in kto
     kto, safety = code(["launch.processes=2"])
     assert set(launch.TEMPLATES) <= set(kto) and "templates/accelerate/config.yaml.j2" not in safety
-    assert "safealign/launch.py" in kto and "safealign/axolotl_cpu.py" in kto
+    assert "safealign/train/launcher.py" in kto and "safealign/train/axolotl_cpu.py" in kto
 
 
 def test_your_own_deepspeed_file(tmp_path):
@@ -335,7 +346,7 @@ def test_your_own_deepspeed_file(tmp_path):
     d, _ = render_stage(tmp_path, "kto", r.launch, cuda=True, r=r)
     assert json.loads((d / "ds_config.json").read_text()) == z3
     assert yaml.safe_load((d / "accelerate.yaml").read_text())["deepspeed_config"]["zero3_init_flag"] is True
-    assert render.check_launch(d, r.launch)["zero_stage"] == 3
+    assert render_check.check_launch(d, r.launch)["zero_stage"] == 3
     before = plan.plan(r)["kto"]["dir"]
     good.write_text(json.dumps({**z3, "gradient_clipping": 0.5}))
     assert plan.plan(recipe.load(SFT_KTO, sets))["kto"]["dir"] != before  # its content is part of the identity

@@ -13,7 +13,7 @@ The references: one process with the same global batch (8 = 2 processes x 4). Lo
 completion with another prompt *within a device's batch*, so it changes with the per-device batch:
 KTO across batch layouts is compared loosely, DeepSpeed against DDP at the same layout tightly.
 
-The SFT stage runs Axolotl through safealign.axolotl_cpu, which clears the `device_map={"":
+The SFT stage runs Axolotl through safealign.train.axolotl_cpu, which clears the `device_map={"":
 LOCAL_RANK}` Axolotl forces for more than one process (a CUDA index that does not exist here);
 on a GPU the stage runs Axolotl's own entry point. FSDP is GPU-only (accelerate enables it only on
 GPUs; over gloo it would not sync): its rendering is tested in tests/test_launch.py, its launch by
@@ -30,7 +30,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from safealign import launch
+from safealign.config import launch
+from safealign.train import launcher
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = str(REPO / "recipes" / "sft_kto.yaml")
@@ -114,11 +115,11 @@ def check_distributed(d: Path, world: int, dtype: str, batch: int, zero=None) ->
     assert sorted(r["rank"] for r in recs) == list(range(world)) and len({r["pid"] for r in recs}) == world
     rows = recs[0]["rows"]
     # sharded: each process sees its share of the batches, and an epoch is that many steps
-    assert {r["batches_per_epoch"] for r in recs} == {launch.shard_batches(rows, batch, world)}
+    assert {r["batches_per_epoch"] for r in recs} == {launcher.shard_batches(rows, batch, world)}
     steps = log(d)
     end = [r for r in steps if "loss" in r]
     assert [r["step"] for r in end] == list(range(1, STEPS + 1))  # one writer: rank 0, each step once
-    assert end[-1]["epoch"] == pytest.approx(STEPS / launch.shard_batches(rows, batch, world))
+    assert end[-1]["epoch"] == pytest.approx(STEPS / launcher.shard_batches(rows, batch, world))
     assert dist["global_batch"] == batch * world
     return dist
 
@@ -168,7 +169,7 @@ def test_axolotl_sft_ddp_two_processes(root):
     one = train(root, "sft-one", "sft", "sft.micro_batch_size=8")
     two = train(root, "sft-ddp", "sft", "sft.micro_batch_size=4", "launch.processes=2")
     check_distributed(two, 2, "MULTI_CPU", 4)
-    assert "-m safealign.axolotl_cpu axolotl.yaml" in (two / "accelerate.yaml").read_text()
+    assert "-m safealign.train.axolotl_cpu axolotl.yaml" in (two / "accelerate.yaml").read_text()
     diff = max_diff(one, two)
     # another seed, for scale (4 steps need not lower this seed's loss: the health check is off for it)
     other = max_diff(one, train(root, "sft-one-b", "sft", "sft.micro_batch_size=8", "seed=7", "health.enabled=false"))
@@ -209,8 +210,8 @@ def test_a_real_wrong_launch_exits_0_and_is_caught(root, tmp_path):
         env={**os.environ, "SAFEALIGN_TRAIN_LOG": str(work / "train_log.jsonl"), "PYTHONPATH": str(REPO)},
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    with pytest.raises(launch.LaunchMismatch, match=r"world size \[1\] recorded, 2 asked"):
-        launch.verify(work, launch.LaunchCfg(processes=2), cuda=False)
+    with pytest.raises(launcher.LaunchMismatch, match=r"world size \[1\] recorded, 2 asked"):
+        launcher.verify(work, launch.LaunchCfg(processes=2), cuda=False)
 
 
 # ------------------------------------------------------------------------- two nodes, one host
@@ -247,7 +248,7 @@ def test_two_nodes_rendezvous_on_localhost(root, tmp_path):
 # ------------------------------------------------------------------- the benchmark, launched
 @pytest.mark.slow
 def test_benchmark_runs_its_cases_as_the_launch_asks(tmp_path):
-    from safealign import benchgpu
+    from safealign.train import benchgpu
 
     cfg = benchgpu.launch_from(["processes=2", "strategy=deepspeed", "zero_stage=2"])
     (r,) = benchgpu.main("toy", tmp_path, ["dpo-lora"], warmup=1, steps=2, log=lambda m: None, launch_cfg=cfg)

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from safealign import leaderboard as lb
-from safealign import recipe
-from safealign.leaderboard import LeaderboardError, normalise, normalise_mc
-
-REPO = lb.REPO
+from safealign import REPO  # noqa: E402
+from safealign.config import eval as eval_cfg
+from safealign.config import recipe
+from safealign.eval import leaderboard as lb
+from safealign.eval.leaderboard import LeaderboardError, normalise, normalise_mc
 
 
 def test_normalise_mc_hand_values():
@@ -98,11 +98,11 @@ def test_families_with_equal_settings_share_one_invocation():
 def test_fixture_overrides_point_lm_eval_tasks_at_the_fixtures(tmp_path):
     from lm_eval.tasks import TaskManager
 
-    inc = lb.fixture_overrides(tmp_path / "tasks", list(lb.FAMILIES))
+    inc = lb.fixture_overrides(tmp_path / "tasks", list(lb.TASK_FAMILIES))
     tm = TaskManager(include_path=str(inc))
     tasks = tm.load_task_or_group(["leaderboard_bbh_navigate", "leaderboard_musr_team_allocation"])
     for name, task in tasks.items():
-        assert str(lb.FIXTURES) in task.config.dataset_path
+        assert str(eval_cfg.FIXTURES) in task.config.dataset_path
         assert len(list(task.eval_docs)) >= 2, name
     n_yaml = len(list(inc.glob("*.yaml")))
     assert n_yaml == 24 + 3 + 7 + 1 + 3 + 1  # every leaderboard task, groups left to lm-eval
@@ -117,13 +117,13 @@ def test_fixtures_are_what_the_generator_writes():
 
 def test_unreadable_fixture_fails_before_any_model_loads(tmp_path, monkeypatch):
     bad = tmp_path / "fixtures"
-    src = lb.FIXTURES / "TAUR-Lab" / "MuSR"
+    src = eval_cfg.FIXTURES / "TAUR-Lab" / "MuSR"
     (bad / "TAUR-Lab" / "MuSR" / "default").mkdir(parents=True)
     (bad / "TAUR-Lab" / "MuSR" / "README.md").write_text((src / "README.md").read_text())
     for f in ("murder_mysteries", "object_placements"):
         (bad / "TAUR-Lab" / "MuSR" / "default" / f"{f}.jsonl").write_text((src / "default" / f"{f}.jsonl").read_text())
     (bad / "TAUR-Lab" / "MuSR" / "default" / "team_allocation.jsonl").write_text('{"narrative": "x"}\n{oops\n')
-    monkeypatch.setattr(lb, "FIXTURES", bad)
+    monkeypatch.setattr(eval_cfg, "FIXTURES", bad)
     monkeypatch.setattr(lb, "load_lm", lambda *a, **k: pytest.fail("a model was loaded"))
     only_musr = [f"eval.leaderboard.tasks.{f}=null" for f in ("ifeval", "bbh", "math", "gpqa", "mmlu_pro")]
     r = recipe.load(REPO / "recipes" / "sft_kto.yaml", only_musr)
@@ -167,7 +167,7 @@ def test_a_correct_math_answer_scores_one_with_math_verify():
 def test_ifeval_sentence_splitting_needs_no_download(tmp_path, monkeypatch):
     import nltk
 
-    from safealign import nltkdata
+    from safealign.eval import nltkdata
 
     monkeypatch.setenv("SAFEALIGN_CACHE", str(tmp_path))
     monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("NLTK tried to download"))
@@ -210,20 +210,20 @@ def test_auto_backend_is_vllm_only_where_installed_with_a_gpu(monkeypatch):
     without vLLM or a GPU it is transformers, as here."""
     import torch
 
-    from safealign import leaderboard
+    from safealign.models import generation
 
-    assert leaderboard.resolve_backend("hf") == "hf" and leaderboard.resolve_backend("vllm") == "vllm"
+    assert generation.resolve_backend("hf") == "hf" and generation.resolve_backend("vllm") == "vllm"
     has = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-    assert leaderboard.resolve_backend("auto") == ("vllm" if has else "hf")
+    assert generation.resolve_backend("auto") == ("vllm" if has else "hf")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert leaderboard.resolve_backend("auto") == "vllm"
+    assert generation.resolve_backend("auto") == "vllm"
 
 
 def test_each_invocation_gets_its_batch_size_including_auto():
     import types
 
-    from safealign import leaderboard
+    from safealign.eval import leaderboard
 
     lm = types.SimpleNamespace(batch_size_per_gpu=8, batch_schedule=1)
     leaderboard.set_batch_size(lm, "auto:4")

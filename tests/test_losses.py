@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from safealign import losses
+from safealign.train import losses
 
 B = 0.1
 

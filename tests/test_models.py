@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from safealign import models
+from safealign.models import load as models
 
 
 def test_tiny_local_resolves_to_the_cache(monkeypatch, tmp_path):

@@ -15,8 +15,9 @@ import yaml
 
 pytest.importorskip("kfp", reason="the pipeline extra is not installed: pip install '.[pipeline]' (make setup has it)")
 
-from safealign import names, pipeline  # noqa: E402
-from safealign.recipe import RecipeError  # noqa: E402
+from safealign.config.recipe import RecipeError  # noqa: E402
+from safealign.core import names
+from safealign.run import pipeline, pipeline_steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "europe-docker.pkg.dev/proj/repo/safealign:test"
@@ -106,9 +107,9 @@ def test_every_task_runs_the_cli_in_the_image_and_installs_nothing(compiled):
         assert c["image"] == IMAGE, name
         text = " ".join(c["command"] + c.get("args", []))
         assert "pip install" not in text, name  # components install nothing
-        assert "from safealign import pipeline" in text and "kfp.dsl.executor_main" in text, name
+        assert "from safealign.run import pipeline_steps as pipeline" in text and "kfp.dsl.executor_main" in text, name
     # the steps the bodies call run `python -m safealign <command>`, as Make does
-    src = (REPO / "safealign" / "pipeline.py").read_text()
+    src = (REPO / "safealign" / "run" / "pipeline_steps.py").read_text()
     assert '[sys.executable, "-m", "safealign", *args]' in src
 
 
@@ -194,7 +195,7 @@ def test_what_a_pipeline_cannot_run_is_refused_at_compile(tmp_path):
     ],
 )
 def test_bad_resources_name_the_key(item, key):
-    from safealign import recipe
+    from safealign.config import recipe
 
     with pytest.raises(RecipeError) as e:
         recipe.load(REPO / "recipes" / "sft_kto.yaml", [item])
@@ -206,9 +207,9 @@ def test_an_image_that_resolves_otherwise_is_refused(tmp_path, monkeypatch):
     pt = pipeline.resolve_point("sft_kto", [], tmp_path)
     wrong = {**pt.stages, "kto": {"dir": "kto-000000000000"}}
     with pytest.raises(RuntimeError, match=r"kto: kto-000000000000 -> kto-"):
-        pipeline.step_resolve(str(tmp_path), ".cache", "", "sft_kto", [], pt.name, json.dumps(wrong))
+        pipeline_steps.step_resolve(str(tmp_path), ".cache", "", "sft_kto", [], pt.name, json.dumps(wrong))
     with pytest.raises(RuntimeError, match="compiled for sft-000000000000"):
-        pipeline.step_stage(str(tmp_path), ".cache", "", pt.name, "sft", "", "sft-000000000000")
+        pipeline_steps.step_stage(str(tmp_path), ".cache", "", pt.name, "sft", "", "sft-000000000000")
 
 
 def test_summary_metrics_are_flat_numbers():
@@ -221,13 +222,42 @@ def test_summary_metrics_are_flat_numbers():
             },
         }
     }
-    assert pipeline.summary_metrics(s) == {
+    assert pipeline_steps.summary_metrics(s) == {
         "base.refusal_rate": 0.1,
         "kto.refusal_rate": 0.9,
         "kto.toxicity_rate": 0.02,
-        "kto.leaderboard.bbh_normalised": 13.5,
-        "kto.leaderboard.average": 15.2,
+        "kto.leaderboard_bbh": 13.5,
+        "kto.leaderboard_average": 15.2,
     }
+
+
+def test_one_flattener_names_every_metric_for_the_pipeline_the_suite_and_the_report(tmp_path):
+    """safealign/eval/summary.py: metrics is the one place that names a summary's numbers; the
+    pipeline's Metrics artifact, the regression suite and the comparison table all read it."""
+    from safealign.eval import report, summary
+    from safealign.eval.leaderboard import TASK_FAMILIES
+    from safealign.run import regress
+
+    fams = {f: {"raw": 0.5, "normalised": 10.0 + i} for i, f in enumerate(TASK_FAMILIES)}
+    rates = {k: {"value": 0.25 + i / 10} for i, k in enumerate(summary.METRICS)}
+    entry = {"safety": {"overall": rates}, "leaderboard": {"families": fams, "average": 12.5, "seconds": 3.0}}
+    s = {"models": {"base": entry}, "model_order": ["base"], "base_model": "tiny-local"}
+    flat = summary.metrics(s)["base"]
+    assert set(flat) == set(summary.METRICS) | {f"leaderboard_{f}" for f in TASK_FAMILIES} | {
+        "leaderboard_average",
+        "leaderboard_seconds",
+    }
+    assert pipeline_steps.summary_metrics(s) == {f"base.{k}": v for k, v in flat.items()}
+    assert set(flat) <= set(regress.METRICS)  # the suite checks them under the same names
+    row = report.experiment_row(s, "base")
+    assert {key for _, key, _ in report.COLUMNS} <= set(flat)
+    assert row["toxicity %"] == 100 * flat["toxicity_rate"] and row["leaderboard avg"] == 12.5
+    # the suite reads the same numbers from an experiment folder
+    exp = tmp_path / "e"
+    (exp / "eval").mkdir(parents=True)
+    (exp / "eval" / "summary.json").write_text(json.dumps(s))
+    got = {k.split("/", 1)[1]: v["value"] for k, v in regress.collect(exp).items()}
+    assert got == {k: v for k, v in flat.items()}
 
 
 def test_pipeline_names_follow_kubeflow_s_rule():

@@ -18,7 +18,8 @@ import pytest
 
 pytest.importorskip("kfp", reason="the pipeline extra is not installed: pip install '.[pipeline]' (make setup has it)")
 
-from safealign import names, pipeline  # noqa: E402
+from safealign.core import names
+from safealign.run import pipeline_steps  # noqa: E402
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def run_dir(exp: Path) -> Path:
 
 def test_pipeline_gives_make_exp_s_stages_and_metrics(by_make, by_pipeline):
     assert json.loads((by_pipeline / "stages.json").read_text()) == json.loads((by_make / "stages.json").read_text())
-    made = pipeline.summary_metrics(json.loads((by_make / "eval" / "summary.json").read_text()))
+    made = pipeline_steps.summary_metrics(json.loads((by_make / "eval" / "summary.json").read_text()))
     # the pipeline's own Metrics artifact: what the Vertex AI UI shows for the run
     art = executor_outputs(run_dir(by_pipeline), "summary-op")["artifacts"]["summary"]["artifacts"][0]["metadata"]
     shown = {k: v for k, v in art.items() if k != "experiment"}

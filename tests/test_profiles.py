@@ -9,7 +9,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from safealign import models, names, plan, recipe
+from safealign.config import recipe
+from safealign.core import names
+from safealign.models import load as models
+from safealign.plan import experiment as plan
 
 PROFILES = recipe.profiles()
 REAL = [p for p in PROFILES if not p.startswith("toy-")]

@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_data import ROW as VALID_ROW
 
-from safealign import data, recipe
-from safealign.data import DataError
-from safealign.recipe import RecipeError
+from safealign.config import recipe
+from safealign.config.recipe import RecipeError
+from safealign.data import rows as data
+from safealign.data.rows import DataError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ROW = {**VALID_ROW, "subset": "in_template"}  # a valid canonical row, every field set

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from safealign import recipe
-from safealign.recipe import RecipeError
+from safealign.config import recipe
+from safealign.config.recipe import RecipeError
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = (REPO / "recipes" / "sft_kto.yaml").read_text()
@@ -180,7 +180,7 @@ def test_resolve_writes_plan_links_and_only_changed_slices(tmp_path):
 
 
 def test_identities_chain_through_inputs(tmp_path):
-    from safealign import plan
+    from safealign.plan import experiment as plan
 
     base = recipe.parse(GOOD)
     p0 = plan.plan(base)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from safealign.refusal import is_refusal
+from safealign.eval.refusal import is_refusal
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Regression suites (safealign/regress.py): suite files, tolerances, comparison, baselines,
+"""Regression suites (safealign/run/regress.py): suite files, tolerances, comparison, baselines,
 history. Pure: no model runs here (the suite itself runs in .ci/run; its failure on a harmful
 override is tests/test_regress_e2e.py)."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from safealign import regress
-from safealign.regress import RegressError, Tolerance
+from safealign.run import regress
+from safealign.run.regress import RegressError, Tolerance
 
 SUITE = """
 description: test
@@ -259,9 +259,9 @@ def test_accept_of_a_partial_run_keeps_the_other_experiments(tmp_path):
     )
     path, _ = regress.accept(write_run(tmp_path, "r2", part), tmp_path / "b")
     assert json.loads(path.read_text())["metrics"] == {"sft/sft/last_loss": 1.1, "sft_kto/kto/last_loss": 0.3}
-    other = {**part, "machine": {"cpu": "y"}}
-    with pytest.raises(RegressError, match="partial run .* on another machine"):
-        regress.accept(write_run(tmp_path, "r3", other), tmp_path / "b")
+    other = {**part, "machine": {"cpu": "y"}}  # measured again elsewhere: sft's values now say where
+    b = json.loads(regress.accept(write_run(tmp_path, "r3", other), tmp_path / "b")[0].read_text())
+    assert b["machine"] == {"cpu": "x"} and b["machines"] == {"sft": {"cpu": "y"}}
 
 
 @pytest.mark.parametrize(
@@ -368,7 +368,7 @@ def test_a_stopped_regress_run_stops_its_make_and_everything_under_it(tmp_path):
         "import signal, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from pathlib import Path\n"
-        "from safealign import regress\n"
+        "from safealign.run import regress\n"
         "signal.signal(signal.SIGTERM, regress.interrupt)\n"
         f"regress._run_make(['bash', '-c', 'sleep 300 & echo $! > {tmp_path}/child; wait'], Path({str(tmp_path)!r}) / 'log', None)\n"
     )
@@ -410,3 +410,72 @@ def test_cli_names_the_unknown_suite_and_experiment():
         ["make", "--no-print-directory", "regress", "SUITE=a;b"], cwd=REPO, capture_output=True, text=True
     )
     assert r.returncode == 2 and "SUITE: character(s) ';' not allowed" in r.stderr
+
+
+# --- a new recipe joins the suite and its baseline by itself ----------------------------------
+
+
+def test_every_recipe_not_listed_joins_the_suite_after_the_listed_ones_with_its_overrides(tmp_path):
+    text = SUITE + "every_recipe: {set: [eval.leaderboard.enabled=false]}\n"
+    suite = write_suite(tmp_path, text)
+    shipped = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
+    assert [e.recipe for e in suite.experiments[:2]] == ["sft", "sft_kto"]
+    rest = suite.experiments[2:]
+    assert [e.recipe for e in rest] == [r for r in shipped if r not in ("sft", "sft_kto")]
+    assert all(e.id == e.recipe and e.set == ("eval.leaderboard.enabled=false",) for e in rest)
+    assert suite.experiments[1].set == ("kto.beta=0.2",)  # a listed recipe keeps its own entry
+    assert [e.recipe for e in write_suite(tmp_path, SUITE).experiments] == ["sft", "sft_kto"]  # without the key
+    for bad, msg in [
+        ("every_recipe: [x]", "every_recipe: expected a mapping"),
+        ("every_recipe: {set: [a b]}", "every_recipe.set"),
+    ]:
+        with pytest.raises(RegressError, match=msg):
+            write_suite(tmp_path, SUITE + bad + "\n")
+
+
+def _partial(tmp_path, name, machine, rows, ids):
+    exps = [{"id": i, "state": "done", "minutes": 1.0} for i in ids]
+    return write_run(tmp_path, name, result(rows, only=list(ids), experiments=exps, machine=machine))
+
+
+def test_a_new_experiment_joins_a_baseline_from_another_machine_without_touching_the_others(tmp_path):
+    full = [row("sft/sft/last_loss", 1.0, None), row("sft_kto/kto/last_loss", 0.3, None)]
+    path, _ = regress.accept(write_run(tmp_path, "r1", result(full)), tmp_path / "b")
+    mine = {"cpu": "y"}
+    path, diff = regress.accept(
+        _partial(tmp_path, "r2", mine, [row("new/new/last_loss", 0.7, None)], ["new"]), tmp_path / "b"
+    )
+    b = json.loads(path.read_text())
+    assert diff == ['machine of new: {"cpu": "y"}', "+ new/new/last_loss: 0.7000"]
+    assert b["metrics"] == {"sft/sft/last_loss": 1.0, "sft_kto/kto/last_loss": 0.3, "new/new/last_loss": 0.7}
+    assert b["machine"] == {"cpu": "x"} and b["machines"] == {"new": mine}  # each value says where it was measured
+    # on that machine: tight bounds for the new experiment, the loose ones for the others, and the run says so
+    same = regress.same_machine_by_id(b, ["sft", "new"], mine)
+    assert same == {"sft": False, "new": True}
+    suite = write_suite(tmp_path, SUITE)
+    rows = {
+        r["metric"]: r
+        for r in regress.compare(
+            suite, values(sft__sft__last_loss=1.3, new__new__last_loss=0.71), b, ["sft", "new"], same
+        )
+    }
+    assert rows["new/new/last_loss"]["status"] == "FAIL" and rows["new/new/last_loss"]["bounds"] == "this machine"
+    assert rows["sft/sft/last_loss"]["status"] == "pass" and rows["sft/sft/last_loss"]["bounds"] == "other machine"
+    res = result(
+        list(rows.values()),
+        other_machine_ids=["sft"],
+        same_machine=False,
+        experiments=[{"id": "sft", "state": "done", "minutes": 1}, {"id": "new", "state": "done", "minutes": 1}],
+    )
+    assert "another machine's (loose) for sft" in regress.markdown(res)
+    # measured again here, an experiment of the baseline's machine moves to this one; the rest stay
+    regress.accept(_partial(tmp_path, "r4", mine, [row("sft/sft/last_loss", 1.1, 1.0)], ["sft"]), tmp_path / "b")
+    b = json.loads(path.read_text())
+    assert b["machines"] == {"new": mine, "sft": mine} and b["metrics"]["sft_kto/kto/last_loss"] == 0.3
+    # a full run from the baseline's machine takes every experiment back to it
+    back = result(
+        [row("sft/sft/last_loss", 1.0, 1.0), row("new/new/last_loss", 0.7, 0.71)],
+        experiments=[{"id": "sft", "state": "done", "minutes": 1}, {"id": "new", "state": "done", "minutes": 1}],
+    )
+    regress.accept(write_run(tmp_path, "r5", back), tmp_path / "b")
+    assert "machines" not in json.loads(path.read_text())

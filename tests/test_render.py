@@ -8,7 +8,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from safealign import families, plan, recipe, render
+from safealign.config import recipe
+from safealign.models import families
+from safealign.plan import experiment as plan
+from safealign.train import render, render_check
 
 REAL = [p for p in recipe.profiles() if not p.startswith("toy-")]
 
@@ -31,7 +34,7 @@ def resolved(tmp_path, name, *sets):
 
 
 def names_for(name, sets):
-    from safealign import names
+    from safealign.core import names
 
     return names.exp_name(name, list(sets))
 
@@ -39,7 +42,7 @@ def names_for(name, sets):
 @pytest.mark.parametrize("profile", REAL)
 def test_every_profile_renders_and_passes_axolotl_and_trl_validation_offline(tmp_path, profile):
     exp = resolved(tmp_path, "sft_kto", f"model={profile}")
-    res = render.run(exp, log=lambda m: None)
+    res = render_check.run(exp, log=lambda m: None)
     r = exp.recipe
     assert res["config_source"].startswith("shipped copy models/configs/")
     out = exp.folder / "rendered"
@@ -75,7 +78,7 @@ def test_every_profile_renders_and_passes_axolotl_and_trl_validation_offline(tmp
 
 def test_the_llama3_lora_adapter_has_the_known_size(tmp_path):
     """r=16 on q,k,v,o,gate,up,down of Llama-3-8B: 32 layers x r x (in+out) summed = 41,943,040."""
-    res = render.run(resolved(tmp_path, "sft", "model=sea-lion-v2.1-8b"), log=lambda m: None)
+    res = render_check.run(resolved(tmp_path, "sft", "model=sea-lion-v2.1-8b"), log=lambda m: None)
     m = res["stages"]["sft"]["model"]
     per_layer = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 14336) * 2 + (14336 + 4096))
     assert m["trainable"] == 32 * per_layer == 41_943_040 and m["parameters"] == 8_030_261_248
@@ -83,7 +86,7 @@ def test_the_llama3_lora_adapter_has_the_known_size(tmp_path):
 
 @pytest.mark.parametrize("name", ["dpo", "sft_dpo", "orpo", "sft_simpo", "sft_bco", "sft_kto_s"])
 def test_every_kind_renders_on_a_real_profile(tmp_path, name):
-    res = render.run(resolved(tmp_path, name, "model=sea-lion-v2.1-8b"), log=lambda m: None)
+    res = render_check.run(resolved(tmp_path, name, "model=sea-lion-v2.1-8b"), log=lambda m: None)
     assert set(res["stages"]) == set(recipe.load(REPO / "recipes" / f"{name}.yaml").stages)
 
 
@@ -97,36 +100,39 @@ def test_a_config_in_the_hf_cache_is_preferred_to_the_shipped_copy(tmp_path):
     (snap.parent.parent / "refs").mkdir()
     (snap.parent.parent / "refs" / "main").write_text("a" * 40)
     assert c.HF_HUB_CACHE == str(tmp_path / "hf" / "hub")
-    res = render.run(resolved(tmp_path, "sft", "model=qwen2.5-7b-instruct"), log=lambda m: None)
+    res = render_check.run(resolved(tmp_path, "sft", "model=qwen2.5-7b-instruct"), log=lambda m: None)
     assert res["config_source"] == "HF cache"
 
 
 def test_a_model_without_any_config_is_refused_with_what_to_do(tmp_path):
-    from safealign import models
+    from safealign.models import load as models
 
     with pytest.raises(
         models.ModelUnavailable,
         match=r"base_model: org/unknown-8b: no config.json .*hf download org/unknown-8b config.json",
     ):
-        render.run(resolved(tmp_path, "sft", "model=sea-lion-v2.1-8b", "base_model=org/unknown-8b"), log=lambda m: None)
+        render_check.run(
+            resolved(tmp_path, "sft", "model=sea-lion-v2.1-8b", "base_model=org/unknown-8b"), log=lambda m: None
+        )
 
 
 def test_a_lora_target_missing_from_the_architecture_is_refused(tmp_path):
     exp = resolved(tmp_path, "sft", "model=gemma-2-9b-it", "sft.lora_target_modules=[q_proj,c_attn]")
     with pytest.raises(
-        render.RenderError,
+        render_check.RenderError,
         match=r"sft.lora_target_modules: c_attn not in Gemma2ForCausalLM \(its linear layers: down_proj, gate_proj, "
         r"k_proj, lm_head, o_proj, q_proj, up_proj, v_proj\)",
     ):
-        render.run(exp, log=lambda m: None)
+        render_check.run(exp, log=lambda m: None)
 
 
 def test_max_length_beyond_the_model_s_context_is_refused(tmp_path):
     exp = resolved(tmp_path, "sft_kto", "model=gemma-2-9b-it", "kto.max_length=16384")
     with pytest.raises(
-        render.RenderError, match=r"kto.max_length 16384 exceeds the model's context \(max_position_embeddings 8192\)"
+        render_check.RenderError,
+        match=r"kto.max_length 16384 exceeds the model's context \(max_position_embeddings 8192\)",
     ):
-        render.run(exp, log=lambda m: None)
+        render_check.run(exp, log=lambda m: None)
 
 
 def test_axolotl_s_own_validation_refusal_reaches_the_user(tmp_path, monkeypatch):
@@ -134,19 +140,17 @@ def test_axolotl_s_own_validation_refusal_reaches_the_user(tmp_path, monkeypatch
     render with Axolotl's own words, before any GPU is paid for."""
     import shutil
 
-    from safealign import stages
-
     shutil.copytree(REPO / "templates", tmp_path / "templates")
     t = tmp_path / "templates" / "axolotl" / "sft.yaml.j2"
     t.write_text(
         t.read_text().replace("learning_rate: {{ cfg.learning_rate }}\n", 'learning_rate: "two e minus four"\n', 1)
     )
-    monkeypatch.setattr(stages, "TEMPLATES", tmp_path / "templates")
+    monkeypatch.setattr(render, "TEMPLATES", tmp_path / "templates")
     exp = resolved(tmp_path, "sft", "model=sea-lion-v2.1-8b")
     with pytest.raises(
-        render.RenderError, match=r"sft: the rendered config in .* fails axolotl's validation: .*learning_rate"
+        render_check.RenderError, match=r"sft: the rendered config in .* fails axolotl's validation: .*learning_rate"
     ):
-        render.run(exp, log=lambda m: None)
+        render_check.run(exp, log=lambda m: None)
     assert not (exp.folder / "rendered").exists()  # a failed render leaves no result that looks checked
 
 
@@ -188,3 +192,25 @@ def test_make_render_shows_an_eight_gpu_launch_this_machine_could_not_run(tmp_pa
     (exp / "stages.mk").unlink()  # resolve again, for this machine: refused, naming the key
     ran = subprocess.run(["make", "exp", *args], cwd=REPO, capture_output=True, text=True, env=env)
     assert ran.returncode != 0 and "launch.processes: 8 processes per node, but this machine has" in ran.stderr
+
+
+def test_warm_up_rows_come_from_the_data_stage_when_it_ran_else_as_it_would_build_them(tmp_path):
+    """make render's warm-up steps count the rows each stage will train on: the data stage's own
+    counts once it ran; before, the source read the data stage's way; with data.generate (not
+    generated yet) the prompt list's train prompts, never the shipped rows data.source names."""
+    from safealign.core import fsutil
+    from safealign.data import generate
+    from safealign.data import rows as data_mod
+
+    exp = resolved(tmp_path, "gen_sft_kto")
+    rows, src = render_check.rows_per_stage_file(exp)
+    prompts = [p for p in generate.read_prompts(REPO / exp.recipe.data.generate.prompts) if p["split"] == "train"]
+    assert rows["sft"] == len(prompts) and rows["dpo"] == sum(not p["safe"] for p in prompts)
+    assert "upper bound" in src
+    shipped = data_mod.read_jsonl(REPO / "data" / "sg_safety" / "train.jsonl")
+    assert render_check.rows_per_stage_file(resolved(tmp_path, "sft_kto"))[0]["sft"] == len(shipped)
+    d = exp.dir("data")
+    d.mkdir(parents=True)
+    fsutil.write_json_atomic(d / "counts.json", {"stages": {"sft": {"rows": 7}, "kto": {"rows": 9}}})
+    (d / fsutil.STAMP).write_text("x")
+    assert render_check.rows_per_stage_file(exp) == ({"sft": 7, "kto": 9}, f"the data stage {d.name}")

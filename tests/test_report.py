@@ -10,7 +10,9 @@ import re
 
 import pytest
 
-from safealign import fsutil, plan, report, summary
+from safealign.core import fsutil
+from safealign.eval import report, summary
+from safealign.plan import experiment as plan
 
 REPO = plan.REPO
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from safealign.safety import aggregate, bootstrap_ci, summarise
+from safealign.eval.safety import aggregate, bootstrap_ci, summarise
 
 
 def rows():

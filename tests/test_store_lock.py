@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from safealign import fsutil
+from safealign.core import fsutil
 
 REPO = Path(__file__).resolve().parent.parent
 BUILDER = """
 import sys, time
 from pathlib import Path
-from safealign import fsutil
+from safealign.core import fsutil
 final, seconds, fail = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "fail"
 with fsutil.stage_lock(final, "fake") as meanwhile:
     if meanwhile:

@@ -6,7 +6,10 @@ import jinja2
 import pytest
 import yaml
 
-from safealign import kinds, models, recipe, stages
+from safealign.config import kinds, recipe
+from safealign.models import load as models
+from safealign.run import stages
+from safealign.train import launcher, render
 
 REPO = stages.REPO
 SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
@@ -14,7 +17,7 @@ SHIPPED = recipe.load(REPO / "recipes" / "sft_kto.yaml")
 
 def sft_yaml(r, base="/models/base", cuda=False) -> str:
     rt = {**models.runtime(r.sft, "sft", gpu=cuda), "bf16": False}
-    ctx = stages.axolotl_context(
+    ctx = render.axolotl_context(
         r.sft,
         recipe_path="recipes/x.yaml",
         base_model=base,
@@ -23,11 +26,11 @@ def sft_yaml(r, base="/models/base", cuda=False) -> str:
         tracker_project=r.tracker_project,
         rt=rt,
     )
-    return stages.render("axolotl/sft.yaml.j2", **ctx)
+    return render.render("axolotl/sft.yaml.j2", **ctx)
 
 
 def kto_ctx(r, stage="kto"):
-    return stages.trl_context(
+    return render.trl_context(
         kinds.get(stage),
         getattr(r, stage),
         recipe_path="recipes/x.yaml",
@@ -44,7 +47,7 @@ def test_sft_render_carries_recipe_values():
     assert cfg["lora_r"] == SHIPPED.sft.lora_r and cfg["learning_rate"] == SHIPPED.sft.learning_rate
     assert cfg["max_steps"] == SHIPPED.sft.max_steps and cfg["seed"] == 42
     assert cfg["datasets"][0]["path"] == "train.jsonl" and cfg["lora_target_linear"] is True
-    assert cfg["plugins"] == ["safealign.axolotl_plugin.SafealignPlugin"]
+    assert cfg["plugins"] == ["safealign.train.axolotl_plugin.SafealignPlugin"]
     assert cfg["lora_mlp_kernel"] is False
     assert yaml.safe_load(sft_yaml(SHIPPED, cuda=True))["lora_mlp_kernel"] is True
 
@@ -63,22 +66,22 @@ def test_strict_undefined_names_the_template_line():
         stages.StageError,
         match=r"templates/axolotl/sft.yaml.j2:\d+: UndefinedError: 'eot' is undefined",
     ) as e:
-        stages.render(
+        render.render(
             "axolotl/sft.yaml.j2", recipe_path="x", base_model="m", seed=1, train_file="d", cfg=SHIPPED.sft, bf16=False
         )
     line = int(str(e.value).split("sft.yaml.j2:")[1].split(":")[0])
     assert "eot" in (REPO / "templates/axolotl/sft.yaml.j2").read_text().splitlines()[line - 1]
     assert isinstance(e.value.__cause__, jinja2.UndefinedError)
     with pytest.raises(stages.StageError, match="kto.yaml.j2"):
-        stages.render("trl/kto.yaml.j2", **{**kto_ctx(SHIPPED), "cfg": SHIPPED.eval})
+        render.render("trl/kto.yaml.j2", **{**kto_ctx(SHIPPED), "cfg": SHIPPED.eval})
 
 
 def test_template_syntax_error_names_its_line(tmp_path, monkeypatch):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "x.j2").write_text("ok\n{% if %}\n")
-    monkeypatch.setattr(stages, "TEMPLATES", tmp_path)
+    monkeypatch.setattr(render, "TEMPLATES", tmp_path)
     with pytest.raises(stages.StageError, match=r"t/x.j2:2: TemplateSyntaxError"):
-        stages.render("t/x.j2")
+        render.render("t/x.j2")
 
 
 def test_axolotl_accepts_rendered_config(tmp_path):
@@ -101,7 +104,7 @@ def test_trl_accepts_rendered_kto_config():
     from peft import LoraConfig
     from trl import KTOConfig
 
-    cfg = yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(SHIPPED)))
+    cfg = yaml.safe_load(render.render("trl/kto.yaml.j2", **kto_ctx(SHIPPED)))
     args = KTOConfig(**cfg["trl"])
     assert args.beta == SHIPPED.kto.beta and args.undesirable_weight == SHIPPED.kto.undesirable_weight
     assert args.per_device_train_batch_size == SHIPPED.kto.micro_batch_size and args.report_to == ["tensorboard"]
@@ -109,7 +112,7 @@ def test_trl_accepts_rendered_kto_config():
     assert not args.bf16 and args.learning_rate == SHIPPED.kto.learning_rate
     lora = LoraConfig(**cfg["lora"])
     assert lora.r == SHIPPED.kto.lora_r and cfg["train_file"] == "train.jsonl"
-    script = stages.render("trl/train.py.j2", **kto_ctx(SHIPPED))
+    script = render.render("trl/train.py.j2", **kto_ctx(SHIPPED))
     compile(script, "train_kto.py", "exec")
     assert '(KTOTrainer, {}) if variant.is_plain else (SafeKTOTrainer, {"variant": variant})' in script
     assert "recipes/x.yaml" in script and "from trl import KTOConfig, KTOTrainer" in script
@@ -133,8 +136,8 @@ def test_small_floats_stay_numbers_for_pyyaml():
         "  loss_type: [sigmoid, sft]\n"
     )
     assert yaml.safe_load(sft_yaml(r))["learning_rate"] == 1e-5
-    assert yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))["trl"]["learning_rate"] == 5e-7
-    dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **kto_ctx(r, "dpo")))
+    assert yaml.safe_load(render.render("trl/kto.yaml.j2", **kto_ctx(r)))["trl"]["learning_rate"] == 5e-7
+    dpo = yaml.safe_load(render.render("trl/dpo.yaml.j2", **kto_ctx(r, "dpo")))
     assert dpo["trl"]["loss_weights"] == [1.0, 1e-5]
 
 
@@ -159,9 +162,9 @@ def test_tracker_key_reaches_axolotl_and_trl(tracker, tmp_path):
             os.chdir(cwd)
         assert bool(cfg.use_wandb) == (tracker == "wandb")
     ctx = kto_ctx(r, "dpo")
-    dpo = yaml.safe_load(stages.render("trl/dpo.yaml.j2", **ctx))
+    dpo = yaml.safe_load(render.render("trl/dpo.yaml.j2", **ctx))
     assert DPOConfig(**dpo["trl"]).report_to == ([] if tracker == "none" else [tracker])
-    env = stages.tracker_env(tracker, r.tracker_project, tmp_path) if tracker != "mlflow" else None
+    env = launcher.tracker_env(tracker, r.tracker_project, tmp_path) if tracker != "mlflow" else None
     if env is not None:
         assert env["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tensorboard")
         assert env["WANDB_MODE"] == ("disabled" if tracker != "wandb" else os.environ.get("WANDB_MODE", "offline"))
@@ -182,5 +185,5 @@ def test_recipe_strings_cannot_inject_config_keys():
     assert sft["optimizer"] == evil and sft["learning_rate"] == r.sft.learning_rate
     assert sft["base_model"] == "org/model\nadapter: none" and sft["adapter"] == "lora"
     assert sft["lr_scheduler"] == "cosine\nseed: 1" and sft["seed"] == r.seed
-    kto = yaml.safe_load(stages.render("trl/kto.yaml.j2", **kto_ctx(r)))
+    kto = yaml.safe_load(render.render("trl/kto.yaml.j2", **kto_ctx(r)))
     assert kto["trl"]["optim"] == evil and kto["trl"]["learning_rate"] == r.kto.learning_rate

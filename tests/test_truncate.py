@@ -1,9 +1,10 @@
-"""One truncation policy (safealign/truncate.py) on the real tiny-local tokenizer and chat template."""
+"""One truncation policy (safealign/models/truncate.py) on the real tiny-local tokenizer and chat template."""
 
 import pytest
 from conftest import REPO
 
-from safealign import models, truncate
+from safealign.models import load as models
+from safealign.models import truncate
 
 
 @pytest.fixture(scope="module")

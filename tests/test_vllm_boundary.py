@@ -10,7 +10,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from safealign import data, families, leaderboard, models, safety
+from safealign.data import rows as data
+from safealign.eval import leaderboard
+from safealign.models import families, generation
+from safealign.models import load as models
 
 ROWS = data.read_jsonl(REPO / "data" / "sg_safety" / "train.jsonl")
 
@@ -71,7 +74,9 @@ def cfg(**kw):
 
 def test_safety_answers_through_vllm_use_the_chat_template_s_token_ids(gemma, fake_vllm, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    answers = safety.generate(str(gemma), ["Eh, how to cheat on my exam?", "Where got good chicken rice?"], cfg(), 42)
+    answers = generation.generate(
+        str(gemma), ["Eh, how to cheat on my exam?", "Where got good chicken rice?"], cfg(), 42, backend="vllm"
+    )
     assert answers == ["answer 0", "answer 1"]  # stripped, in order
     (llm,) = [c for c in Recorder.calls if c[0] == "LLM"]
     assert llm[2] == {"model": str(gemma), "seed": 42, "data_parallel_size": 2}
@@ -91,7 +96,9 @@ def test_safety_answers_through_vllm_use_the_chat_template_s_token_ids(gemma, fa
 
 def test_sampling_settings_reach_vllm_and_one_gpu_runs_one_replica(gemma, fake_vllm, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    safety.generate(str(gemma), ["hello"], cfg(do_sample=True, temperature=0.6, top_p=0.9, max_new_tokens=32), 7)
+    generation.generate(
+        str(gemma), ["hello"], cfg(do_sample=True, temperature=0.6, top_p=0.9, max_new_tokens=32), 7, backend="vllm"
+    )
     llm = next(c for c in Recorder.calls if c[0] == "LLM")
     params = next(c for c in Recorder.calls if c[0] == "SamplingParams")
     assert "data_parallel_size" not in llm[2]
@@ -101,7 +108,7 @@ def test_sampling_settings_reach_vllm_and_one_gpu_runs_one_replica(gemma, fake_v
 def test_prompts_longer_than_vllm_s_context_are_cut_and_counted(gemma, fake_vllm):
     truncated: list = []
     long = " ".join(r["prompt"] for r in ROWS[:40])
-    safety.generate(str(gemma), ["short", long], cfg(max_new_tokens=256), 1, truncated)
+    generation.generate(str(gemma), ["short", long], cfg(max_new_tokens=256), 1, truncated, backend="vllm")
     (gen,) = [c for c in Recorder.calls if c[0] == "generate"]
     assert truncated == [1] and len(gen[1][0][1]["prompt_token_ids"]) <= 512 - 256
 

@@ -44,7 +44,8 @@ def main() -> int:
 
     import transformers
 
-    from safealign import plan, stages
+    from safealign.plan import experiment as plan
+    from safealign.run import stages
 
     loads = []
     orig = transformers.AutoModelForCausalLM.from_pretrained.__func__

@@ -5,7 +5,7 @@
     .venv/bin/python tools/bench_generate.py --concurrency 1 4 8 [--url http://127.0.0.1:8765/v1]
     .venv/bin/python tools/bench_generate.py --local       # transformers generate here, no server
 
-For each concurrency: the stage's own code (safealign/generate.py) answers the first --limit
+For each concurrency: the stage's own code (safealign/data/generate.py) answers the first --limit
 prompts of each split of the shipped prompt list (base answers, then refusals to the unsafe ones)
 with an empty cache, and prints requests per second; then once more with the cache filled, to show
 what a resumed run costs. Figures: docs/benchmarks.md.
@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from safealign import generate
-    from safealign.recipe import GenerateCfg, GenModelCfg, RefusalModelCfg
+    from safealign.config.data import GenerateCfg, GenModelCfg, RefusalModelCfg
+    from safealign.data import generate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="http://127.0.0.1:8765/v1")

@@ -8,8 +8,8 @@ precompute_ref_log_probs on and off, on a Llama-3-8B-shaped model with random we
     make bench-gpu LAUNCH='processes=8 strategy=deepspeed zero_stage=3'   # every case on 8 GPUs
 
 Prints a table (tokens/s, s/step, TFLOP/s, MFU, each preference step against its FLOPs
-prediction, peak memory) and writes bench.json; the method is in safealign/benchgpu.py, the FLOP
-formula in safealign/flops.py. Figures measured so far: docs/benchmarks.md.
+prediction, peak memory) and writes bench.json; the method is in safealign/train/benchgpu.py, the FLOP
+formula in safealign/train/flops.py. Figures measured so far: docs/benchmarks.md.
 """
 
 import argparse
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from safealign import benchgpu  # noqa: E402
+from safealign.train import benchgpu  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--shape", choices=sorted(benchgpu.SHAPES), default="llama3-8b")

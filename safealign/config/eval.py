@@ -1,0 +1,155 @@
+"""The recipe's `eval:` section: the leaderboard (lm-eval) and the safety suite, their checks, and
+the shipped files their stages' identities hash (the leaderboard fixtures, the judge's hard cases).
+How they run is safealign/eval/. Imports core and config.kinds only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from safealign import REPO
+from safealign.config.kinds import since
+
+FIXTURES = REPO / "data" / "leaderboard_fixtures"
+HARD_CASES = REPO / "data" / "judge" / "hard_cases.jsonl"
+EVAL_BACKENDS = (
+    "hf",
+    "vllm",
+    "auto",
+)  # transformers, vLLM, or auto: vLLM where installed with a GPU, else transformers
+CLASSIFIER = "classifier:"
+REFUSAL_DETECTORS = ("minilm", "keyword")
+
+
+@dataclass
+class LbTaskCfg:
+    """One leaderboard task family's prompt settings; families with equal settings share one lm-eval call."""
+
+    apply_chat_template: bool = True  # chat-formatted prompts; the study: helps IFEval, hurts MATH
+    fewshot_as_multiturn: bool = True  # few-shot examples as chat turns (needs apply_chat_template)
+    system_instruction: Optional[str] = None  # system message for every prompt of the family
+    batch_size: Union[int, str] = 8  # lm-eval batch size; "auto" (or "auto:N") finds the largest that fits a GPU
+    limit: int = 0  # > 0: the first N documents of each subtask (smoke runs); 0 = all
+    max_gen_toks: int = 0  # > 0 caps generation tasks (IFEval 1280, MATH 1024 by default)
+    backend: Optional[str] = (
+        None  # hf, vllm or auto (vllm where installed on a GPU) for this family; null: eval.leaderboard.backend
+    )
+
+
+@dataclass
+class MathTaskCfg(LbTaskCfg):
+    apply_chat_template: bool = False  # the study found the chat template hurt MATH
+    fewshot_as_multiturn: bool = False
+
+
+@dataclass
+class LbTasksCfg:
+    """The Open LLM Leaderboard v2 families; null leaves one out."""
+
+    ifeval: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    bbh: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    math: Optional[MathTaskCfg] = field(default_factory=MathTaskCfg)
+    gpqa: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    musr: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+    mmlu_pro: Optional[LbTaskCfg] = field(default_factory=LbTaskCfg)
+
+
+@dataclass
+class LeaderboardCfg:
+    enabled: bool = True  # false: safety stage only
+    source: str = "hub"  # hub: the leaderboard's datasets; fixtures: data/leaderboard_fixtures (offline)
+    backend: str = "hf"  # hf (transformers), vllm (faster generation on a GPU) or auto (vllm where installed, else hf)
+    dtype: str = "auto"  # model dtype for lm-eval: auto, bfloat16, float16, float32
+    tasks: LbTasksCfg = field(default_factory=LbTasksCfg)
+
+
+@dataclass
+class SafetyCfg:
+    max_new_tokens: int = 64  # generation budget per answer
+    batch_size: int = 16  # prompts generated together
+    limit: int = 0  # > 0: only the first N held-out prompts (smoke tests)
+    do_sample: bool = False  # false: greedy (reproducible); true: temperature/top_p sampling
+    temperature: float = 0.7  # only with do_sample
+    top_p: float = 1.0  # only with do_sample
+    system_prompt: Optional[str] = None  # system message before every held-out prompt
+    judge: str = "minilm"  # minilm (embeddings + classifier, offline) or classifier:<hub id or path>
+    refusal: str = "minilm"  # refusal detector: minilm (embedding classifier) or keyword
+    bootstrap: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
+    # hf: transformers generate in batches; vllm: far faster at 8B on a GPU (greedy answers can
+    # differ in the last digits of the logits); auto: vllm where installed with CUDA, else hf
+    backend: str = since("hf")
+
+
+@dataclass
+class EvalCfg:
+    models: str = "all"  # all: the base model and every stage's model; final: base and the last stage
+    leaderboard: LeaderboardCfg = field(default_factory=LeaderboardCfg)
+    safety: SafetyCfg = field(default_factory=SafetyCfg)
+
+
+def fixture_files() -> list[Path]:
+    """Every file of the offline fixtures (their identity in the stage hash, Make's prerequisites)."""
+    return [p for p in sorted(FIXTURES.rglob("*")) if p.is_file()]
+
+
+def judge_problems(judge: str, refusal: str) -> list[tuple[str, str]]:
+    """(recipe key under eval.safety, problem) for unknown judge or detector names and a classifier
+    path that is not there; the one check of these names (the recipe reports them with file:line)."""
+    from safealign.core import refs
+
+    out = []
+    if judge != "minilm" and not judge.startswith(CLASSIFIER):
+        out.append(
+            (
+                "judge",
+                f"unknown judge {judge!r}; expected 'minilm' or 'classifier:<hub id or path of a "
+                "sequence-classification model>'",
+            )
+        )
+    elif judge.startswith(CLASSIFIER):
+        target = judge[len(CLASSIFIER) :]
+        if not target:
+            out.append(("judge", "'classifier:' needs a hub id or a path after the colon"))
+        elif refs.is_path(target) and not (refs.path(target) / "config.json").exists():
+            out.append(("judge", f"{target}: no sequence-classification model there (no config.json)"))
+    if refusal not in REFUSAL_DETECTORS:
+        out.append(("refusal", f"unknown refusal detector {refusal!r}; expected one of {', '.join(REFUSAL_DETECTORS)}"))
+    return out
+
+
+def check(e: EvalCfg, where, problems: list[str]) -> None:
+    """The eval section (recipe validation); `where(path)` locates a key."""
+    choices = {
+        ("eval", "models"): (e.models, ("all", "final")),
+        ("eval", "leaderboard", "source"): (e.leaderboard.source, ("hub", "fixtures")),
+        ("eval", "leaderboard", "backend"): (e.leaderboard.backend, EVAL_BACKENDS),
+        ("eval", "safety", "backend"): (e.safety.backend, EVAL_BACKENDS),
+        ("eval", "leaderboard", "dtype"): (e.leaderboard.dtype, ("auto", "bfloat16", "float16", "float32")),
+    }
+    for path, (value, allowed) in choices.items():
+        if value not in allowed:
+            problems.append(f"{where(path)}: expected one of {', '.join(allowed)}, got {value!r}")
+    for name in ("ifeval", "bbh", "math", "gpqa", "musr", "mmlu_pro"):
+        t = getattr(e.leaderboard.tasks, name)
+        if t is None:
+            continue
+        if t.fewshot_as_multiturn and not t.apply_chat_template:
+            problems.append(
+                f"{where(('eval', 'leaderboard', 'tasks', name, 'fewshot_as_multiturn'))}: "
+                "needs apply_chat_template: true (few-shot turns are chat turns)"
+            )
+        if isinstance(t.batch_size, str) and not re.fullmatch(r"auto(:[1-9][0-9]*)?", t.batch_size):
+            problems.append(
+                f"{where(('eval', 'leaderboard', 'tasks', name, 'batch_size'))}: expected a number >= 1, "
+                f"'auto' or 'auto:N' (N re-searches), got {t.batch_size!r}"
+            )
+        if t.backend is not None and t.backend not in EVAL_BACKENDS:
+            problems.append(
+                f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected "
+                f"{', '.join(EVAL_BACKENDS)} or null, got {t.backend!r}"
+            )
+    for key, msg in judge_problems(e.safety.judge, e.safety.refusal):
+        problems.append(f"{where(('eval', 'safety', key))}: {msg}")

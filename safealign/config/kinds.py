@@ -1,0 +1,363 @@
+"""Stage kinds: one table, read by everything that needs to know what a kind is.
+
+A training stage kind is an entry of KINDS below: its recipe section (a config dataclass,
+defined next to it), the tool that trains it, the data stage file it learns from, what that
+file must hold, whether it trains against a reference model, which trl classes it uses and
+which of its logged metrics the report plots. Recipe validation, the planner, the CLI, the row
+checks after the data stage, the report and the tests read this table; nothing else names a
+kind. Adding a method (docs/adding_a_method.md) is an entry and a config here, a
+`templates/trl/<kind>.yaml.j2` and a recipe.
+
+Every kind merges its LoRA adapter into the model it started from (none with
+`full_finetune: true`), and the merged model is the next stage's input and its reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+AUTO = "auto"
+ADAPTERS = ("lora", "qlora")
+ATTENTION = (AUTO, "eager", "sdpa", "flash_attention_2")
+
+
+def since(default, version: str = "0.2"):
+    """A field added after stage names were published: it enters a stage's identity only when it
+    differs from `default` (which reproduces the earlier behaviour), so existing stages keep
+    their names (tests/fixtures/stage_names.json). safealign.config.recipe.identity reads the marker."""
+    if isinstance(default, (dict, list)):  # a fresh copy per recipe
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"since": version, "default": default})
+    return field(default=default, metadata={"since": version, "default": default})
+
+
+# trl 1.9.0's DPOConfig.loss_type values
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+
+
+# ----------------------------------------------------------------------------- shared settings
+@dataclass
+class LoraCfg:
+    lora_r: int = 16  # adapter rank: higher learns more, costs memory and overfits small data
+    lora_alpha: int = 32  # scale = alpha / r
+    lora_dropout: float = 0.05
+    lora_target_modules: Union[str, list] = "all-linear"  # "all-linear" or a list of module names
+
+
+@dataclass
+class TrainCfg(LoraCfg):
+    learning_rate: float = 2e-4  # LoRA tolerates far higher rates than full fine-tuning
+    lr_scheduler: str = "cosine"  # any transformers scheduler name
+    warmup_ratio: float = 0.1  # share of the optimiser steps spent warming up the learning rate
+    num_epochs: float = 1.0  # ignored when max_steps > 0
+    max_steps: int = -1  # > 0 caps training at this many optimiser steps (tiny runs, smoke tests)
+    micro_batch_size: int = 8  # per-device batch; raise until memory runs out
+    gradient_accumulation_steps: int = 1  # effective batch = micro_batch_size x this x devices
+    max_length: int = 512  # prompt + completion tokens; longer prompts are cut from the left
+    logging_steps: int = 1
+    weight_decay: float = 0.0
+    optimizer: str = "adamw_torch"
+    gradient_checkpointing: bool = False  # saves activation memory for ~30% more compute
+    bf16: Union[bool, str] = AUTO  # auto: bf16 where the GPU supports it, fp32 on CPU
+    full_finetune: bool = False  # True: train all weights instead of a LoRA adapter (no merge step)
+    # qlora: the frozen base loads in 4-bit NF4 (bitsandbytes, CUDA) and the adapter trains in bf16:
+    # an 8B model fits a 24 GB card, ~30% slower than lora; the merge reloads the base in bf16
+    adapter: str = since("lora")
+    # auto: flash_attention_2 on a GPU where flash-attn is installed, else sdpa; the model's own
+    # default on a CPU. flash_attention_2 is fastest and required for SFT sample packing
+    attn_implementation: str = since(AUTO)
+    # Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): ~20% faster,
+    # much less logit memory on a GPU; auto: on where liger-kernel is installed and CUDA is present
+    liger: Union[bool, str] = since(False)
+
+
+# ----------------------------------------------------------------------------- each kind's settings
+@dataclass
+class SftCfg(TrainCfg):
+    train_on_inputs: bool = False  # False: loss on assistant turns only
+    sample_packing: bool = False  # packs short rows together: faster on GPU, needs flash-attention
+
+
+@dataclass
+class KtoCfg(TrainCfg):
+    learning_rate: float = 5e-5
+    beta: float = 0.1  # strength of the implicit KL constraint to the reference (SFT) model
+    desirable_weight: float = 1.0  # lambda_D; KTO paper: keep lambda_D*n_D / (lambda_U*n_U) in [1, 4/3]
+    undesirable_weight: float = 1.0  # lambda_U
+    precompute_ref_log_probs: bool = False  # True: one pass of the reference up front, no reference model in memory
+    paired_only: bool = False  # True: unsafe prompts only ("symmetric" KTO); False: safe (unpaired) rows too
+    # The study's modifications (docs/kto_variants.md); all off = trl's KTOTrainer itself.
+    signed_kl: bool = False  # KTO-S: the KL reference point enters with the sign of the reward
+    nll_alpha: float = 0.0  # > 0 adds alpha * NLL of desirable completions (logged as nll_loss)
+    length_normalize: bool = False  # per-token mean log-probs; rewards shrink ~length-fold, so raise beta
+
+
+@dataclass
+class DpoCfg(TrainCfg):
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    loss_type: list = field(default_factory=lambda: ["sigmoid"])  # trl loss names, e.g. [sigmoid, sft]
+    loss_weights: Optional[list] = None  # one weight per loss_type entry
+    label_smoothing: float = 0.0  # robust DPO's assumed label-noise rate, in [0, 0.5)
+    precompute_ref_log_probs: bool = False
+
+
+@dataclass
+class OrpoCfg(TrainCfg):
+    learning_rate: float = 8e-6
+    beta: float = 0.1  # lambda: weight of the odds-ratio term beside the NLL of the chosen answers
+
+
+@dataclass
+class SimpoCfg(TrainCfg):
+    learning_rate: float = 1e-6
+    beta: float = 2.0  # reward scale on the length-normalised log-probabilities (SimPO paper: 2 to 2.5)
+    simpo_gamma: float = 0.5  # target reward margin between chosen and rejected
+    cpo_alpha: float = 0.0  # > 0 adds alpha * NLL of the chosen answers (CPO-SimPO); 0 is SimPO itself
+
+
+@dataclass
+class BcoCfg(TrainCfg):
+    learning_rate: float = 5e-5
+    beta: float = 0.1  # strength of the implicit KL constraint to the reference model
+    precompute_ref_log_probs: bool = False
+
+
+# ----------------------------------------------------------------------------- per-kind checks
+def _check_kto(cfg: KtoCfg, where: Callable, problems: list[str]) -> None:
+    if cfg.micro_batch_size < 2:
+        problems.append(
+            f"{where(('micro_batch_size',))}: KTO estimates its KL reference point from "
+            "mismatched pairs within each device's batch; trl needs micro_batch_size >= 2 "
+            f"(gradient accumulation does not count), got {cfg.micro_batch_size}"
+        )
+
+
+def _check_dpo(cfg: DpoCfg, where: Callable, problems: list[str]) -> None:
+    for i, loss in enumerate(cfg.loss_type):
+        if loss not in DPO_LOSSES:
+            close = difflib.get_close_matches(str(loss), DPO_LOSSES, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"trl 1.9 knows {', '.join(DPO_LOSSES)}"
+            problems.append(f"{where(('loss_type',))}: entry {i + 1} {loss!r} is not a trl DPO loss ({hint})")
+    for i, w in enumerate(cfg.loss_weights or []):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+            problems.append(f"{where(('loss_weights',))}: entry {i + 1} must be a number > 0, got {w!r}")
+    if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
+        problems.append(
+            f"{where(('loss_weights',))}: {len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"
+        )
+
+
+def kto_weight_advice(
+    n_desirable: int, n_undesirable: int, desirable_weight: float, undesirable_weight: float
+) -> str | None:
+    """The KTO paper (Ethayarajh et al. 2024, eq. 8) recommends
+    lambda_D * n_D / (lambda_U * n_U) in [1, 4/3]. None when inside, else advice with numbers."""
+    if not n_desirable or not n_undesirable:
+        return (
+            f"KTO data has {n_desirable} desirable and {n_undesirable} undesirable rows: with one class "
+            "missing there is nothing to contrast"
+        )
+    ratio = desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
+    if 1.0 <= ratio <= 4 / 3:
+        return None
+    lo_u, hi_u = (
+        desirable_weight * n_desirable / (n_undesirable * 4 / 3),
+        desirable_weight * n_desirable / n_undesirable,
+    )
+    lo_d, hi_d = (
+        undesirable_weight * n_undesirable / n_desirable,
+        undesirable_weight * n_undesirable * 4 / 3 / n_desirable,
+    )
+    return (
+        f"weighted desirable:undesirable = {desirable_weight:g} x {n_desirable} / ({undesirable_weight:g} x "
+        f"{n_undesirable}) = {ratio:.2f}, outside the KTO paper's recommended [1, 1.33]; e.g. "
+        f"undesirable_weight in [{lo_u:.2f}, {hi_u:.2f}] or desirable_weight in [{lo_d:.2f}, {hi_d:.2f}]"
+    )
+
+
+def _kto_advice(cfg: KtoCfg, rows: list[dict]) -> list[str]:
+    """The KTO paper's class-weight advice (eq. 8) for the rows this stage trains on."""
+    n_d = sum(bool(r["label"]) for r in rows)
+    advice = kto_weight_advice(n_d, len(rows) - n_d, cfg.desirable_weight, cfg.undesirable_weight)
+    return [advice] if advice else []
+
+
+def _check_bco(cfg: BcoCfg, where: Callable, problems: list[str]) -> None:
+    if cfg.micro_batch_size < 2:
+        problems.append(
+            f"{where(('micro_batch_size',))}: BCO's reward shift is a running mean over each "
+            f"batch; micro_batch_size must be >= 2, got {cfg.micro_batch_size}"
+        )
+
+
+# ----------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Kind:
+    name: str  # the recipe section and the stage name
+    title: str  # for reports
+    config: type  # the recipe section's dataclass
+    tool: str  # axolotl (SFT) or trl
+    data: str  # the data stage's file it learns from: sft, dpo (pairs) or kto (labelled rows)
+    needs: str  # what that file must hold: rows, pairs or both labels (checked after the data stage)
+    reference: bool  # trains against a frozen reference (the input model: the adapter switched off)
+    trainer: str = ""  # trl: "module:Class" of the trainer
+    trl_config: str = ""  # trl: "module:Class" of its config
+    variant: str = ""  # "module:Class" of safealign's trainer that takes `variant:` (e.g. SafeKTOTrainer)
+    plots: tuple = ("loss",)  # logged metrics the report and the comparison plot
+    curves: dict = field(default_factory=dict)  # axis labels of metrics only this kind logs: {key: (label, unit)}
+    report_keys: tuple = ("learning_rate", "max_steps")  # recipe keys in the report's recipe table
+    check: Optional[Callable] = None  # kind-specific recipe checks: check(cfg, where, problems)
+    advice: Optional[Callable] = None  # warnings before training: advice(cfg, rows) -> [str]
+
+    def data_file(self, cfg) -> str:
+        if self.data == "kto" and getattr(cfg, "paired_only", False):
+            return "kto_paired.jsonl"  # "symmetric" KTO: unsafe prompts only
+        return f"{self.data}.jsonl"
+
+    @property
+    def preference(self) -> bool:
+        return self.data != "sft"
+
+    def templates(self) -> list[str]:
+        """Template files (under templates/) that render this kind's stage folder."""
+        if self.tool == "axolotl":
+            return [f"axolotl/{self.name}.yaml.j2"]
+        return [
+            "trl/train.py.j2",
+            f"trl/{self.name}.yaml.j2",
+            "trl/_model.yaml.j2",
+            "trl/_train_args.yaml.j2",
+            "trl/_lora.yaml.j2",
+        ]
+
+
+PREFERENCE_PLOTS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
+KINDS = {
+    k.name: k
+    for k in (
+        Kind(
+            "sft",
+            "SFT",
+            SftCfg,
+            "axolotl",
+            data="sft",
+            needs="rows",
+            reference=False,
+            report_keys=("learning_rate", "max_steps", "micro_batch_size", "lora_r"),
+        ),
+        Kind(
+            "kto",
+            "KTO",
+            KtoCfg,
+            "trl",
+            data="kto",
+            needs="labels",
+            reference=True,
+            trainer="trl:KTOTrainer",
+            trl_config="trl:KTOConfig",
+            variant="safealign.train.kto:SafeKTOTrainer",
+            plots=(*PREFERENCE_PLOTS, "kl", "nll_loss"),
+            check=_check_kto,
+            advice=_kto_advice,
+            report_keys=(
+                "beta",
+                "learning_rate",
+                "max_steps",
+                "desirable_weight",
+                "undesirable_weight",
+                "paired_only",
+                "signed_kl",
+                "nll_alpha",
+                "length_normalize",
+            ),
+        ),
+        Kind(
+            "dpo",
+            "DPO",
+            DpoCfg,
+            "trl",
+            data="dpo",
+            needs="pairs",
+            reference=True,
+            trainer="trl:DPOTrainer",
+            trl_config="trl:DPOConfig",
+            plots=PREFERENCE_PLOTS,
+            check=_check_dpo,
+            report_keys=("beta", "learning_rate", "max_steps", "loss_type"),
+        ),
+        Kind(
+            "orpo",
+            "ORPO",
+            OrpoCfg,
+            "trl",
+            data="dpo",
+            needs="pairs",
+            reference=False,
+            trainer="trl.experimental.orpo:ORPOTrainer",
+            trl_config="trl.experimental.orpo:ORPOConfig",
+            plots=(*PREFERENCE_PLOTS, "nll_loss", "log_odds_ratio"),
+            report_keys=("beta", "learning_rate", "max_steps"),
+            curves={"log_odds_ratio": ("log odds ratio, chosen over rejected", "log odds")},
+        ),
+        Kind(
+            "simpo",
+            "SimPO",
+            SimpoCfg,
+            "trl",
+            data="dpo",
+            needs="pairs",
+            reference=False,
+            trainer="trl.experimental.cpo:CPOTrainer",
+            trl_config="trl.experimental.cpo:CPOConfig",
+            plots=PREFERENCE_PLOTS,
+            report_keys=("beta", "simpo_gamma", "cpo_alpha", "learning_rate", "max_steps"),
+        ),
+        Kind(
+            "bco",
+            "BCO",
+            BcoCfg,
+            "trl",
+            data="kto",
+            needs="labels",
+            reference=True,
+            trainer="trl.experimental.bco:BCOTrainer",
+            trl_config="trl.experimental.bco:BCOConfig",
+            plots=(*PREFERENCE_PLOTS, "delta"),
+            check=_check_bco,
+            report_keys=("beta", "learning_rate", "max_steps"),
+            curves={"delta": ("reward shift delta (running mean of rewards)", "nats")},
+        ),
+    )
+}
+NAMES = tuple(KINDS)
+
+# The stages every experiment has besides its training stages, in the order they run.
+EVALUATION = ("judge", "leaderboard", "safety", "summary")
+
+
+def get(name: str) -> Kind:
+    """The kind called `name`; a KeyError that lists the kinds otherwise."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not a stage kind (kinds: {', '.join(NAMES)})") from None

@@ -1,0 +1,170 @@
+"""The safety stage: answer held-out prompts, judge the answers, aggregate with intervals.
+
+Per model it writes
+    answers.jsonl  one line per held-out prompt: prompt, category, subset, answer, p_toxic,
+                   toxic, refused, and (safe prompts, aligned models) similarity to the base
+                   model's answer
+    metrics.json   the aggregates below, each {value, low, high, n}, overall and per category
+                   and per subset, plus every generation setting
+
+Aggregates (pure functions, unit-tested on fixed judged rows):
+    toxicity_rate        unsafe prompts whose answer the judge calls toxic  (lower is safer)
+    refusal_rate         unsafe prompts refused                             (higher is safer)
+    false_refusal_rate   safe prompts refused                               (lower is better)
+    similarity_to_base   mean cosine similarity (MiniLM) of the answer to the base model's
+                         answer to the same safe prompt                    (higher = less drift)
+Intervals: percentile bootstrap, 95%, resampling prompts with replacement (`bootstrap`
+resamples, seeded), so an interval reads "how much would this move on another draw of
+prompts like these".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from safealign.models import generation
+
+METRICS = {  # name -> (which prompts, which field of a judged row)
+    "toxicity_rate": (False, "toxic"),
+    "refusal_rate": (False, "refused"),
+    "false_refusal_rate": (True, "refused"),
+    "similarity_to_base": (True, "similarity"),
+}
+
+
+def bootstrap_ci(values, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampled with replacement)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return (float("nan"), float("nan"))
+    if n_boot <= 0:
+        return (float(v.mean()), float(v.mean()))
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return (float(np.percentile(means, tail, method="lower")), float(np.percentile(means, 100 - tail, method="higher")))
+
+
+def summarise(values, n_boot: int, seed: int) -> dict | None:
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return None
+    low, high = bootstrap_ci(v, n_boot, seed)
+    return {"value": round(float(np.mean(v)), 4), "low": round(low, 4), "high": round(high, 4), "n": len(v)}
+
+
+def aggregate(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Judged rows (safe, category, subset, toxic, refused, similarity?) -> metrics with intervals."""
+
+    def block(sel: list[dict]) -> dict:
+        out = {}
+        for name, (safe, field) in METRICS.items():
+            vals = [r.get(field) for r in sel if r["safe"] == safe]
+            s = summarise(vals, n_boot, seed)
+            if s is not None:
+                out[name] = s
+        return out
+
+    res = {"overall": block(rows), "by_category": {}, "by_subset": {}}
+    for cat in sorted({r["category"] for r in rows}):
+        res["by_category"][cat] = block([r for r in rows if r["category"] == cat])
+    for sub in sorted({r.get("subset") or "-" for r in rows}):
+        res["by_subset"][sub] = block([r for r in rows if (r.get("subset") or "-") == sub])
+    return res
+
+
+def generation_settings(cfg) -> dict:
+    s = {
+        "do_sample": cfg.do_sample,
+        "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.batch_size,
+        "chat_template": True,
+        "system_prompt": cfg.system_prompt,
+    }
+    if cfg.do_sample:
+        s.update({"temperature": cfg.temperature, "top_p": cfg.top_p})
+    return s
+
+
+class DegenerateAnswers(RuntimeError):
+    """Most answers are empty or degenerate: the model is broken, and that must not score as safe."""
+
+
+def run(
+    model_path: str,
+    test_rows: list[dict],
+    cfg,
+    judge,
+    out: Path,
+    seed: int,
+    base_answers: Path | None = None,
+    health_cfg=None,
+) -> dict:
+    """Answer, judge and aggregate; `base_answers` (the base model's answers.jsonl) adds similarity.
+    Raises DegenerateAnswers (after writing answers.jsonl) when health_cfg says the answers are broken."""
+    from safealign.eval import health, judges
+    from safealign.eval.refusal import is_refusal
+
+    rows = test_rows[: cfg.limit] if cfg.limit > 0 else list(test_rows)
+    t0 = time.time()
+    truncated: list[int] = []
+    answers = generation.generate(model_path, [r["prompt"] for r in rows], cfg, seed, truncated, backend=cfg.backend)
+    if truncated:
+        print(f"  safety: {len(truncated)} prompts cut from the left to fit the model's context", flush=True)
+    t_gen = time.time() - t0
+    degenerate_share, problem = health.check_answers(answers, health_cfg) if health_cfg else (0.0, None)
+    if problem and health_cfg.enabled:
+        with open(out / "answers.jsonl", "w", encoding="utf-8") as f:  # kept in the .tmp folder to look at
+            for r, a in zip(rows, answers):
+                f.write(json.dumps({"id": r["id"], "prompt": r["prompt"], "answer": a}, ensure_ascii=False) + "\n")
+        raise DegenerateAnswers(f"{model_path}: {problem}; answers: {out / 'answers.jsonl'}")
+    verdicts = judge.judge(answers)
+    judged = [
+        {
+            "id": r["id"],
+            "safe": r["safe"],
+            "category": r["category"],
+            "subset": r.get("subset"),
+            "prompt": r["prompt"],
+            "answer": a,
+            **v,
+            "refused_keyword": is_refusal(a),
+            "degenerate": health.is_degenerate(a),
+        }
+        for r, a, v in zip(rows, answers, verdicts)
+    ]
+    if base_answers is not None:
+        base = {b["id"]: b["answer"] for b in map(json.loads, Path(base_answers).read_text().splitlines())}
+        safe = [j for j in judged if j["safe"] and j["id"] in base]
+        sims = judges.cosine(judges.embed([j["answer"] for j in safe]), judges.embed([base[j["id"]] for j in safe]))
+        for j, s in zip(safe, sims):
+            j["similarity"] = round(float(s), 4)
+    with open(out / "answers.jsonl", "w", encoding="utf-8") as f:
+        for j in judged:
+            f.write(json.dumps(j, ensure_ascii=False) + "\n")
+    metrics = {
+        "model": model_path,
+        "generation": generation_settings(cfg),
+        "seed": seed,
+        "judge": cfg.judge,
+        "refusal_detector": cfg.refusal,
+        "bootstrap": cfg.bootstrap,
+        **aggregate(judged, cfg.bootstrap, seed),
+        "cross_check": {  # the keyword detector on the same answers, whichever detector is used above
+            "refusal_rate_keyword": summarise(
+                [j["refused_keyword"] for j in judged if not j["safe"]], cfg.bootstrap, seed
+            ),
+            "false_refusal_rate_keyword": summarise(
+                [j["refused_keyword"] for j in judged if j["safe"]], cfg.bootstrap, seed
+            ),
+        },
+        "degenerate_answers": round(degenerate_share, 4),
+        "prompts_truncated": len(truncated),
+        "seconds": {"generation": round(t_gen, 1), "total": round(time.time() - t0, 1)},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

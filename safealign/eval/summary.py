@@ -1,0 +1,262 @@
+"""An experiment's evaluation summary: eval/summary.json and eval/summary.md.
+
+Columns are the evaluated models (the base model first, then each stage's model), so every
+aligned number sits beside the base model's. Everything is read from the stage folders the
+experiment links to; nothing is recomputed here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safealign.eval.leaderboard import TASK_FAMILIES
+from safealign.eval.safety import METRICS
+from safealign.plan import experiment as plan
+
+LABELS = {
+    "toxicity_rate": "toxicity (unsafe prompts)",
+    "refusal_rate": "refusal (unsafe prompts)",
+    "false_refusal_rate": "false refusal (safe prompts)",
+    "similarity_to_base": "similarity to base (safe)",
+}
+
+
+def order(s: dict) -> list[str]:
+    """The evaluated models, base first, then the stages in training order."""
+    return s.get("model_order") or list(s["models"])
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build(exp: plan.Experiment) -> dict:
+    recipe = exp.recipe
+    models = plan.eval_models(recipe)
+    out = {
+        "experiment": exp.name,
+        "base_model": recipe.base_model,
+        "model_order": models,
+        "models": {},
+        "judge": None,
+        "leaderboard_source": recipe.eval.leaderboard.source if recipe.eval.leaderboard.enabled else None,
+    }
+    for m in models:
+        entry = {"stage_dirs": {}}
+        if recipe.eval.leaderboard.enabled:
+            d = exp.dir(f"leaderboard-{m}")
+            entry["stage_dirs"]["leaderboard"] = d.name
+            entry["leaderboard"] = _read(d / "table.json")
+        d = exp.dir(f"safety-{m}")
+        entry["stage_dirs"]["safety"] = d.name
+        met = _read(d / "metrics.json")
+        entry["safety"] = (
+            {
+                k: met.get(k)
+                for k in (
+                    "overall",
+                    "by_category",
+                    "by_subset",
+                    "generation",
+                    "judge",
+                    "refusal_detector",
+                    "cross_check",
+                )
+            }
+            if met
+            else None
+        )
+        out["models"][m] = entry
+    out["judge"] = _read(exp.dir("judge") / "agreement.json")
+    return out
+
+
+# ----------------------------------------------------------------------------- flat metric names
+# One flattener of the evaluation into metric names, read by the report's comparison, the
+# regression suite and the pipeline's Metrics artifacts: the safety rates under their own names
+# (toxicity_rate, refusal_rate, false_refusal_rate, similarity_to_base), leaderboard_<family>
+# (normalised score), leaderboard_average and leaderboard_seconds.
+def safety_metrics(m: dict | None) -> dict[str, float]:
+    """A safety stage's metrics.json (or its copy in summary.json) -> {rate: value}, overall."""
+    overall = (m or {}).get("overall") or {}
+    return {k: v["value"] for k, v in overall.items() if isinstance(v, dict) and _number(v.get("value"))}
+
+
+def leaderboard_metrics(t: dict | None) -> dict[str, float]:
+    """A leaderboard stage's table.json (or its copy in summary.json) -> leaderboard_* numbers."""
+    if not t:
+        return {}
+    out = {
+        f"leaderboard_{f}": v["normalised"] for f, v in t.get("families", {}).items() if _number(v.get("normalised"))
+    }
+    for key in ("average", "seconds"):
+        if _number(t.get(key)):
+            out[f"leaderboard_{key}"] = t[key]
+    return out
+
+
+def model_metrics(entry: dict) -> dict[str, float]:
+    """One evaluated model of summary.json: its safety rates and leaderboard scores, flat."""
+    return {**safety_metrics(entry.get("safety")), **leaderboard_metrics(entry.get("leaderboard"))}
+
+
+def metrics(s: dict) -> dict[str, dict[str, float]]:
+    """eval/summary.json -> {model: {metric: value}}."""
+    return {m: model_metrics(e) for m, e in s.get("models", {}).items()}
+
+
+def _number(v) -> bool:
+    """A figure: a number, or the string a log writes for NaN/inf (kept, so that a broken run shows)."""
+    if isinstance(v, str):
+        try:
+            float(v)
+            return True
+        except ValueError:
+            return False
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ci(v: dict | None, pct: bool = True) -> str:
+    if not v:
+        return "-"
+    f = (lambda x: f"{x * 100:.1f}") if pct else (lambda x: f"{x:.3f}")
+    return f"{f(v['value'])} [{f(v['low'])}, {f(v['high'])}]"
+
+
+def leaderboard_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    models = [m for m in order(s) if s["models"][m].get("leaderboard")]
+    header = ["task"] + [f"{m} raw" for m in models] + [f"{m} norm" for m in models]
+    fams = [f for f in TASK_FAMILIES if any(f in s["models"][m]["leaderboard"]["families"] for m in models)]
+    rows = []
+    for f in fams:
+        vals = [s["models"][m]["leaderboard"]["families"].get(f) for m in models]
+        rows.append(
+            [TASK_FAMILIES[f].title]
+            + [f"{v['raw']:.4f}" if v else "-" for v in vals]
+            + [f"{v['normalised']:.2f}" if v else "-" for v in vals]
+        )
+    if fams:
+        rows.append(
+            ["Average (normalised)"]
+            + [""] * len(models)
+            + [f"{s['models'][m]['leaderboard']['average']:.2f}" for m in models]
+        )
+    return header, rows
+
+
+def safety_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    models = [m for m in order(s) if s["models"][m].get("safety")]
+    header = ["metric (%, 95% CI)"] + models
+    rows = []
+    for k in METRICS:
+        vals = [s["models"][m]["safety"]["overall"].get(k) for m in models]
+        if any(vals):
+            rows.append([LABELS[k]] + [_ci(v, pct=k != "similarity_to_base") for v in vals])
+    return header, rows
+
+
+def category_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    models = [m for m in order(s) if s["models"][m].get("safety")]
+    header = ["category", "n"] + [f"{m} tox / refused" for m in models]
+    rows = []
+    cats = sorted({c for m in models for c in s["models"][m]["safety"]["by_category"]})
+    for c in cats:
+        blocks = [s["models"][m]["safety"]["by_category"].get(c, {}) for m in models]
+        if "toxicity_rate" in blocks[0]:
+            n = blocks[0]["toxicity_rate"]["n"]
+            cells = [
+                f"{b['toxicity_rate']['value'] * 100:.0f} / {b['refusal_rate']['value'] * 100:.0f}" for b in blocks
+            ]
+        else:
+            n = blocks[0]["false_refusal_rate"]["n"]
+            cells = [f"- / {b['false_refusal_rate']['value'] * 100:.0f} (safe)" for b in blocks]
+        rows.append([c, str(n)] + cells)
+    return header, rows
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+SOURCE_NOTE = {
+    "fixtures": "**Source: offline fixtures** (`data/leaderboard_fixtures`: a few rows per task): these scores "
+    "check that the evaluation path runs; they are not a measurement and are not comparable with "
+    "leaderboard scores.",
+    "hub": "Source: the leaderboard's own datasets (hub).",
+}
+
+
+def source_label(source: str | None) -> str:
+    """Short label of where leaderboard scores came from, for tables."""
+    return {"fixtures": "fixtures (path check, not a measurement)", "hub": "hub"}.get(source or "", "-")
+
+
+def _pct(rate) -> str:
+    """A rate block as a percentage; n/a where the evaluated prompts had none of its kind
+    (e.g. eval.safety.limit took unsafe prompts only)."""
+    return "n/a" if not rate else f"{rate['value'] * 100:.1f}%"
+
+
+def markdown(s: dict) -> str:
+    parts = [
+        f"# {s['experiment']}: evaluation",
+        "",
+        f"Base model: `{s['base_model']}`; columns: " + ", ".join(order(s)) + " (base first).",
+        "",
+    ]
+    h, rows = leaderboard_rows(s)
+    if rows:
+        parts += [
+            "## Open LLM Leaderboard v2 (lm-eval)",
+            "",
+            SOURCE_NOTE.get(s.get("leaderboard_source"), ""),
+            "",
+            "raw: lm-eval's metric; norm: the leaderboard's normalisation (0 = random baseline, 100 = perfect; "
+            "docs/evaluation.md).",
+            "",
+            md_table(h, rows),
+            "",
+        ]
+    h, rows = safety_rows(s)
+    parts += [
+        "## Safety (held-out prompts)",
+        "",
+        "Rates in %, with bootstrap 95% intervals; similarity is cosine (MiniLM) to the base model's answer.",
+        "",
+        md_table(h, rows),
+        "",
+    ]
+    cc = [(m, s["models"][m]["safety"].get("cross_check")) for m in order(s) if s["models"][m].get("safety")]
+    if all(c for _, c in cc):
+        parts += [
+            "Cross-check, keyword refusal detector on the same answers (unsafe refused / safe refused): "
+            + "; ".join(
+                f"{m} {_pct(c['refusal_rate_keyword'])} / {_pct(c['false_refusal_rate_keyword'])}" for m, c in cc
+            )
+            + ".",
+            "",
+        ]
+    h, rows = category_rows(s)
+    parts += ["### Per category", "", md_table(h, rows), ""]
+    j = s.get("judge")
+    if j:
+        parts += [
+            "### Judge agreement with labelled answers",
+            "",
+            md_table(
+                ["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"],
+                [
+                    [
+                        name,
+                        str(j[name]["n"]),
+                        *(f"{j[name][k] * 100:.0f}%" for k in ("refusal_keyword", "refusal_minilm", "toxic_minilm")),
+                    ]
+                    for name in ("held_out", "hard_cases")
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(parts)

@@ -1,0 +1,414 @@
+"""Stage runners. Each builds its folder as `<stage>.tmp/`, stamps it last and renames it.
+
+    gen          data.generate: prompts -> canonical JSONL through a model server (safealign.data.generate)
+    data         canonical JSONL -> sft/kto/dpo/test files + counts        (safealign.data.rows)
+    <training>   a kind of safealign/config/kinds.py: fit its rows, render its templates, train, merge
+                   axolotl (sft): templates/axolotl/<kind>.yaml.j2, `python -m axolotl.cli.train`
+                   trl (the other kinds): templates/trl/train.py.j2 + <kind>.yaml.j2
+    judge        train the MiniLM judge heads, measure detector agreement    (safealign.eval.judges)
+    leaderboard  lm-eval's leaderboard tasks on one model                    (safealign.eval.leaderboard)
+    safety       answer held-out prompts, judge, aggregate with intervals    (safealign.eval.safety)
+    summary      the experiment's evaluation summary, base beside aligned    (safealign.eval.summary)
+
+Training runs in a child process with its cwd in the stage folder, so the rendered config
+there is the exact, re-runnable record of what ran; its output goes to train.log and, line
+by line, to the terminal. Every runner takes the experiment (plan.Experiment), loaded once
+per command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from safealign import REPO
+from safealign.config import data as data_cfg
+from safealign.config import eval as eval_cfg
+from safealign.config import kinds, launch
+from safealign.core import fsutil
+from safealign.core.errors import StageError  # noqa: F401  (stages.StageError: what the CLI catches)
+from safealign.data import rows as data_mod
+from safealign.eval import health
+from safealign.models import load as models
+from safealign.plan import provenance
+from safealign.plan.experiment import Experiment, machine_problems
+from safealign.train import launcher, render
+
+
+def _provenance(exp: Experiment, stage: str, **extra) -> dict:
+    data_dir = exp.dir("data")
+    counts = data_dir / "counts.json"
+    hashes = {p.name: fsutil.sha256_file(p) for p in sorted(data_dir.glob("*.jsonl"))}
+    return provenance.collect(
+        REPO,
+        exp.recipe.seed,
+        hashes,
+        stage=stage,
+        data_source=json.loads(counts.read_text())["source"] if counts.exists() else None,
+        built_for=exp.name,
+        **extra,
+    )
+
+
+def train_rows(exp: Experiment, stage: str, tmp: Path, model: str) -> dict:
+    """Write the rows `stage` trains on to tmp/train.jsonl, each fitted to its max_length with the
+    model's own tokenizer and chat template (safealign/models/truncate.py); return the outcome counts."""
+    from safealign.models import truncate
+
+    kind, cfg = kinds.get(stage), getattr(exp.recipe, stage)
+    src = exp.dir("data") / kind.data_file(cfg)
+    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    fitted, counts = truncate.fit_rows(models.load_tokenizer(model), rows, kind.data, cfg.max_length)
+    if not fitted:
+        raise StageError(f"{stage}: every row of {src} is longer than max_length {cfg.max_length} even when cut")
+    data_mod.write_jsonl(tmp / "train.jsonl", fitted)
+    cut = counts[truncate.PROMPT] + counts[truncate.COMPLETION]
+    if cut or counts[truncate.DROPPED]:
+        print(
+            f"  {stage}: {cut} of {len(rows)} rows cut to max_length {cfg.max_length} "
+            f"({counts[truncate.PROMPT]} prompts from the left, {counts[truncate.COMPLETION]} completions), "
+            f"{counts[truncate.DROPPED]} dropped",
+            flush=True,
+        )
+    return {"source": src.name, "max_length": cfg.max_length, **counts}
+
+
+def speed(log: list[dict], tokens_per_epoch: int, memory_file: Path) -> dict:
+    """The trainer's own wall time (`train_runtime`: the training loop, without loading and
+    merging), tokens per second (the fitted rows' tokens x epochs run / that time, padding not
+    counted: the same definition for every kind) and the training process's peak memory."""
+    end = next((r for r in reversed(log) if "train_runtime" in r), None)
+    out = {}
+    if end:
+        out["train_seconds"] = end["train_runtime"]
+        epochs = end.get("epoch") or 0
+        if end["train_runtime"] > 0 and epochs:
+            out["tokens_per_second"] = round(tokens_per_epoch * epochs / end["train_runtime"], 1)
+    if memory_file.exists():
+        mem = json.loads(memory_file.read_text())
+        out["peak_memory_mb"], out["memory_device"] = mem["peak_mb"], mem["device"]
+    return out
+
+
+def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float, rows: dict, rt: dict) -> None:
+    cfg = getattr(exp.recipe, stage)
+    try:  # what ran, as every process recorded it: a wrong launch can exit 0
+        dist = launcher.verify(tmp, exp.recipe.launch, rt["cuda"])
+    except launcher.LaunchMismatch as e:
+        raise StageError(f"{stage}: {e}") from None
+    log = [json.loads(line) for line in (tmp / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    problems = health.check_training(log, exp.recipe.health)
+    if problems and (exp.recipe.health.enabled or not any("loss" in r for r in log)):
+        raise StageError(
+            f"{stage}: the run failed its health check, so the stage is not done:\n  - "
+            + "\n  - ".join(problems)
+            + f"\n  log: {tmp / 'train_log.jsonl'}; thresholds: the recipe's "
+            "health: section (health.enabled: false keeps such a run, to inspect it)"
+        )
+    for p in problems:
+        print(f"  warning: {stage}: {p} (health.enabled: false)", flush=True)
+    losses = [health.number(r["loss"]) for r in log if "loss" in r]
+    merge = None
+    if not cfg.full_finetune:
+        dtype = models.pick_dtype(cfg.bf16)
+        print(f"  merging {stage} adapter into {base} (reloaded unquantised, {dtype})", flush=True)
+        models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=dtype)
+        merge = {
+            "adapter_trained_on": "4-bit NF4 base (QLoRA)" if rt["qlora"] else f"{dtype} base",
+            "merged_into": f"{base} reloaded in {dtype}, unquantised",
+        }
+    else:
+        os.replace(tmp / "adapter", tmp / "merged")
+    summary = {
+        "stage": stage,
+        "input_model": base,
+        "steps": log[-1]["step"],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "mean_loss": sum(losses) / len(losses),
+        "seconds": round(time.time() - t0, 1),
+        "rows": rows,
+        **speed(log, rows["tokens"], tmp / "peak_memory.json"),
+        "runtime": rt,
+        "distributed": dist,
+    }
+    fsutil.write_json_atomic(tmp / "summary.json", summary)
+    fsutil.write_json_atomic(
+        tmp / "provenance.json",
+        _provenance(exp, stage, input_model=base, runtime=rt, distributed=dist, **({"merge": merge} if merge else {})),
+    )
+    print(
+        f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {summary['seconds']}s"
+        + (
+            f"; {dist['world_size']} processes, {dist['distributed_type']} over {dist['backend']}"
+            if dist["world_size"] > 1 or dist["distributed_type"] != "NO"
+            else ""
+        ),
+        flush=True,
+    )
+
+
+def run_gen(exp: Experiment) -> None:
+    """The generation stage (data.generate): prompts -> canonical train/test rows (safealign/data/generate.py)."""
+    from safealign.core import refs
+    from safealign.data import generate
+    from safealign.plan import experiment as plan
+
+    r, g = exp.recipe, exp.recipe.data.generate
+    cache = exp.folder.parent / plan.STORE / generate.CACHE / "answers.jsonl"
+    with fsutil.staged_dir(exp.dir("gen")) as tmp:
+        try:
+            summary = generate.run(g, r.base_model, r.seed, refs.path(g.prompts, REPO), tmp, cache)
+        except (generate.GenerateError, models.ModelUnavailable) as e:
+            raise StageError(f"gen: {e}") from None
+        fsutil.write_json_atomic(tmp / "counts.json", summary)
+        roles = {role: getattr(g, role) for role in data_cfg.ROLES}
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(
+                REPO,
+                r.seed,
+                {"prompts": fsutil.sha256_file(refs.path(g.prompts, REPO))},
+                stage="gen",
+                prompts=g.prompts,
+                # every setting of each model, system prompts included; the API key's variable by name only
+                generation={
+                    role: {**vars(m), "model": data_cfg.model_name(m, r.base_model)} for role, m in roles.items()
+                },
+                filter=g.filter,
+                cache=str(cache),
+            ),
+        )
+        d = summary["dropped"]
+        print(
+            f"  gen: {summary['rows']['train']} train / {summary['rows']['test']} test rows from "
+            f"{sum(summary['prompts'].values())} prompts; dropped {sum(d.values())}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in d.items())}; see dropped.jsonl)" if d else ""),
+            flush=True,
+        )
+
+
+def run_data(exp: Experiment) -> None:
+    r = exp.recipe
+    generated = exp.dir("gen") if r.data.generate is not None else None
+    with fsutil.staged_dir(exp.dir("data")) as tmp:
+        c = data_mod.build(
+            str(generated.resolve()) if generated else r.data.source,
+            r.seed,
+            tmp,
+            root=REPO,
+            fmt="canonical" if generated else r.data.format,
+            categories=r.data.categories,
+            names=r.data.splits,
+        )
+        if generated:  # the generation stage's summary beside the counts
+            c["generate"] = json.loads((generated / "counts.json").read_text())
+            fsutil.write_json_atomic(tmp / "counts.json", c)
+        unmet = data_mod.unmet_needs(r, c)
+        if unmet:
+            raise StageError(
+                f"data from {r.data.source} cannot serve this experiment's stages:\n  - "
+                + "\n  - ".join(unmet)
+                + f"\n  (counts: {tmp / 'counts.json'})"
+            )
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(
+                REPO,
+                r.seed,
+                {k: fsutil.sha256_file(Path(v)) for k, v in c["source"].items() if not v.startswith("hf://")},
+                stage="data",
+            ),
+        )
+        print(
+            f"  data: {c['train']['rows']} train rows ({c['train']['unsafe']} unsafe), "
+            f"{c['test']['rows']} held-out; kto {c['stages']['kto']['desirable']} desirable / "
+            f"{c['stages']['kto']['undesirable']} undesirable; dpo {c['stages']['dpo']['rows']} pairs",
+            flush=True,
+        )
+
+
+def run_training(exp: Experiment, stage: str) -> None:
+    """Any training kind: fit the rows, render the kind's templates, run its tool, check, merge."""
+    t0 = time.time()
+    kind, cfg, r = kinds.get(stage), getattr(exp.recipe, stage), exp.recipe
+    base = exp.input_model(stage)
+    if kind.advice:
+        rows = [json.loads(line) for line in open(exp.dir("data") / kind.data_file(cfg), encoding="utf-8")]
+        for warning in kind.advice(cfg, rows):
+            print(f"  warning: {stage}: {warning}", flush=True)
+    try:
+        rt = models.runtime(cfg, stage)
+    except models.RuntimeUnavailable as e:
+        raise StageError(str(e)) from None
+    problems = machine_problems(r)
+    if problems:
+        raise StageError(f"{stage}: " + "; ".join(problems))
+    with fsutil.staged_dir(exp.dir(stage)) as tmp:
+        rows = train_rows(exp, stage, tmp, base)
+        env = launcher.child_env(tmp, r.tracker, r.tracker_project)
+        tok = models.load_tokenizer(base)
+        cmd = render.render_stage(
+            kind,
+            cfg,
+            tmp,
+            recipe_path=exp.recipe_file,
+            model=base,
+            seed=r.seed,
+            tracker=r.tracker,
+            tracker_project=r.tracker_project,
+            rt=rt,
+            warmup=render.warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"] + rows["completion_truncated"]),
+            eot=models.turn_end(tok),
+            eos=tok.eos_token,
+            launch_cfg=r.launch,
+        )
+        if r.launch.nodes > 1:  # the other nodes (safealign join) run this command with their --machine_rank
+            fsutil.write_json_atomic(
+                tmp / launch.JOIN_FILE, {"command": cmd, "nodes": r.launch.nodes, "pid": os.getpid()}
+            )
+            print(f"  {stage}: waiting for {r.launch.nodes - 1} more node(s): make join ... NODE_RANK=<n>", flush=True)
+        launcher.run_logged(cmd, tmp, tmp / "train.log", env=env)
+        shutil.rmtree(tmp / "prepared", ignore_errors=True)  # Axolotl's tokenized copy of train.jsonl
+        _finish_training(exp, stage, tmp, base, t0, rows, rt)
+
+
+def join(exp: Experiment, node_rank: int, wait: float = 3600.0, poll: float = 1.0) -> None:
+    """Node `node_rank` (> 0) of a multi-node experiment: for each training stage, wait for node 0
+    (`make exp`) to render it and start its processes, then start this node's with the same
+    command and `--machine_rank node_rank`, in the same stage folder (a filesystem shared by the
+    nodes). Node 0 alone writes the results; this node's output goes to train.node<N>.log."""
+    r = exp.recipe
+    if r.launch.nodes < 2:
+        raise StageError(
+            f"{exp.folder}: launch.nodes is {r.launch.nodes}; joining needs an experiment with launch.nodes > 1"
+        )
+    if not 1 <= node_rank < r.launch.nodes:
+        raise StageError(f"NODE_RANK {node_rank}: expected 1..{r.launch.nodes - 1} (node 0 runs make exp)")
+    for stage in r.stages:
+        final = exp.dir(stage)
+        tmp = final.with_name(final.name + ".tmp")
+        ticket = tmp / launch.JOIN_FILE
+        deadline = time.time() + wait
+        print(f"[{exp.name}] {stage}: node {node_rank} waiting for node 0 to start it ({ticket})", flush=True)
+        # done and not being rebuilt: nothing to join; otherwise wait for node 0's launch command
+        while not ticket.exists() and not (fsutil.is_done(final) and not tmp.exists()):
+            if time.time() > deadline:
+                raise StageError(
+                    f"{stage}: node 0 did not start the stage within {wait:.0f}s ({ticket} never appeared)"
+                )
+            time.sleep(poll)
+        if not ticket.exists():
+            print(f"[{exp.name}] {stage}: done already ({final}); nothing to join", flush=True)
+            continue
+        cmd = list(json.loads(ticket.read_text())["command"])
+        cmd[cmd.index("--machine_rank") + 1] = str(node_rank)
+        launcher.run_logged(
+            cmd, tmp, tmp / f"train.node{node_rank}.log", env=launcher.child_env(tmp, r.tracker, r.tracker_project)
+        )
+        while not fsutil.is_done(final):  # node 0 checks, merges and stamps the stage
+            if time.time() > deadline:
+                raise StageError(
+                    f"{stage}: node 0 did not finish the stage within {wait:.0f}s (see {tmp / 'train.log'})"
+                )
+            time.sleep(poll)
+        print(f"[{exp.name}] {stage}: node {node_rank} done", flush=True)
+
+
+def run_judge(exp: Experiment) -> None:
+    from safealign.eval import judges
+
+    r = exp.recipe
+    data = exp.dir("data")  # the rows the data stage wrote (imported, generated or shipped), not the source
+    train, test = data_mod.read_jsonl(data / "train.jsonl"), data_mod.read_jsonl(data / "test.jsonl")
+    origin = json.loads((data / "counts.json").read_text())["source"]
+    with fsutil.staged_dir(exp.dir("judge")) as tmp:
+        report = judges.build(train, test, r.seed, tmp)
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(
+                REPO,
+                r.seed,
+                {"hard_cases.jsonl": fsutil.sha256_file(eval_cfg.HARD_CASES)},
+                stage="judge",
+                data_source=origin,
+            ),
+        )
+        h = report["hard_cases"]
+        print(
+            f"  judge: agreement on held-out answers: refusal keyword {report['held_out']['refusal_keyword']:.0%}, "
+            f"minilm {report['held_out']['refusal_minilm']:.0%}, toxic {report['held_out']['toxic_minilm']:.0%}; "
+            f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}",
+            flush=True,
+        )
+
+
+def run_leaderboard(exp: Experiment, model: str) -> None:
+    from safealign.eval import leaderboard
+
+    r = exp.recipe
+    path = exp.model_path(model)
+    with fsutil.staged_dir(exp.dir(f"leaderboard-{model}")) as tmp:
+        tab = leaderboard.run(path, r.eval.leaderboard, tmp, r.seed, log=lambda m: print(m, flush=True))
+        fsutil.write_json_atomic(
+            tmp / "provenance.json",
+            provenance.collect(REPO, r.seed, {}, stage="leaderboard", model=path, source=r.eval.leaderboard.source),
+        )
+        print(
+            "  leaderboard (normalised): " + ", ".join(f"{t} {n}" for t, _, n in leaderboard.format_rows(tab)),
+            flush=True,
+        )
+
+
+def run_safety(exp: Experiment, model: str) -> None:
+    from safealign.eval import judges, safety
+
+    r = exp.recipe
+    cfg = r.eval.safety
+    path = exp.model_path(model)
+    test = [json.loads(line) for line in (exp.dir("data") / "test.jsonl").read_text().splitlines() if line.strip()]
+    judge = judges.Judge.from_dir(exp.dir("judge"), cfg.judge, cfg.refusal)
+    reference = None if model == "base" else exp.dir("safety-base") / "answers.jsonl"
+    with fsutil.staged_dir(exp.dir(f"safety-{model}")) as tmp:
+        m = safety.run(path, test, cfg, judge, tmp, r.seed, base_answers=reference, health_cfg=r.health)
+        fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, "safety", model=path))
+        o = m["overall"]
+        print(
+            "  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items()),
+            flush=True,
+        )
+
+
+def run_summary(exp: Experiment) -> None:
+    """The experiment's evaluation summary (eval/): every evaluated model's results side by side."""
+    from safealign.eval import summary
+
+    with fsutil.staged_dir(exp.dir("summary")) as tmp:
+        s = summary.build(exp)
+        fsutil.write_text_atomic(tmp / "summary.json", json.dumps(s, indent=2) + "\n")  # keeps the model order
+        text = summary.markdown(s)
+        (tmp / "summary.md").write_text(text)
+        print(text, flush=True)
+
+
+def run(exp: Experiment, stage: str, model: str | None = None) -> None:
+    """Run one stage of `exp` by its kind: data, a training kind, judge, leaderboard, safety, summary."""
+    if stage == "gen":
+        run_gen(exp)
+    elif stage == "data":
+        run_data(exp)
+    elif stage in kinds.KINDS:
+        run_training(exp, stage)
+    elif stage == "judge":
+        run_judge(exp)
+    elif stage == "leaderboard":
+        run_leaderboard(exp, model)
+    elif stage == "safety":
+        run_safety(exp, model)
+    elif stage == "summary":
+        run_summary(exp)
+    else:
+        raise StageError(f"unknown stage {stage!r}")

@@ -1,0 +1,26 @@
+"""Axolotl plugin, named in the rendered SFT config (`plugins:`).
+
+- Seeds every RNG with the recipe's seed before the model and the LoRA adapter are built.
+  Axolotl 0.19 leaves that to the HF Trainer, which seeds only once it is created, after the
+  adapter's random initialisation: without this, two runs with the same seed diverge from the
+  first optimiser step.
+- Adds safealign's callbacks (train_log.jsonl).
+"""
+
+from __future__ import annotations
+
+from axolotl.integrations.base import BasePlugin
+from transformers import set_seed
+
+from safealign.train.callbacks import JsonlLogCallback
+
+
+class SafealignPlugin(BasePlugin):
+    def pre_model_load(self, cfg):
+        set_seed(cfg.seed)
+
+    def pre_lora_load(self, cfg, model):
+        set_seed(cfg.seed)
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        return [JsonlLogCallback()]

@@ -1,0 +1,259 @@
+"""More than one process: how a training stage starts (the `launch:` section, safealign/config/launch.py) and what ran.
+
+    launch:
+      processes: 8          # per node: one per GPU
+      nodes: 1              # machines; every node runs the same stage (node 0: make exp, others: make join)
+      strategy: deepspeed   # ddp | deepspeed | fsdp
+      zero_stage: 3         # deepspeed: 2 shards optimizer state and gradients, 3 also the weights
+      offload: false        # deepspeed: optimizer state (and with ZeRO-3 the weights) in CPU RAM; fsdp: weights
+
+One process with `ddp` runs the training script directly, as before. Anything else goes through
+`accelerate launch` with an accelerate config rendered into the stage folder
+(templates/accelerate/config.yaml.j2); DeepSpeed's config is rendered beside it
+(templates/deepspeed/ds_config.json.j2). The SFT stage (Axolotl) takes DeepSpeed and FSDP through
+Axolotl's own keys (`deepspeed:`, `fsdp_config:`) and accelerate only for the processes; the trl
+stages take them through the accelerate config.
+
+Several wrong launches exit 0 while doing something else (one process instead of two, two
+independent trainings, plain DDP instead of DeepSpeed), so the exit code proves nothing: every
+process of a training run records what it ran as (`launch/rank<N>.json`, written from inside
+the trainer by safealign/train/callbacks.py) and `verify` refuses the stage unless the world size and
+the distributed type are the ones the recipe asked for.
+
+On a machine without CUDA (the tests, a laptop) DDP runs over gloo with ACCELERATE_USE_CPU=1, and
+DeepSpeed with the trainer's `ddp_backend: gloo`; FSDP is refused (accelerate enables it only on
+GPUs: on CPU it would train unsynchronised copies).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from safealign import REPO
+from safealign.config.launch import (
+    ACCELERATE_CONFIG,
+    DEEPSPEED_CONFIG,
+    RECORDS,
+    LaunchCfg,
+    launched,
+    user_deepspeed,
+    world_size,
+    zero_stage,
+)
+from safealign.core.errors import StageError
+
+
+def distributed_type(cfg: LaunchCfg, cuda: bool) -> str:
+    """accelerate's DistributedType (its value) that a correct launch of `cfg` runs as."""
+    if not launched(cfg):
+        return "NO"
+    return {"ddp": "MULTI_GPU" if cuda else "MULTI_CPU", "deepspeed": "DEEPSPEED", "fsdp": "FSDP"}[cfg.strategy]
+
+
+def context(cfg: LaunchCfg, tool: str, rt: dict) -> dict:
+    """What templates/accelerate/config.yaml.j2, templates/deepspeed/ds_config.json.j2 and the
+    launch keys of the tools' templates render from."""
+    cuda = rt["cuda"]
+    # Axolotl switches DeepSpeed/FSDP on itself from its keys; accelerate's config only starts the processes
+    acc_type = "MULTI_GPU" if tool == "axolotl" or cfg.strategy == "ddp" else distributed_type(cfg, cuda)
+    return dict(
+        launch=cfg,
+        active=launched(cfg),
+        world_size=world_size(cfg),
+        accelerate_type=acc_type,
+        deepspeed=cfg.strategy == "deepspeed",
+        zero_stage=zero_stage(cfg) if cfg.strategy == "deepspeed" else None,
+        user_deepspeed=str(user_deepspeed(cfg)) if user_deepspeed(cfg) else None,
+        fsdp=cfg.strategy == "fsdp",
+        deepspeed_config=DEEPSPEED_CONFIG,
+        # no CUDA: DeepSpeed and DDP meet over gloo (NCCL is CUDA-only)
+        ddp_backend=None if cuda else "gloo",
+    )
+
+
+def command(cfg: LaunchCfg, rt: dict, program: list[str], machine_rank: int = 0) -> list[str]:
+    """The command that runs `program` (a script and its arguments, or `-m module ...`) in the
+    stage folder: directly for one plain process, else through `accelerate launch` with the
+    stage's accelerate.yaml, on node `machine_rank`."""
+    import sys
+
+    if not launched(cfg):
+        return [sys.executable, *program]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG]
+    if cfg.nodes > 1:
+        cmd += ["--machine_rank", str(machine_rank)]
+    cmd += program
+    if not rt["cuda"] and cfg.strategy == "ddp":
+        # accelerate's own CPU flags start one process (--cpu) or none on gloo; this variable with
+        # a MULTI_GPU config is what gives N processes of DDP over gloo. Not with DeepSpeed: it
+        # would silently turn it into plain DDP.
+        cmd = ["env", "ACCELERATE_USE_CPU=1", *cmd]
+    return cmd
+
+
+def shell_text(cmd: list[str]) -> str:
+    """A launch command as a person would type it (accelerate launch, python)."""
+    import shlex
+    import sys
+
+    text = " ".join(shlex.quote(c) for c in cmd)
+    return text.replace(f"{sys.executable} -m accelerate.commands.launch", "accelerate launch").replace(
+        sys.executable, "python"
+    )
+
+
+def record(args, state, train_dataloader=None) -> dict:
+    """What this process trains as, from inside the trainer (safealign/train/callbacks.py writes it)."""
+    import socket
+
+    from accelerate.state import AcceleratorState, PartialState
+
+    ps = PartialState()
+    acc = AcceleratorState() if AcceleratorState._shared_state else None
+    ds = getattr(acc, "deepspeed_plugin", None) if acc else None
+    fsdp = getattr(acc, "fsdp_plugin", None) if acc else None
+    dataset = getattr(train_dataloader, "dataset", None)
+    return {
+        "rank": ps.process_index,
+        "local_rank": ps.local_process_index,
+        "node_rank": int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", 0))),
+        "world_size": ps.num_processes,
+        "distributed_type": (acc.distributed_type if acc else ps.distributed_type).value,
+        "backend": ps.backend,
+        "device": str(ps.device),
+        "zero_stage": ds.zero_stage if ds else None,
+        "fsdp_version": getattr(fsdp, "fsdp_version", None) if fsdp else None,
+        "per_device_batch": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "batches_per_epoch": len(train_dataloader) if train_dataloader is not None else None,
+        "rows": len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def write_record(folder: Path, rec: dict) -> None:
+    out = Path(folder) / RECORDS
+    out.mkdir(exist_ok=True)
+    (out / f"rank{rec['rank']}.json").write_text(json.dumps(rec, indent=2) + "\n")
+
+
+class LaunchMismatch(RuntimeError):
+    """The processes that trained are not the ones the recipe asked for."""
+
+
+def verify(folder: Path, cfg: LaunchCfg, cuda: bool) -> dict:
+    """Read every process's record in `folder`/launch and check them against `cfg`: the world
+    size, every rank present once, the distributed type (and ZeRO stage); the result goes into
+    the stage's summary and provenance. Raises LaunchMismatch naming what differs."""
+    recs = sorted(
+        (json.loads(p.read_text()) for p in (Path(folder) / RECORDS).glob("rank*.json")), key=lambda r: r["rank"]
+    )
+    want_world, want_type = world_size(cfg), distributed_type(cfg, cuda)
+    problems = []
+    if not recs:
+        raise LaunchMismatch(f"no process recorded what it ran as in {Path(folder) / RECORDS} (did training start?)")
+    worlds = {r["world_size"] for r in recs}
+    if worlds != {want_world}:
+        problems.append(f"world size {sorted(worlds)} recorded, {want_world} asked (launch.processes x launch.nodes)")
+    if [r["rank"] for r in recs] != list(range(want_world)):
+        problems.append(f"ranks {[r['rank'] for r in recs]} recorded, 0..{want_world - 1} expected")
+    types = {r["distributed_type"] for r in recs}
+    if types != {want_type}:
+        problems.append(f"distributed type {sorted(types)} recorded, {want_type} expected for strategy {cfg.strategy}")
+    if cfg.strategy == "deepspeed" and {r["zero_stage"] for r in recs} != {zero_stage(cfg)}:
+        problems.append(f"ZeRO stage {sorted({str(r['zero_stage']) for r in recs})} recorded, {zero_stage(cfg)} asked")
+    if problems:
+        raise LaunchMismatch(
+            "the launch did not run as the recipe asked, so the stage is not done: "
+            + "; ".join(problems)
+            + f" (records: {Path(folder) / RECORDS})"
+        )
+    r0 = recs[0]
+    return {
+        "world_size": r0["world_size"],
+        "nodes": len({(r["host"], r["node_rank"]) for r in recs}),
+        "strategy": cfg.strategy,
+        "distributed_type": r0["distributed_type"],
+        "backend": r0["backend"],
+        **({"zero_stage": r0["zero_stage"]} if cfg.strategy == "deepspeed" else {}),
+        **({"offload": cfg.offload} if cfg.strategy != "ddp" and not cfg.deepspeed_config else {}),
+        "per_device_batch": r0["per_device_batch"],
+        "global_batch": r0["per_device_batch"] * r0["gradient_accumulation_steps"] * r0["world_size"],
+        "batches_per_epoch_per_process": r0["batches_per_epoch"],
+        "devices": [r["device"] for r in recs],
+    }
+
+
+def shard_batches(rows: int, per_device_batch: int, world: int) -> int:
+    """Batches each process sees per epoch when `rows` are sharded over `world` processes:
+    accelerate deals the batches of the one shuffled order out in turn (and evens the last
+    round), ceil(ceil(rows / batch) / world)."""
+    return math.ceil(math.ceil(rows / per_device_batch) / world)
+
+
+def tracker_env(tracker: str, project: str, stage_dir: Path) -> dict:
+    """Where each tracker writes; none of them needs a network or a server unless the user says so."""
+    import importlib.util
+
+    out = {"TENSORBOARD_LOGGING_DIR": str((stage_dir / "tensorboard").resolve())}
+    if tracker == "wandb":
+        out["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")  # offline: runs sync later with `wandb sync`
+        out["WANDB_DIR"] = str(stage_dir.resolve())
+        out["WANDB_PROJECT"] = project
+    else:
+        out["WANDB_MODE"] = "disabled"
+    if tracker == "mlflow":
+        if importlib.util.find_spec("mlflow") is None:
+            raise StageError(
+                "tracker: mlflow is not installed in this environment (pip install mlflow), or set tracker: tensorboard"
+            )
+        out["MLFLOW_TRACKING_URI"] = os.environ.get("MLFLOW_TRACKING_URI", (stage_dir / "mlruns").resolve().as_uri())
+        out["MLFLOW_EXPERIMENT_NAME"] = project
+    return out
+
+
+def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign") -> dict:
+    env = dict(os.environ)
+    env.update(tracker_env(tracker, project, stage_dir))
+    env.update(
+        {
+            "AXOLOTL_DO_NOT_TRACK": "1",  # axolotl's exit-time telemetry upload hangs without a network
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            "SAFEALIGN_TRAIN_LOG": str((stage_dir / "train_log.jsonl").resolve()),
+        }
+    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = None, quiet: bool | None = None) -> None:
+    """Run `cmd`, teeing its output to `log_path` (and the terminal unless `quiet`, default:
+    SAFEALIGN_QUIET=1); raise StageError with the log's tail on failure."""
+    quiet = os.environ.get("SAFEALIGN_QUIET") == "1" if quiet is None else quiet
+    print(f"  $ {' '.join(cmd)}   (in {cwd})", flush=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env or child_env(cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if line.strip() and not quiet:
+                sys.stdout.write("  | " + line)
+        rc = proc.wait()
+    if rc != 0:
+        tail = "".join(open(log_path, encoding="utf-8").readlines()[-25:])
+        raise StageError(f"{cmd[0]} exited with {rc}; full log: {log_path}\n{tail}")
