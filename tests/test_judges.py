@@ -120,7 +120,9 @@ def test_the_judge_learns_from_the_rows_the_data_stage_wrote_not_from_data_sourc
         return r
 
     for split, n in (("train", 12), ("test", 4)):
-        fsutil.write_text_atomic(gen / f"{split}.jsonl", "".join(json.dumps(row(i, i % 2 == 0, split)) + "\n" for i in range(n)))
+        fsutil.write_text_atomic(
+            gen / f"{split}.jsonl", "".join(json.dumps(row(i, i % 2 == 0, split)) + "\n" for i in range(n))
+        )
     fsutil.write_json_atomic(gen / "counts.json", {"rows": {"train": 12, "test": 4}, "dropped": {}})
     (gen / fsutil.STAMP).write_text("test")
     stages.run(exp, "data")
