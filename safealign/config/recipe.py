@@ -486,11 +486,14 @@ def parse(
     # a model profile (recipe key `model`, or SET model=... from Make's MODEL) applies over the
     # recipe and under SET
     profile = set_raw["model"] if "model" in set_raw else raw.get("model")
+    info = None
     if profile and apply_profile:
-        praw, pfiles, _ = load_profile(profile, _locator(files, set_paths))
+        praw, pfiles, info = load_profile(profile, _locator(files, set_paths))
         raw = _merge(raw, praw)
         files = pfiles + files
-    return _validate(_merge(raw, set_raw), _locator(files, set_paths))
+    r = _validate(_merge(raw, set_raw), _locator(files, set_paths))
+    r.profile = info  # the profile's own keys (family, hardware); not a recipe key, so in no identity
+    return r
 
 
 def parent_of(path: Path) -> Path | None:

@@ -11,6 +11,7 @@ hashed from. Code and template changes are Make's business (file mtimes), as bef
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -300,6 +301,7 @@ def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> 
         "recipe_file": recipe_file,
         "extends": str(parent) if parent else None,
         "overrides": list(overrides or []),
+        **({"profile": dataclasses.asdict(r.profile)} if r.profile else {}),  # its family, hardware
         **recipe_mod.to_dict(r),
     }
     text = f"# Resolved from {recipe_file}; stages read this file, not the recipe.\n" + yaml.safe_dump(
@@ -351,10 +353,12 @@ class Experiment:
         raw = yaml.safe_load((self.folder / RESOLVED).read_text(encoding="utf-8"))
         self.recipe_file: str = raw.pop("recipe_file")
         self.overrides: list[str] = raw.pop("overrides", None) or []
+        profile = raw.pop("profile", None)
         for key in ("name", "extends"):
             raw.pop(key, None)
         # resolved: the profile is applied already (applying it again would undo SET over it)
         self.recipe = recipe_mod.parse(yaml.safe_dump(raw), str(self.folder / RESOLVED), apply_profile=False)
+        self.recipe.profile = recipe_mod.ProfileInfo(**profile) if profile else None
         self.stages: dict[str, dict] = json.loads((self.folder / "stages.json").read_text())
 
     @property

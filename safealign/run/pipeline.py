@@ -7,8 +7,10 @@
 The pipeline is compiled from the same resolved recipe and stage plan as `make exp`
 (safealign/plan/experiment.py): one task per stage (resolve, the base model, generation with data.generate,
 data, each training stage with its merge, judge, leaderboard and safety per model, summary,
-report), each a lightweight Python component whose body calls `python -m safealign <command>`, the entry point Make calls, so a
-stage's output is the same whichever runner ran it. Components install nothing: the image (the
+report), each a lightweight Python component (safealign/run/pipeline_ops.py) whose body runs a step
+of safealign/run/pipeline_steps.py, which calls `python -m safealign <command>`, the entry point Make
+calls, so a stage's output is the same whichever runner ran it. This module compiles (and submits);
+it never runs inside a task. Components install nothing: the image (the
 repository's Dockerfile, built from requirements.lock) holds everything, and kfp's local runner
 (`SubprocessRunner(use_venv=False)`) runs them in the current venv.
 

@@ -222,13 +222,9 @@ def adapter_size(config: Path, cfg, stage: str) -> dict:
 
 
 def profile_family(r):
-    """The architecture family the experiment's model profile declares, if any."""
-    from safealign.config import recipe as recipe_mod
-
-    if not r.model:
-        return None
-    _, _, info = recipe_mod.load_profile(r.model, lambda path: "model")
-    return families.get(info.family) if info.family else None
+    """The architecture family the experiment's model profile declares, if any (as resolved)."""
+    info = r.profile
+    return families.get(info.family) if info and info.family else None
 
 
 def turn_end_offline(r, config: Path) -> tuple[str | None, str | None]:
