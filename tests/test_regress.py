@@ -64,6 +64,10 @@ def test_cpu_baseline_is_committed_and_covers_the_suite():
     assert {k.split("/")[0] for k in b["metrics"]} == {e.id for e in suite.experiments}
     assert all(isinstance(v, float) and math.isfinite(v) for v in b["metrics"].values())
     assert {"cpu", "isa", "caches", "threads"} <= set(b["machine"])
+    for other in sorted(regress.baseline_path("cpu", "cpu").parent.glob("cpu-*.json")):  # other machines' own
+        o = regress.read_baseline(other)
+        assert {k.split("/")[0] for k in o["metrics"]} == {e.id for e in suite.experiments}, other.name
+        assert other.name == f"cpu-{regress.machine_tag(o['machine'])}.json"
 
 
 # --- suite files: every mistake named ------------------------------------------------------------
@@ -479,3 +483,26 @@ def test_a_new_experiment_joins_a_baseline_from_another_machine_without_touching
     )
     regress.accept(write_run(tmp_path, "r5", back), tmp_path / "b")
     assert "machines" not in json.loads(path.read_text())
+
+
+def test_a_whole_run_on_another_machine_gets_its_own_baseline_beside_the_main_one(tmp_path):
+    """CPUs of one kind differ in their last bits and training amplifies them: a machine that ran
+    the whole suite is checked against its own values, exactly; the main file stays as it was."""
+    full = [row("sft/sft/last_loss", 1.0, None), row("sft_kto/kto/last_loss", 0.3, None)]
+    main, _ = regress.accept(write_run(tmp_path, "r1", result(full)), tmp_path / "b")
+    y = {"cpu": "y"}
+    mine = [row("sft/sft/last_loss", 1.4, 1.0), row("sft_kto/kto/last_loss", 0.5, 0.3)]
+    own, _ = regress.accept(write_run(tmp_path, "r2", result(mine, machine=y)), tmp_path / "b")
+    assert own == main.with_name(f"cpu-{regress.machine_tag(y)}.json") != main
+    assert json.loads(main.read_text())["metrics"] == {"sft/sft/last_loss": 1.0, "sft_kto/kto/last_loss": 0.3}
+    assert regress.find_baseline("s", "cpu", y, tmp_path / "b")[0] == own
+    assert regress.find_baseline("s", "cpu", {"cpu": "x"}, tmp_path / "b")[0] == main
+    assert regress.find_baseline("s", "cpu", {"cpu": "z"}, tmp_path / "b")[0] == main  # unknown: the loose bounds
+    # a new experiment accepted on machine y goes into y's file, and into the main one tagged with y
+    path, diff = regress.accept(
+        _partial(tmp_path, "r3", y, [row("new/new/last_loss", 0.7, None)], ["new"]), tmp_path / "b"
+    )
+    assert path == own and json.loads(own.read_text())["metrics"]["new/new/last_loss"] == 0.7
+    m = json.loads(main.read_text())
+    assert m["metrics"]["new/new/last_loss"] == 0.7 and m["machines"] == {"new": y} and m["machine"] == {"cpu": "x"}
+    assert f"{main.name}: + new/new/last_loss: 0.7000" in diff

@@ -271,7 +271,25 @@ def hardware() -> tuple[str, dict]:
 
 
 def baseline_path(suite: str, key: str, root: Path = BASELINES) -> Path:
+    """The main baseline of a hardware key; other machines of that key may have their own beside it."""
     return root / suite / f"{key}.json"
+
+
+def machine_tag(machine: dict) -> str:
+    """A short name for a machine's fingerprint: its own baseline is `<key>-<tag>.json`."""
+    return fsutil.sha256_text(json.dumps(machine, sort_keys=True))[:8]
+
+
+def find_baseline(suite: str, key: str, machine: dict, root: Path = BASELINES) -> tuple[Path, dict | None]:
+    """The baseline a run on `machine` is checked against: the file measured on exactly this
+    machine (the main `<key>.json`, or a `<key>-<tag>.json` beside it: CPUs of one kind differ in
+    their last bits, and training amplifies that), else the main one (its `other_machine` bounds)."""
+    main = baseline_path(suite, key, root)
+    for p in [main, *sorted(main.parent.glob(f"{key}-*.json"))]:
+        b = read_baseline(p)
+        if b is not None and b.get("machine") == machine:
+            return p, b
+    return main, read_baseline(main)
 
 
 # --- metrics of one experiment -----------------------------------------------------------------
@@ -489,8 +507,38 @@ def accept(run_dir: Path, root: Path = BASELINES) -> tuple[Path, list[str]]:
     failed = [e["id"] for e in res["experiments"] if e["state"] != "done"]
     if failed:
         raise RegressError(f"{run_dir}: experiment(s) {', '.join(failed)} did not finish; fix them and run again")
-    path = baseline_path(res["suite"], res["hardware_key"], root)
-    old = read_baseline(path) or {"metrics": {}}
+    key = res["hardware_key"]
+    main_path = baseline_path(res["suite"], key, root)
+    main = read_baseline(main_path)
+    own_path, own = find_baseline(res["suite"], key, res["machine"], root)
+    if own is not None and own.get("machine") == res["machine"]:
+        target = own_path  # this machine's baseline (the main one, or its own file)
+    elif main is None or not res["only"]:
+        # the first baseline, or a whole run on a machine that has none: the main one, or this
+        # machine's own file beside it (the main one's values stay exact where they were measured)
+        target = main_path if main is None else main_path.with_name(f"{key}-{machine_tag(res['machine'])}.json")
+    else:
+        target = main_path  # a partial run on a machine without a baseline: joins the main one, tagged
+    new, diff = _merged(read_baseline(target), res, run_dir)
+    fsutil.write_json_atomic(target, new)
+    if target != main_path and main is not None:
+        # experiments the main baseline lacks join it too, tagged with this machine, so that it
+        # still covers the suite
+        have = {k.split("/")[0] for k in main["metrics"]}
+        fresh = [e for e in res["experiments"] if e["id"] not in have]
+        if fresh:
+            ids = {e["id"] for e in fresh}
+            part = {**res, "only": sorted(ids), "experiments": fresh}
+            part["rows"] = [r for r in res["rows"] if r["metric"].split("/")[0] in ids]
+            joined, more = _merged(main, part, run_dir)
+            fsutil.write_json_atomic(main_path, joined)
+            diff += [f"{main_path.name}: {d}" for d in more]
+    return target, diff
+
+
+def _merged(old: dict | None, res: dict, run_dir: Path) -> tuple[dict, list[str]]:
+    """`old` with the run's experiments measured again (a partial run keeps the others), and the diff."""
+    old = old or {"metrics": {}}
     ids = [e["id"] for e in res["experiments"]]
     main = old.get("machine") if res["only"] and old.get("machine") is not None else res["machine"]
     machines = {} if main == res["machine"] and not res["only"] else dict(old.get("machines") or {})
@@ -524,8 +572,7 @@ def accept(run_dir: Path, root: Path = BASELINES) -> tuple[Path, list[str]]:
             diff.append(f"- {k}: {_fmt(a)}")
         elif a != b:
             diff.append(f"~ {k}: {_fmt(a)} -> {_fmt(b)} ({b - a:+.4g})")
-    fsutil.write_json_atomic(path, new)
-    return path, diff
+    return new, diff
 
 
 # --- history -----------------------------------------------------------------------------------
@@ -640,8 +687,7 @@ def dry_run(suite: Suite, root: Path, only: list[str], extra_set: list[str], pri
     from safealign.config import recipe as recipe_mod
 
     key, machine = hardware()
-    bpath = baseline_path(suite.name, key)
-    base = read_baseline(bpath)
+    bpath, base = find_baseline(suite.name, key, machine)
     print_(f"suite {suite.name} ({suite.path}): {suite.description}")
     print_(f"hardware key {key} {json.dumps(machine)}")
     if base:
@@ -709,8 +755,7 @@ def run(suite: Suite, root: Path, only: list[str], extra_set: list[str], print_=
     """Run the suite's experiments into a fresh folder, compare, write regress.json/.md."""
     entries = select(suite, only)
     key, machine = hardware()
-    bpath = baseline_path(suite.name, key)
-    base = read_baseline(bpath)
+    bpath, base = find_baseline(suite.name, key, machine)
     started = time.strftime("%Y%m%d-%H%M%S")
     run_dir = root / "regress" / suite.name / started
     n = 1
