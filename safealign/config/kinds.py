@@ -119,6 +119,10 @@ class DpoCfg(TrainCfg):
     loss_weights: Optional[list] = None  # one weight per loss_type entry
     label_smoothing: float = 0.0  # robust DPO's assumed label-noise rate, in [0, 0.5)
     precompute_ref_log_probs: bool = False
+    # LD-DPO (length-desensitised): the weight of the log-probabilities of the tokens past the
+    # shorter answer's length, in [0, 1]; lower removes more of DPO's pull towards longer answers;
+    # 1.0 or null: plain DPO
+    ld_alpha: Optional[float] = since(None, "0.4")
 
 
 @dataclass
@@ -153,6 +157,10 @@ def _check_kto(cfg: KtoCfg, where: Callable, problems: list[str]) -> None:
 
 
 def _check_dpo(cfg: DpoCfg, where: Callable, problems: list[str]) -> None:
+    if cfg.ld_alpha is not None and (isinstance(cfg.ld_alpha, bool) or not 0.0 <= cfg.ld_alpha <= 1.0):
+        problems.append(
+            f"{where(('ld_alpha',))}: expected a number in [0, 1] or null (plain DPO), got {cfg.ld_alpha!r}"
+        )
     for i, loss in enumerate(cfg.loss_type):
         if loss not in DPO_LOSSES:
             close = difflib.get_close_matches(str(loss), DPO_LOSSES, n=1)
