@@ -1,11 +1,5 @@
-"""More than one process: how a training stage starts (the `launch:` section, safealign/config/launch.py) and what ran.
-
-    launch:
-      processes: 8          # per node: one per GPU
-      nodes: 1              # machines; every node runs the same stage (node 0: make exp, others: make join)
-      strategy: deepspeed   # ddp | deepspeed | fsdp
-      zero_stage: 3         # deepspeed: 2 shards optimizer state and gradients, 3 also the weights
-      offload: false        # deepspeed: optimizer state (and with ZeRO-3 the weights) in CPU RAM; fsdp: weights
+"""More than one process: how a training stage starts and what each process ran. The recipe's
+`launch:` section (processes, nodes, strategy, ZeRO stage, offload) is safealign/config/launch.py.
 
 One process with `ddp` runs the training script directly, as before. Anything else goes through
 `accelerate launch` with an accelerate config rendered into the stage folder
