@@ -192,6 +192,9 @@ include $(EXP)/stages.mk
 $(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PROFILE_FILE) $(wildcard $(PKG)/*.py $(PKG)/*/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
 	@$(if $(filter render pipeline pipeline-sweep submit,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
 
+# VERBOSE=1: every stage's whole output on the terminal too (safealign/core/console.py)
+export VERBOSE
+
 ifeq ($(OFFLINE),1)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -216,19 +219,24 @@ endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
 
 # Evaluation stages, one per evaluated model (EVAL_MODELS: base and the stages), also in the
-# store: the base model's results are shared by every experiment on that base.
+# store: the base model's results are shared by every experiment on that base. Make decides
+# which are out of date; their rules queue them (EVAL_QUEUE, this make run's file) and the
+# summary rule runs the queue in one process, which imports the libraries once
+# (safealign/run/queue.py). `safealign stage <stage> --model M --exp E` runs one alone.
+EVAL_QUEUE := $(EXP)/.eval-queue/$(shell echo $$PPID)
+queue = @mkdir -p $(dir $(EVAL_QUEUE)) && echo "$(1)" >> $(EVAL_QUEUE)
 $(DIR_judge)/.done: $(DIR_data)/.done $(CODE_judge) data/judge/hard_cases.jsonl | $(VENV_STAMP)
-	@$(SA) stage judge --exp $(EXP)
+	$(call queue,judge)
 
 # (no leaderboard rule when eval.leaderboard.enabled is false: its folder variable is empty)
 define LEADERBOARD_RULE
 $(DIR_leaderboard-$(1))/.done: $(MODEL_DEP_$(1)) $(FIXTURE_DEP) $(CODE_leaderboard-$(1)) | $(VENV_STAMP)
-	@$(SA) stage leaderboard --model $(1) --exp $(EXP)
+	$$(call queue,leaderboard $(1))
 endef
 define EVAL_RULE
 $(DIR_safety-$(1))/.done: $(MODEL_DEP_$(1)) $(DIR_judge)/.done $(DIR_data)/.done $(if $(filter base,$(1)),,$(DIR_safety-base)/.done) \
 		$(CODE_safety-$(1)) | $(VENV_STAMP)
-	@$(SA) stage safety --model $(1) --exp $(EXP)
+	$$(call queue,safety $(1))
 endef
 $(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m)))$(if $(LEADERBOARD),$(eval $(call LEADERBOARD_RULE,$(m)))))
 
@@ -243,7 +251,7 @@ exp: $(EXP)/report.md ## run experiment NAME end to end (set-up included; SET=..
 
 # The summary stage writes the experiment's eval/: every evaluated model, base beside aligned.
 $(EXP)/eval/.done: $(EXP)/config/eval.json $(EVAL_DONE) $(CODE_summary) | $(VENV_STAMP)
-	@$(SA) stage summary --exp $(EXP)
+	@$(SA) stage summary --exp $(EXP) --queue $(EVAL_QUEUE)
 
 .PHONY: eval
 eval: $(EXP)/eval/.done ## evaluate experiment NAME: lm-eval leaderboard + safety suite, base beside aligned

@@ -48,22 +48,55 @@ def cmd_resolve(a) -> int:
 
 
 def cmd_stage(a) -> int:
-    from safealign.run import stages
+    from safealign.core import timing
+
+    timing.start()
+    from safealign.run import queue, stages
 
     exp = plan.Experiment(Path(a.exp))
-    t0 = time.time()
-    label = f"{a.stage}-{a.model}" if a.model else a.stage
-    print(f"[{exp.name}] {label}: start", flush=True)
     if a.stage in ("leaderboard", "safety") and not a.model:
         raise stages.StageError(f"stage {a.stage} needs --model (base or a stage name)")
+    if a.queue:  # the evaluation stages Make queued, in this process, before this one
+        queued = queue.read(Path(a.queue))
+        queue.discard_stale(Path(a.queue).parent, keep=Path(a.queue))
+        for stage, model in queued:
+            _run_stage(exp, stage, model)
+        Path(a.queue).unlink(missing_ok=True)
+    _run_stage(exp, a.stage, a.model)
+    return 0
+
+
+def _run_stage(exp, stage: str, model: str | None) -> None:
+    """One stage under its lock, between its start and done lines."""
+    from safealign.core import console, timing
+
+    t0, imports0 = time.time(), timing.import_seconds()
+    label = f"{stage}-{model}" if model else stage
+    log = exp.folder / "logs" / f"{label}.log"
+    print(f"[{exp.name}] {label}: start (log: {log})", flush=True)
     target = exp.dir(label)
-    with fsutil.stage_lock(target, f"[{exp.name}] {label}") as built_meanwhile:
+    console.install_filters()
+    with fsutil.stage_lock(target, f"[{exp.name}] {label}") as built_meanwhile:  # its waiting line: the terminal's
         if built_meanwhile:
             print(f"[{exp.name}] {label}: reusing {target}, which another process built meanwhile", flush=True)
-            return 0
-        stages.run(exp, a.stage, a.model)
+            return
+        _run_logged(exp, stage, model, log, label, imports0)
     print(f"[{exp.name}] {label}: done in {time.time() - t0:.1f}s", flush=True)
-    return 0
+
+
+def _run_logged(exp, stage: str, model: str | None, log: Path, label: str, imports0: float) -> None:
+    """The stage, its output (and its libraries') in its log: safealign/core/console.py."""
+    from safealign.core import console, timing
+    from safealign.run import stages
+
+    with console.Console(log) as con:
+        try:
+            stages.run(exp, stage, model)
+        except BaseException as e:  # the log ends with the error the terminal is told, whole, next
+            con.note(f"{type(e).__name__}: {e}")
+            raise
+        # for `make bench` (tools/bench_exp.py): the imports this stage paid for
+        print(f"timing: {label} imports {timing.import_seconds() - imports0:.1f} s", flush=True)
 
 
 def cmd_join(a) -> int:
@@ -297,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("stage", choices=["gen", "data", *kinds.NAMES, *kinds.EVALUATION])
     p.add_argument("--exp", required=True)
     p.add_argument("--model", help="leaderboard/safety: base or a stage name")
+    p.add_argument("--queue", help="first run the stages queued in this file (safealign/run/queue.py)")
     p.set_defaults(fn=cmd_stage)
     p = sub.add_parser("join")
     p.add_argument("--exp", required=True)

@@ -37,9 +37,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from safealign.config import eval as eval_cfg
+from safealign.core import console
 from safealign.models import generation
 
 # Number of answer choices per BBH subtask (lm-eval's doc_to_choice; the leaderboard's k).
@@ -302,6 +304,27 @@ def load_lm(model_path: str, backend: str, batch_size, dtype: str):
     return HFLM(pretrained=model_path, device=device, dtype=dtype, batch_size=batch_size)
 
 
+@contextmanager
+def requests_progress():
+    """lm-eval's request loops (its tqdm bars go to the stage's log) also draw the terminal's
+    progress bar: lm-eval's HF model takes its `tqdm` from its module, so it gets a subclass that
+    passes each update on to safealign/core/console.py, for as long as this block runs."""
+    import lm_eval.models.huggingface as hf
+
+    class Mirrored(hf.tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            what = (self.desc or "requests").replace("Running ", "").replace(" requests", "")
+            console.progress(f"leaderboard: {what}", self.n, self.total, "requests")
+            return shown
+
+    original, hf.tqdm = hf.tqdm, Mirrored
+    try:
+        yield
+    finally:
+        hf.tqdm = original
+
+
 def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
     """Run every invocation on one model into `out`; return the table (also written to table.json)."""
     from safealign.eval import nltkdata
@@ -320,7 +343,11 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
     )
     for backend in {g["settings"]["backend"] for g in groups}:
         check_backend(backend)
-    tm = TaskManager(include_path=str(include) if include else None)
+    # lm-eval's leaderboard folder (and the fixture overrides) only: indexing all of lm-eval's
+    # ~13,000 task files costs 5-10 s a process and finds nothing the leaderboard uses
+    tm = TaskManager(
+        include_path=[str(lm_eval_tasks_dir())] + ([str(include)] if include else []), include_defaults=False
+    )
     t0 = time.time()
     lms, merged, record = {}, {}, []
     log(f"  leaderboard: {len(groups)} invocation(s) for {', '.join(families)}")
@@ -334,23 +361,24 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
         if hasattr(lm, "batch_size_per_gpu"):
             set_batch_size(lm, s["batch_size"])
         tracker = EvaluationTracker(output_path=str(gdir))
-        res = simple_evaluate(
-            model=lm,
-            tasks=[TASK_FAMILIES[f].task for f in g["families"]],
-            task_manager=tm,
-            apply_chat_template=s["apply_chat_template"],
-            fewshot_as_multiturn=s["fewshot_as_multiturn"],
-            system_instruction=s["system_instruction"],
-            limit=s["limit"] or None,
-            gen_kwargs={"max_gen_toks": s["max_gen_toks"]} if s["max_gen_toks"] else None,
-            log_samples=True,
-            evaluation_tracker=tracker,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            bootstrap_iters=0,
-        )
+        with requests_progress():
+            res = simple_evaluate(
+                model=lm,
+                tasks=[TASK_FAMILIES[f].task for f in g["families"]],
+                task_manager=tm,
+                apply_chat_template=s["apply_chat_template"],
+                fewshot_as_multiturn=s["fewshot_as_multiturn"],
+                system_instruction=s["system_instruction"],
+                limit=s["limit"] or None,
+                gen_kwargs={"max_gen_toks": s["max_gen_toks"]} if s["max_gen_toks"] else None,
+                log_samples=True,
+                evaluation_tracker=tracker,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                bootstrap_iters=0,
+            )
         samples = res.pop("samples")
         tracker.save_results_aggregated(results=res, samples=samples)
         for task_name in res["configs"]:

@@ -9,6 +9,7 @@ with left padding, or vLLM where installed with a GPU. Imports models only.
 
 from __future__ import annotations
 
+from safealign.core import console
 from safealign.models.load import load_model, load_tokenizer
 
 
@@ -111,7 +112,9 @@ def generate(
         if on_batch:  # e.g. the generation stage's cache: answers kept as each batch ends
             on_batch(i, [t.strip() for t in texts])
         out += texts
-        print(f"  {label}: {min(i + cfg.batch_size, len(prompts))}/{len(prompts)} answers", flush=True)
+        done = min(i + cfg.batch_size, len(prompts))
+        print(f"  {label}: {done}/{len(prompts)} answers", flush=True)  # the log's
+        console.progress(label, done, len(prompts), "answers")  # the terminal's
     return [t.strip() for t in out]
 
 

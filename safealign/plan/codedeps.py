@@ -34,6 +34,7 @@ RUNNERS = {
 # identities, and adding a kind must not rerun the stages of the others.
 NOT_RESULT_PACKAGES = ("config",)
 NOT_RESULTS = {"__main__", "cli", "plan.experiment", "plan.provenance", "plan.codedeps", "core.fsutil", "core.names"}
+NOT_RESULTS |= {"core.console", "core.timing", "run.queue"}  # what the terminal shows, timings, the queue's order
 _TEMPLATE_REF = re.compile(r"\bfrom safealign\.([\w.]+) import ([\w, ]+)|\bsafealign\.([\w.]+)")
 
 

@@ -28,7 +28,7 @@ from safealign import REPO
 from safealign.config import data as data_cfg
 from safealign.config import eval as eval_cfg
 from safealign.config import kinds, launch
-from safealign.core import fsutil
+from safealign.core import console, fsutil
 from safealign.core.errors import StageError  # noqa: F401  (stages.StageError: what the CLI catches)
 from safealign.data import rows as data_mod
 from safealign.eval import health
@@ -67,11 +67,10 @@ def train_rows(exp: Experiment, stage: str, tmp: Path, model: str) -> dict:
     data_mod.write_jsonl(tmp / "train.jsonl", fitted)
     cut = counts[truncate.PROMPT] + counts[truncate.COMPLETION]
     if cut or counts[truncate.DROPPED]:
-        print(
+        console.say(
             f"  {stage}: {cut} of {len(rows)} rows cut to max_length {cfg.max_length} "
             f"({counts[truncate.PROMPT]} prompts from the left, {counts[truncate.COMPLETION]} completions), "
-            f"{counts[truncate.DROPPED]} dropped",
-            flush=True,
+            f"{counts[truncate.DROPPED]} dropped"
         )
     return {"source": src.name, "max_length": cfg.max_length, **counts}
 
@@ -140,14 +139,13 @@ def _finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: floa
         tmp / "provenance.json",
         _provenance(exp, stage, input_model=base, runtime=rt, distributed=dist, **({"merge": merge} if merge else {})),
     )
-    print(
+    console.say(
         f"  {stage}: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {summary['seconds']}s"
         + (
             f"; {dist['world_size']} processes, {dist['distributed_type']} over {dist['backend']}"
             if dist["world_size"] > 1 or dist["distributed_type"] != "NO"
             else ""
-        ),
-        flush=True,
+        )
     )
 
 
@@ -183,11 +181,10 @@ def run_gen(exp: Experiment) -> None:
             ),
         )
         d = summary["dropped"]
-        print(
+        console.say(
             f"  gen: {summary['rows']['train']} train / {summary['rows']['test']} test rows from "
             f"{sum(summary['prompts'].values())} prompts; dropped {sum(d.values())}"
-            + (f" ({', '.join(f'{k} {v}' for k, v in d.items())}; see dropped.jsonl)" if d else ""),
-            flush=True,
+            + (f" ({', '.join(f'{k} {v}' for k, v in d.items())}; see dropped.jsonl)" if d else "")
         )
 
 
@@ -223,11 +220,10 @@ def run_data(exp: Experiment) -> None:
                 stage="data",
             ),
         )
-        print(
+        console.say(
             f"  data: {c['train']['rows']} train rows ({c['train']['unsafe']} unsafe), "
             f"{c['test']['rows']} held-out; kto {c['stages']['kto']['desirable']} desirable / "
-            f"{c['stages']['kto']['undesirable']} undesirable; dpo {c['stages']['dpo']['rows']} pairs",
-            flush=True,
+            f"{c['stages']['kto']['undesirable']} undesirable; dpo {c['stages']['dpo']['rows']} pairs"
         )
 
 
@@ -271,7 +267,7 @@ def run_training(exp: Experiment, stage: str) -> None:
                 tmp / launch.JOIN_FILE, {"command": cmd, "nodes": r.launch.nodes, "pid": os.getpid()}
             )
             print(f"  {stage}: waiting for {r.launch.nodes - 1} more node(s): make join ... NODE_RANK=<n>", flush=True)
-        launcher.run_logged(cmd, tmp, tmp / "train.log", env=env)
+        launcher.run_logged(cmd, tmp, tmp / "train.log", env=env, steps=cfg.max_steps if cfg.max_steps > 0 else None)
         shutil.rmtree(tmp / "prepared", ignore_errors=True)  # Axolotl's tokenized copy of train.jsonl
         _finish_training(exp, stage, tmp, base, t0, rows, rt)
 
@@ -338,11 +334,10 @@ def run_judge(exp: Experiment) -> None:
             ),
         )
         h = report["hard_cases"]
-        print(
+        console.say(
             f"  judge: agreement on held-out answers: refusal keyword {report['held_out']['refusal_keyword']:.0%}, "
             f"minilm {report['held_out']['refusal_minilm']:.0%}, toxic {report['held_out']['toxic_minilm']:.0%}; "
-            f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}",
-            flush=True,
+            f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}"
         )
 
 
@@ -351,15 +346,18 @@ def run_leaderboard(exp: Experiment, model: str) -> None:
 
     r = exp.recipe
     path = exp.model_path(model)
+    cut_before = console.filtered_count("lm_eval.models.huggingface")
     with fsutil.staged_dir(exp.dir(f"leaderboard-{model}")) as tmp:
         tab = leaderboard.run(path, r.eval.leaderboard, tmp, r.seed, log=lambda m: print(m, flush=True))
+        cut = console.filtered_count("lm_eval.models.huggingface") - cut_before
         fsutil.write_json_atomic(
             tmp / "provenance.json",
             provenance.collect(REPO, r.seed, {}, stage="leaderboard", model=path, source=r.eval.leaderboard.source),
         )
-        print(
-            "  leaderboard (normalised): " + ", ".join(f"{t} {n}" for t, _, n in leaderboard.format_rows(tab)),
-            flush=True,
+        console.say(
+            "  leaderboard (normalised): "
+            + ", ".join(f"{t} {n}" for t, _, n in leaderboard.format_rows(tab))
+            + (f" ({cut} requests cut from the left to the model's length by lm-eval; see the log)" if cut else "")
         )
 
 
@@ -376,9 +374,8 @@ def run_safety(exp: Experiment, model: str) -> None:
         m = safety.run(path, test, cfg, judge, tmp, r.seed, base_answers=reference, health_cfg=r.health)
         fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, "safety", model=path))
         o = m["overall"]
-        print(
-            "  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items()),
-            flush=True,
+        console.say(
+            "  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items())
         )
 
 
@@ -391,7 +388,7 @@ def run_summary(exp: Experiment) -> None:
         fsutil.write_text_atomic(tmp / "summary.json", json.dumps(s, indent=2) + "\n")  # keeps the model order
         text = summary.markdown(s)
         (tmp / "summary.md").write_text(text)
-        print(text, flush=True)
+        print(text, flush=True)  # the log's copy; `make exp` shows summary.md once, at its end
 
 
 def run(exp: Experiment, stage: str, model: str | None = None) -> None:

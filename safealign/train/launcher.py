@@ -21,11 +21,13 @@ GPUs: on CPU it would train unsynchronised copies).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from safealign import REPO
@@ -39,6 +41,7 @@ from safealign.config.launch import (
     world_size,
     zero_stage,
 )
+from safealign.core import console
 from safealign.core.errors import StageError
 
 
@@ -74,7 +77,6 @@ def command(cfg: LaunchCfg, rt: dict, program: list[str], machine_rank: int = 0)
     """The command that runs `program` (a script and its arguments, or `-m module ...`) in the
     stage folder: directly for one plain process, else through `accelerate launch` with the
     stage's accelerate.yaml, on node `machine_rank`."""
-    import sys
 
     if not launched(cfg):
         return [sys.executable, *program]
@@ -93,7 +95,6 @@ def command(cfg: LaunchCfg, rt: dict, program: list[str], machine_rank: int = 0)
 def shell_text(cmd: list[str]) -> str:
     """A launch command as a person would type it (accelerate launch, python)."""
     import shlex
-    import sys
 
     text = " ".join(shlex.quote(c) for c in cmd)
     return text.replace(f"{sys.executable} -m accelerate.commands.launch", "accelerate launch").replace(
@@ -223,15 +224,29 @@ def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign"
             "SAFEALIGN_TRAIN_LOG": str((stage_dir / "train_log.jsonl").resolve()),
         }
     )
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    # console.SITE first: its sitecustomize filters the known-harmless messages at their source
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(console.SITE), str(REPO), env.get("PYTHONPATH")) if p)
     return env
 
 
-def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = None, quiet: bool | None = None) -> None:
-    """Run `cmd`, teeing its output to `log_path` (and the terminal unless `quiet`, default:
-    SAFEALIGN_QUIET=1); raise StageError with the log's tail on failure."""
+def run_logged(
+    cmd: list[str],
+    cwd: Path,
+    log_path: Path,
+    env: dict | None = None,
+    quiet: bool | None = None,
+    steps: int | None = None,
+) -> None:
+    """Run `cmd`, its output into `log_path`; raise StageError with the log's tail on failure.
+
+    The terminal shows a progress bar of the optimiser steps done (the training callback's
+    steps.jsonl in `cwd`, out of `steps`) and the log's warnings and errors (console.is_alarm);
+    with VERBOSE=1 every line, unless `quiet` (default: SAFEALIGN_QUIET=1, the benchmarks')."""
     quiet = os.environ.get("SAFEALIGN_QUIET") == "1" if quiet is None else quiet
     print(f"  $ {' '.join(cmd)}   (in {cwd})", flush=True)
+    steps_file = Path(cwd) / "steps.jsonl"
+    label, last = Path(cwd).name.split("-")[0], 0.0
+    launched = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(
             cmd,
@@ -239,15 +254,30 @@ def run_logged(cmd: list[str], cwd: Path, log_path: Path, env: dict | None = Non
             env=env or child_env(cwd),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
+        # newline="": a tqdm redraw (\r) is a line of its own
+        for line in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline=""):
             log.write(line)
-            if line.strip() and not quiet:
-                sys.stdout.write("  | " + line)
+            text = line.strip()
+            if quiet or not text:
+                continue
+            if console.verbose():
+                console.say("  | " + text)
+            elif console.is_alarm(text):
+                console.say("  " + text)
+            elif time.time() - last > 0.5 and steps_file.exists():
+                last = time.time()
+                with open(steps_file, "rb") as f:
+                    console.progress(label, sum(1 for _ in f), steps or None, "steps")
         rc = proc.wait()
+    if steps_file.exists() and not quiet:
+        with open(steps_file, "rb") as f:
+            done = sum(1 for _ in f)
+        console.progress(label, done, done, "steps")
+    begun = Path(cwd) / "model_info.json"  # written as training begins (safealign/train/callbacks.py)
+    if begun.exists():  # for `make bench`: the child's start-up (imports, model, data) before its first step
+        print(f"timing: child start-up {begun.stat().st_mtime - launched:.1f} s", flush=True)
     if rc != 0:
         tail = "".join(open(log_path, encoding="utf-8").readlines()[-25:])
         raise StageError(f"{cmd[0]} exited with {rc}; full log: {log_path}\n{tail}")
