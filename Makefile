@@ -353,12 +353,13 @@ regress-history: $(VENV_STAMP) ## each checked metric of SUITE across its past r
 
 ##@ Checks
 .PHONY: test
+# PYTEST='--durations=30 -x' passes options on (.ci/run: the slowest tests, for docs/benchmarks.md)
 test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make test-slow)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST)
 
 .PHONY: test-slow
 test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches, the pipeline run locally, data generated through transformers serve
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow $(PYTEST)
 
 .PHONY: lint
 lint: $(VENV_STAMP) ## ruff (package, tests, tools; make format fixes) and actionlint + shellcheck (.github/workflows)

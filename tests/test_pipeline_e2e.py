@@ -1,6 +1,7 @@
 """The compiled pipeline, run for real with kfp's local runner (`make pipeline ... LOCAL=1`:
 `SubprocessRunner(use_venv=False)`, no Docker, no network) on tiny-local, against `make exp` with
-the same seed in another store: the same stage identities and the same metrics, read from the
+the same seed in another store (conftest.two_concurrent_runs, shared with
+tests/test_recipes_e2e.py): the same stage identities and the same metrics, read from the
 pipeline's own Metrics artifact; then a 2-point sweep compiled into one pipeline, which reuses
 the stages it shares (SFT trains once). Short training and base + final model evaluated (SETS):
 ~6 minutes on 2 cores (`make test-slow`).
@@ -15,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import TWO_RUNS_SETS
 
 pytest.importorskip("kfp", reason="the pipeline extra is not installed: pip install '.[pipeline]' (make setup has it)")
 
@@ -26,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # short training, the base and the final model evaluated: what is compared is the same either way
-SETS = ["sft.max_steps=20", "kto.max_steps=16", "eval.models=final"]
+SETS = TWO_RUNS_SETS
 NAME = names.exp_name("sft_kto", SETS)
 
 
@@ -44,10 +46,12 @@ def executor_outputs(run_dir: Path, task: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def by_make(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("make")
-    make("exp", "NAME=sft_kto", "SET=" + " ".join(SETS), f"EXPERIMENTS={root}")
-    return root / NAME
+def by_make(two_concurrent_runs) -> Path:
+    """`make exp` with SETS in its own store: the first of conftest's two concurrent runs (which
+    tests/test_recipes_e2e.py checks against each other), under the name make gives it."""
+    _, [(folder, rc, out, err), _] = two_concurrent_runs
+    assert rc == 0 and folder.name == NAME, out[-3000:] + err[-3000:]
+    return folder
 
 
 @pytest.fixture(scope="module")

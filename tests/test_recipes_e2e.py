@@ -44,33 +44,21 @@ def test_full_parameter_mode(root):
 
 
 @pytest.mark.slow
-def test_two_concurrent_runs_on_an_empty_store(tmp_path):
-    """Two `make exp` started together on an empty store: both succeed, each stage is built once
-    (the other process waits on the stage's lock and reuses it), and nothing is left half-done."""
-    root = tmp_path / "experiments"
-    sets = "SET=sft.max_steps=20 kto.max_steps=16 eval.leaderboard.enabled=false eval.models=final"
-    procs = [
-        subprocess.Popen(
-            ["make", "--no-print-directory", "exp", "NAME=sft_kto", sets, f"EXP_NAME={n}", f"EXPERIMENTS={root}"],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "SAFEALIGN_QUIET": "1"},
-        )
-        for n in ("a", "b")
-    ]
-    outs = [p.communicate(timeout=1800) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:] + err[-3000:]
+def test_two_concurrent_runs_on_an_empty_store(two_concurrent_runs):
+    """Two `make exp` started together on an empty store (conftest.two_concurrent_runs): both
+    succeed, each stage is built once (the other process waits on the stage's lock and reuses it),
+    and nothing is left half-done."""
+    root, runs = two_concurrent_runs
+    for _, rc, out, err in runs:
+        assert rc == 0, out[-3000:] + err[-3000:]
     # a stage's command line is in its log (the terminal is quiet); a stage another process built has none
-    logs = [[f.read_text() for f in (root / n / "logs").glob("*.log")] for n in ("a", "b")]
+    logs = [[f.read_text() for f in (folder / "logs").glob("*.log")] for folder, *_ in runs]
     trained = [sum(t.count("-m axolotl.cli.train") + t.count("train_kto.py kto.yaml") for t in ts) for ts in logs]
     assert sorted(trained) in ([0, 2], [1, 1]) and sum(trained) == 2, trained  # SFT once and KTO once in all
-    assert any("waiting: another process is building" in err for _, err in outs)
-    assert any("which another process built meanwhile" in out for out, _ in outs)
-    summaries = [json.loads((root / n / "eval" / "summary.json").read_text())["models"] for n in ("a", "b")]
-    assert summaries[0] == summaries[1]
+    assert any("waiting: another process is building" in err for *_, err in runs)
+    assert any("which another process built meanwhile" in out for *_, out, _ in runs)
+    summaries = [json.loads((folder / "eval" / "summary.json").read_text())["models"] for folder, *_ in runs]
+    assert summaries[0] == summaries[1] and summaries[0]["kto"]["leaderboard"]
     assert not list((root / ".stages").glob("*.tmp")) and all(
         (d / ".done").exists() for d in (root / ".stages").iterdir() if d.is_dir()
     )
