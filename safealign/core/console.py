@@ -53,6 +53,15 @@ HARMLESS: list[tuple[str, str, str]] = [
         "offline by design: the kernels were checked when they were cached",
     ),
     (
+        "bitsandbytes.backends.cpu.ops",
+        r"Failed to load CPU gemm_4bit_forward from kernels-community: Version \d+ of "
+        r"'kernels-community/quantization-bitsandbytes' is not available in the local cache and Hugging Face "
+        r"Hub is in offline mode\. Download the kernel while online first, or pass an explicit "
+        r"`revision=<commit>`\.\. Please make sure you already `pip install kernels` and the kernels >= [\d.]+",
+        "on AVX512-BF16 CPUs bitsandbytes looks for an optional hub kernel for 4-bit matmuls at import; "
+        "offline it uses its own built-in one, and only QLoRA on a CPU calls either",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU\. If you have GPU or other accelerator, we were unable to detect it\.",
         "a CPU machine has no accelerator to detect",
