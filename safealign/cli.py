@@ -170,10 +170,12 @@ def cmd_status(a) -> int:
 
 
 def cmd_tiny_model(a) -> int:
+    from safealign.core import console
     from safealign.data import rows as data
     from safealign.models import load as models
     from safealign.models import tiny as tinymodel
 
+    console.install_filters()  # set-up's terminal is read too: the stages' known-harmless messages stay out of it
     rows = data.read_jsonl(Path(a.data))
     name = models.REFUSER if a.refuser else models.TINY
     with fsutil.stage_lock(Path(a.out), name) as built_meanwhile:
