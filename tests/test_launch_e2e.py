@@ -97,6 +97,14 @@ def max_diff(a: Path, b: Path) -> float:
     return max((x[k].float() - y[k].float()).abs().max().item() for k in x)
 
 
+def trained(d: Path) -> float:
+    """How far training moved the adapter: LoRA's B matrices start at zero (peft's default
+    initialisation), so their largest entry is the largest change training made there."""
+    b = [v for k, v in adapter(d).items() if "lora_B" in k]
+    assert b, f"{d}: no lora_B weights in the adapter"
+    return max(v.float().abs().max().item() for v in b)
+
+
 def log(d: Path) -> list[dict]:
     return [json.loads(line) for line in (d / "train_log.jsonl").read_text().splitlines() if line.strip()]
 
@@ -136,14 +144,17 @@ def test_trl_ddp_two_processes_match_one(root, stage, tol):
     diff = max_diff(one, two)
     print(f"{stage}: DDP 2x4 vs 1x8 adapter max |diff| {diff:.3g}")
     assert diff < tol
-    other = train(root, f"{stage}-one-b", stage, f"{stage}.micro_batch_size=8", "seed=7", "health.enabled=false")
-    assert max_diff(one, other) > 10 * tol  # the tolerance is far below what another seed moves
+    # the tolerance is far below what the 4 steps moved (a launch that trained nothing, or two
+    # unsynchronised halves, would be found)
+    print(f"{stage}: training moved the adapter by up to {trained(one):.3g}")
+    assert trained(one) > 10 * tol
 
 
 # ------------------------------------------------------------------------------- trl: DeepSpeed
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["dpo", "kto"])
-@pytest.mark.parametrize("zero, tol", [(2, TOL_ZERO2), (3, TOL_ZERO3)])
+# each ZeRO stage once and each trainer once (a launch costs ~1 minute here: DeepSpeed's start-up);
+# how each combination renders is tests/test_launch.py's
+@pytest.mark.parametrize("stage, zero, tol", [("dpo", 3, TOL_ZERO3), ("kto", 2, TOL_ZERO2)])
 def test_trl_deepspeed_zero_matches_ddp(root, stage, zero, tol):
     ddp = train(root, f"{stage}-ddp", stage, f"{stage}.micro_batch_size=4", "launch.processes=2")
     ds = train(

@@ -12,11 +12,12 @@ What runs
 
 Where the data comes from (`eval.leaderboard.source`)
     hub       the hub datasets, as the leaderboard reads them.
-    fixtures  data/leaderboard_fixtures/<hub id>/: a few rows per subtask in each dataset's own
-              schema (tools/make_leaderboard_fixtures.py). Every task is re-declared in a
-              generated include folder as `include: <lm-eval's yaml>` plus `dataset_path:
-              <fixture folder>`, under the same task name, so lm-eval's task code and metrics
-              run unchanged and nothing is downloaded.
+    fixtures  data/leaderboard_fixtures/<hub id>/: one row per BBH subtask, a few per subtask
+              elsewhere, in each dataset's own schema (tools/make_leaderboard_fixtures.py).
+              Every task is re-declared in a generated include folder as `include: <lm-eval's
+              yaml>` plus `dataset_path: <fixture folder>` and a project cache keyed by the
+              fixture's content (fixture_cache), under the same task name, so lm-eval's task
+              code and metrics run unchanged and nothing is downloaded.
 
 Normalisation (`normalise`, the Open LLM Leaderboard's method)
     multiple choice, random baseline 1/k:  max(0, (score - 1/k) / (1 - 1/k)) * 100
@@ -215,15 +216,39 @@ def fixture_overrides(out: Path, families: list[str], fixtures: Path = eval_cfg.
         fam = TASK_FAMILIES[family]
         folder = fixtures / fam.dataset
         check_fixture(folder)
+        cache = fixture_cache(folder)
         for src in sorted((lm_eval_tasks_dir() / fam.lm_eval_dir).glob("*.yaml")):
             cfg = load_yaml_config(str(src), mode="simple")
             if not isinstance(cfg.get("task"), str):
                 continue  # group definitions stay lm-eval's own; the task names they list resolve to these
+            if cfg.get("dataset_kwargs"):  # none of lm-eval 0.4.11's leaderboard tasks has any to keep
+                raise LeaderboardError(f"{src}: has dataset_kwargs, which the fixture override would replace")
             text = yaml.safe_dump(
-                {"task": cfg["task"], "include": str(src), "dataset_path": str(folder.resolve())}, sort_keys=False
+                {
+                    "task": cfg["task"],
+                    "include": str(src),
+                    "dataset_path": str(folder.resolve()),
+                    "dataset_kwargs": {"cache_dir": str(cache)},
+                },
+                sort_keys=False,
             )
             (out / f"{cfg['task']}.yaml").write_text(text)
     return out
+
+
+def fixture_cache(folder: Path) -> Path:
+    """Where `datasets` keeps its Arrow copy of one fixture folder: the project's cache, under a
+    name that is the hash of the folder's files. datasets' own cache (~/.cache/huggingface)
+    names a local folder's build by the folder alone, offline: an edited fixture was read as it
+    was when first built, and the cache lay outside the project."""
+    import hashlib
+
+    from safealign.models import load
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return load.cache_dir() / "datasets" / f"{folder.name}-{h.hexdigest()[:16]}"
 
 
 def check_fixture(folder: Path) -> None:
@@ -325,6 +350,30 @@ def requests_progress():
         hf.tqdm = original
 
 
+# lm-eval's task objects (datasets read, documents processed: ~2 s a model for the fixtures), by
+# the task overrides' content and the task names: the next model of this process reuses them
+_TASKS: dict = {}
+
+
+def _reusing(task_manager_class):
+    """lm-eval's TaskManager whose load_task_or_group (what simple_evaluate calls) returns the task
+    objects an earlier model of this process was evaluated on, for the same task files and names.
+    What a run changes on them is reset by simple_evaluate and evaluate each time (num_fewshot,
+    the few-shot sampler's seed, generation kwargs; the requests are rebuilt), so a model gets
+    the results it gets alone (tests/test_leaderboard.py)."""
+
+    class Reusing(task_manager_class):
+        overrides: tuple = ()
+
+        def load_task_or_group(self, task_list=None):
+            key = (self.overrides, tuple(task_list) if isinstance(task_list, list) else task_list)
+            if key not in _TASKS:
+                _TASKS[key] = super().load_task_or_group(task_list)
+            return _TASKS[key]
+
+    return Reusing
+
+
 def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
     """Run every invocation on one model into `out`; return the table (also written to table.json)."""
     from safealign.eval import nltkdata
@@ -345,9 +394,10 @@ def run(model_path: str, cfg, out: Path, seed: int, log=print) -> dict:
         check_backend(backend)
     # lm-eval's leaderboard folder (and the fixture overrides) only: indexing all of lm-eval's
     # ~13,000 task files costs 5-10 s a process and finds nothing the leaderboard uses
-    tm = TaskManager(
+    tm = _reusing(TaskManager)(
         include_path=[str(lm_eval_tasks_dir())] + ([str(include)] if include else []), include_defaults=False
     )
+    tm.overrides = tuple(sorted((p.name, p.read_text()) for p in include.glob("*.yaml"))) if include else ()
     t0 = time.time()
     lms, merged, record = {}, {}, []
     log(f"  leaderboard: {len(groups)} invocation(s) for {', '.join(families)}")

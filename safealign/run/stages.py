@@ -269,6 +269,7 @@ def run_training(exp: Experiment, stage: str) -> None:
             print(f"  {stage}: waiting for {r.launch.nodes - 1} more node(s): make join ... NODE_RANK=<n>", flush=True)
         launcher.run_logged(cmd, tmp, tmp / "train.log", env=env, steps=cfg.max_steps if cfg.max_steps > 0 else None)
         shutil.rmtree(tmp / "prepared", ignore_errors=True)  # Axolotl's tokenized copy of train.jsonl
+        shutil.rmtree(tmp / launcher.DATASETS_CACHE, ignore_errors=True)  # datasets' Arrow copy of it
         _finish_training(exp, stage, tmp, base, t0, rows, rt)
 
 

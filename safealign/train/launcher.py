@@ -213,6 +213,9 @@ def tracker_env(tracker: str, project: str, stage_dir: Path) -> dict:
     return out
 
 
+DATASETS_CACHE = "hf_datasets"  # the training child's datasets cache, under its stage folder
+
+
 def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign") -> dict:
     env = dict(os.environ)
     env.update(tracker_env(tracker, project, stage_dir))
@@ -222,6 +225,9 @@ def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign"
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONUNBUFFERED": "1",
             "SAFEALIGN_TRAIN_LOG": str((stage_dir / "train_log.jsonl").resolve()),
+            # datasets' Arrow copies of train.jsonl: in the stage folder (removed once trained),
+            # not in the user's ~/.cache/huggingface/datasets, where they piled up run after run
+            "HF_DATASETS_CACHE": str((stage_dir / DATASETS_CACHE).resolve()),
         }
     )
     # console.SITE first: its sitecustomize filters the known-harmless messages at their source
