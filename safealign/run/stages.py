@@ -12,7 +12,8 @@
 
 Training runs in a child process with its cwd in the stage folder, so the rendered config
 there is the exact, re-runnable record of what ran; its output goes to train.log and, line
-by line, to the terminal. Every runner takes the experiment (plan.Experiment), loaded once
+by line, to the terminal. One plain process is started as the stage begins and imports its
+tool while the stage fits the rows and renders the command (safealign/train/preload.py). Every runner takes the experiment (plan.Experiment), loaded once
 per command.
 """
 
@@ -244,32 +245,38 @@ def run_training(exp: Experiment, stage: str) -> None:
     if problems:
         raise StageError(f"{stage}: " + "; ".join(problems))
     with fsutil.staged_dir(exp.dir(stage)) as tmp:
-        rows = train_rows(exp, stage, tmp, base)
         env = launcher.child_env(tmp, r.tracker, r.tracker_project)
-        tok = models.load_tokenizer(base)
-        cmd = render.render_stage(
-            kind,
-            cfg,
-            tmp,
-            recipe_path=exp.recipe_file,
-            model=base,
-            seed=r.seed,
-            tracker=r.tracker,
-            tracker_project=r.tracker_project,
-            rt=rt,
-            warmup=render.warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"] + rows["completion_truncated"]),
-            eot=models.turn_end(tok),
-            eos=tok.eos_token,
-            launch_cfg=r.launch,
-        )
-        if r.launch.nodes > 1:  # the other nodes (safealign join) run this command with their --machine_rank
-            fsutil.write_json_atomic(
-                tmp / launch.JOIN_FILE, {"command": cmd, "nodes": r.launch.nodes, "pid": os.getpid()}
+        # the child starts now: its imports run beside this process's tokenizer and rows
+        with launcher.preloaded(launcher.preload_names(kind), r.launch, tmp, env) as child:
+            rows = train_rows(exp, stage, tmp, base)
+            tok = models.load_tokenizer(base)
+            cmd = render.render_stage(
+                kind,
+                cfg,
+                tmp,
+                recipe_path=exp.recipe_file,
+                model=base,
+                seed=r.seed,
+                tracker=r.tracker,
+                tracker_project=r.tracker_project,
+                rt=rt,
+                warmup=render.warmup_steps(cfg, rows["kept"] + rows["prompt_truncated"] + rows["completion_truncated"]),
+                eot=models.turn_end(tok),
+                eos=tok.eos_token,
+                launch_cfg=r.launch,
             )
-            print(f"  {stage}: waiting for {r.launch.nodes - 1} more node(s): make join ... NODE_RANK=<n>", flush=True)
-        launcher.run_logged(cmd, tmp, tmp / "train.log", env=env, steps=cfg.max_steps if cfg.max_steps > 0 else None)
-        shutil.rmtree(tmp / "prepared", ignore_errors=True)  # Axolotl's tokenized copy of train.jsonl
-        shutil.rmtree(tmp / launcher.DATASETS_CACHE, ignore_errors=True)  # datasets' Arrow copy of it
+            if r.launch.nodes > 1:  # the other nodes (safealign join) run this command with their --machine_rank
+                fsutil.write_json_atomic(
+                    tmp / launch.JOIN_FILE, {"command": cmd, "nodes": r.launch.nodes, "pid": os.getpid()}
+                )
+                print(
+                    f"  {stage}: waiting for {r.launch.nodes - 1} more node(s): make join ... NODE_RANK=<n>", flush=True
+                )
+            launcher.run_logged(
+                cmd, tmp, tmp / "train.log", env=env, steps=cfg.max_steps if cfg.max_steps > 0 else None, child=child
+            )
+            shutil.rmtree(tmp / "prepared", ignore_errors=True)  # Axolotl's tokenized copy of train.jsonl
+            shutil.rmtree(tmp / launcher.DATASETS_CACHE, ignore_errors=True)  # datasets' Arrow copy of it
         _finish_training(exp, stage, tmp, base, t0, rows, rt)
 
 

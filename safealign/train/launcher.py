@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from safealign import REPO
@@ -235,6 +236,45 @@ def child_env(stage_dir: Path, tracker: str = "none", project: str = "safealign"
     return env
 
 
+# What a training child imports before its command is rendered (safealign/train/preload.py): the
+# modules Axolotl's `axolotl.cli.train` imports lazily; for trl, the kind's trainer and config
+AXOLOTL_PRELOAD = ("transformers.hf_argparser", "axolotl.cli.config", "axolotl.common.datasets", "axolotl.train")
+
+
+def preload_names(kind) -> list[str]:
+    """The modules (or module:attribute) a stage kind's child imports first."""
+    if kind.tool == "axolotl":
+        return list(AXOLOTL_PRELOAD)
+    return ["datasets", "peft", kind.trl_config, kind.trainer] + ([kind.variant] if kind.variant else [])
+
+
+@contextmanager
+def preloaded(names: list[str], cfg: LaunchCfg, cwd: Path, env: dict):
+    """A training child started now, importing `names` while the stage fits its rows and renders
+    its command, which run_logged then hands it (safealign/train/preload.py). None where the
+    launch starts its own processes (accelerate launch). A child never handed its command (the
+    stage failed first) is ended on the way out."""
+    if launched(cfg):
+        yield None
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safealign.train.preload", *(f"--import={n}" for n in names)],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        if not proc.stdin.closed:
+            proc.kill()
+            proc.wait()
+            proc.stdin.close()
+            proc.stdout.close()
+
+
 def run_logged(
     cmd: list[str],
     cwd: Path,
@@ -242,25 +282,38 @@ def run_logged(
     env: dict | None = None,
     quiet: bool | None = None,
     steps: int | None = None,
+    child: subprocess.Popen | None = None,
 ) -> None:
     """Run `cmd`, its output into `log_path`; raise StageError with the log's tail on failure.
+    With `child` (from preloaded), that process runs `cmd` (the interpreter's arguments) instead
+    of a new one.
 
     The terminal shows a progress bar of the optimiser steps done (the training callback's
     steps.jsonl in `cwd`, out of `steps`) and the log's warnings and errors (console.is_alarm);
     with VERBOSE=1 every line, unless `quiet` (default: SAFEALIGN_QUIET=1, the benchmarks')."""
     quiet = os.environ.get("SAFEALIGN_QUIET") == "1" if quiet is None else quiet
-    print(f"  $ {' '.join(cmd)}   (in {cwd})", flush=True)
+    print(f"  $ {' '.join(cmd)}   (in {cwd}{'; its imports done beforehand' if child else ''})", flush=True)
     steps_file = Path(cwd) / "steps.jsonl"
     label, last = Path(cwd).name.split("-")[0], 0.0
     launched = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env or child_env(cwd),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        if child is not None:
+            if cmd[0] != sys.executable:
+                raise ValueError(f"a preloaded child runs Python arguments, not {cmd[0]}")
+            try:
+                child.stdin.write((json.dumps(cmd[1:]) + "\n").encode())
+                child.stdin.close()
+            except BrokenPipeError:  # it died importing: its output and exit code say why, below
+                pass
+            proc = child
+        else:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env or child_env(cwd),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
         assert proc.stdout is not None
         # newline="": a tqdm redraw (\r) is a line of its own
         for line in io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline=""):
