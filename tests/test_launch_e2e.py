@@ -40,7 +40,7 @@ STEPS = 4
 # Measured on this kind of machine (2 processes, 4 steps): see each test for the measured value.
 TOL_DPO_DDP = 1e-5  # DPO: DDP 2x4 vs one process x8: measured 5.6e-7
 TOL_SFT_DDP = 5e-2  # SFT: measured 1.2e-2 (Axolotl's batches per process are not the single run's halves)
-TOL_KTO_DDP = 1e-3  # KTO: measured 6.0e-5 (the KL estimate is per device batch: see the module docstring)
+TOL_KTO_DDP = 2e-4  # KTO: measured 6.0e-5 (the KL estimate is per device batch: see the module docstring)
 TOL_ZERO2 = 1e-6  # ZeRO-2 vs DDP, same layout
 TOL_ZERO3 = 1e-5  # ZeRO-3 vs DDP, same layout (weights gathered and re-partitioned each step)
 
@@ -144,10 +144,11 @@ def test_trl_ddp_two_processes_match_one(root, stage, tol):
     diff = max_diff(one, two)
     print(f"{stage}: DDP 2x4 vs 1x8 adapter max |diff| {diff:.3g}")
     assert diff < tol
-    # the tolerance is far below what the 4 steps moved (a launch that trained nothing, or two
-    # unsynchronised halves, would be found)
+    # the tolerance is well below what the 4 steps moved (measured 1.0e-3 for both: Adam moves a
+    # weight by about the learning rate a step), so a launch that trained nothing, or two
+    # unsynchronised halves, would be found
     print(f"{stage}: training moved the adapter by up to {trained(one):.3g}")
-    assert trained(one) > 10 * tol
+    assert trained(one) > 3 * tol
 
 
 # ------------------------------------------------------------------------------- trl: DeepSpeed
