@@ -184,7 +184,12 @@ STORE := $(EXPERIMENTS)/.stages
 # stages.mk (STAGES, DIR_<stage>, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE, RECIPE_PARENT) is
 # generated from the recipe by `safealign resolve`, which validates it first: a bad recipe
 # stops here, writing nothing. It comes first because its RECIPE_PARENT is a prerequisite.
+# (not for the goals that resolve their experiments themselves, one per grid point or in Python:
+# they would resolve and write an experiment folder of NAME that none of them runs)
+SELF_RESOLVING := sweep pipeline pipeline-sweep submit
+ifneq ($(if $(MAKECMDGOALS),$(filter-out $(SELF_RESOLVING),$(MAKECMDGOALS)),default),)
 include $(EXP)/stages.mk
+endif
 # (stages.mk also names the profile file, PROFILE_FILE, when the experiment has one)
 # Every package file and template is a prerequisite: stages.mk lists which of them each stage's
 # result depends on (CODE_<stage>, read from the code by safealign/plan/codedeps.py).
@@ -275,10 +280,10 @@ render: $(EXP)/stages.mk $(BASE_DEP) | $(VENV_STAMP) ## render NAME's training c
 	@$(SA) render --exp $(EXP)
 
 .PHONY: sweep
-sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4' (shared stages train once)
-	@$(PYTHON) tools/grid.py $(call _quote,$(GRID)) > /dev/null
-	@$(PYTHON) tools/grid.py $(call _quote,$(GRID)) | while read -r point; do \
-		$(MAKE) --no-print-directory exp NAME=$(NAME) SET="$$point" || exit 1; done
+sweep: ## a grid of experiments: make sweep NAME=sft_kto GRID='kto.beta=0.05,0.1,0.2,0.4' [SET=...] (shared stages train once)
+	@$(PYTHON) tools/grid.py --set '$(strip $(SET))' $(call _quote,$(GRID)) > /dev/null
+	@$(PYTHON) tools/grid.py --set '$(strip $(SET))' $(call _quote,$(GRID)) | while read -r sets; do \
+		$(MAKE) --no-print-directory exp NAME=$(NAME) SET="$$sets" || exit 1; done
 
 # Multi-node (launch.nodes > 1, experiments/ on a filesystem every node shares): node 0 runs
 # `make exp`, each other node the same command as `make join ... NODE_RANK=<n>`.

@@ -223,10 +223,10 @@ def cmd_pipeline(a) -> int:
     experiments = Path(a.experiments)
     if a.grid:
         try:
-            grid = names.grid_points(a.grid)
+            grid = names.sweep_sets(a.set, a.grid)
         except ValueError as e:
             raise RecipeError([f"GRID: {e}"]) from None
-        points = [pipeline.resolve_point(a.recipe, [*a.set, *point], experiments) for point in grid]
+        points = [pipeline.resolve_point(a.recipe, sets, experiments) for sets in grid]
         label = pipeline.sweep_name(a.recipe, a.set, a.grid)
         out = experiments / "sweep" / label / pipeline.PIPELINE_FILE
     else:

@@ -36,3 +36,82 @@ def test_write_if_changed_keeps_mtime(tmp_path):
     m = p.stat().st_mtime_ns
     assert not fsutil.write_if_changed(p, "x") and p.stat().st_mtime_ns == m
     assert fsutil.write_if_changed(p, "y") and p.read_text() == "y"
+
+
+class Killed(Exception):
+    """The process dying at that point."""
+
+
+def _build(final, text):
+    with fsutil.staged_dir(final) as tmp:
+        (tmp / "x").write_text(text)
+
+
+def test_exchange_swaps_two_folders_in_one_step(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "f").write_text("from a"), (b / "f").write_text("from b")
+    assert fsutil.exchange(a, b)  # tmpfs and ext4 have RENAME_EXCHANGE
+    assert (a / "f").read_text() == "from b" and (b / "f").read_text() == "from a"
+
+
+def test_the_swap_never_moves_the_finished_stage_away(tmp_path, monkeypatch):
+    """It used to rename the finished folder to `<stage>.old`, then the new one in: a crash
+    between the two left no stage at all."""
+    final = tmp_path / "sft-1"
+    _build(final, "first")
+    real_replace = fsutil.os.replace
+
+    def guard(src, dst):
+        if str(src) == str(final):
+            raise Killed("killed with the finished stage renamed away")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", guard)
+    _build(final, "second")
+    assert fsutil.is_done(final) and (final / "x").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft-1"]
+
+
+def test_a_crash_right_after_the_swap_leaves_the_new_stage_done(tmp_path, monkeypatch):
+    """Killed after the exchange, before the old copy (now in `.tmp`) is deleted."""
+    final = tmp_path / "sft-1"
+    _build(final, "first")
+    real_rmtree = fsutil.shutil.rmtree
+
+    def crash(path, *a, **k):
+        if str(path).endswith(".tmp") and (final / "x").read_text() == "second":
+            raise Killed("killed right after the swap")
+        real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(fsutil.shutil, "rmtree", crash)
+    with pytest.raises(Killed):
+        _build(final, "second")
+    assert fsutil.is_done(final) and (final / "x").read_text() == "second"
+    monkeypatch.setattr(fsutil.shutil, "rmtree", real_rmtree)
+    _build(final, "third")  # the next build clears what the crash left
+    assert (final / "x").read_text() == "third" and not final.with_name("sft-1.tmp").exists()
+
+
+def test_without_exchange_a_cut_swap_is_rebuilt_and_its_leftover_removed(tmp_path, monkeypatch):
+    """Where the filesystem has no exchange (NFS, macOS) the two renames remain: a crash between
+    them leaves the stage not done (Make rebuilds it, never takes `.old` for it), and that
+    rebuild removes `.old`."""
+    final = tmp_path / "kto-1"
+    _build(final, "first")
+    monkeypatch.setattr(fsutil, "exchange", lambda a, b: False)
+    real_replace, calls = fsutil.os.replace, []
+
+    def crash(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise Killed("killed between the two renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", crash)
+    with pytest.raises(Killed):
+        _build(final, "second")
+    assert not fsutil.is_done(final) and final.with_name("kto-1.old").exists()
+    monkeypatch.setattr(fsutil.os, "replace", real_replace)
+    _build(final, "third")
+    assert (final / "x").read_text() == "third" and not final.with_name("kto-1.old").exists()

@@ -89,3 +89,60 @@ def test_every_kind_names_modules_that_import():
             m = importlib.import_module(module)
             assert not attr or hasattr(m, attr), name
     assert preload.__doc__
+
+
+STAGE = """import sys, time
+from pathlib import Path
+from safealign.config.launch import LaunchCfg
+from safealign.core import fsutil
+from safealign.train.launcher import child_env, preloaded, run_logged
+final = Path(sys.argv[1])
+with fsutil.stage_lock(final), fsutil.staged_dir(final) as tmp:
+    (tmp / "train_x.py").write_text(
+        "import os, time\\nopen('pid', 'w').write(str(os.getpid()))\\n"
+        "while True:\\n    open('writes', 'a').write('x')\\n    time.sleep(0.05)\\n"
+    )
+    env = child_env(tmp)
+    with preloaded(["colorsys"], LaunchCfg(), tmp, env) as child:
+        run_logged([sys.executable, "train_x.py"], tmp, tmp / "train.log", env=env, quiet=True, child=child)
+"""
+
+
+def test_kill_9_of_the_stage_ends_its_trainer_and_keeps_the_folder_locked_until_then(tmp_path):
+    """A stage killed with kill -9 used to leave its trainer writing into `<stage>.tmp` while a
+    rerun, the lock free, started over in the same folder."""
+    import fcntl
+    import signal
+    import subprocess
+    import time
+
+    from safealign.core import fsutil
+
+    final = tmp_path / "store" / "sft-1"
+    (tmp_path / "stage.py").write_text(STAGE)
+    stage = subprocess.Popen([sys.executable, str(tmp_path / "stage.py"), str(final)], env=ENV)
+    pid_file = final.with_name("sft-1.tmp") / "pid"
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    trainer = int(pid_file.read_text())
+    os.kill(stage.pid, signal.SIGKILL)
+    stage.wait()
+    # what a rerun does first: take the lock; by the time it has it, the trainer must be gone
+    with open(fsutil.lock_path(final), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        time.sleep(0.1)  # a zombie is reaped by init; a live writer would still be writing
+        writes = (pid_file.parent / "writes").stat().st_size
+        time.sleep(0.3)
+        assert (pid_file.parent / "writes").stat().st_size == writes, "the trainer still writes into the folder"
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            os.kill(trainer, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(trainer, signal.SIGKILL)
+        pytest.fail("the trainer outlived its stage")

@@ -269,3 +269,45 @@ def test_recipe_encodings(tmp_path):
         r"the line\)",
     ):
         recipe.load(bad)
+
+
+def _bomb(levels: int = 9) -> str:
+    """Nested anchors: each level refers nine times to the one before (9**levels values)."""
+    names = [f"l{i}" for i in range(levels)]
+    text = f"{names[0]}: &{names[0]} [x, x, x, x, x, x, x, x, x]\n"
+    for prev, name in zip(names, names[1:]):
+        text += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]\n"
+    return text
+
+
+@pytest.mark.parametrize("where", ["recipe", "set"])
+def test_an_alias_bomb_is_refused_at_its_line_before_anything_is_built(tmp_path, where):
+    """It used to expand until MemoryError (~3 GB after 34 s), raised while printing the value."""
+    import time
+
+    src = tmp_path / "bomb.yaml"
+    if where == "recipe":
+        src.write_text(GOOD + _bomb())
+        sets = []
+    else:
+        src.write_text(GOOD)
+        sets = ["kto.beta=" + "{" + _bomb().replace("\n", ", ").rstrip(", ") + "}"]
+    t0 = time.time()
+    r = resolve(src, tmp_path / "experiments" / "bomb", *sets)
+    assert r.returncode == 2, r.stderr
+    assert "aliases expand this document past 100,000 values" in r.stderr
+    if where == "recipe":
+        assert f"{src}:{GOOD.count(chr(10)) + 6}: not valid YAML" in r.stderr  # the first level past the bound
+    assert len(r.stderr) < 2000 and time.time() - t0 < 30
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_a_document_that_contains_itself_is_refused(tmp_path):
+    src = tmp_path / "loop.yaml"
+    src.write_text(GOOD + "loop: &loop [1, *loop]\n")
+    r = resolve(src, tmp_path / "experiments" / "loop")
+    assert r.returncode == 2 and "an alias refers to a node that contains it" in r.stderr, r.stderr
+
+
+def test_anchors_and_aliases_of_ordinary_size_still_load():
+    assert recipe.yaml.load("a: &a {x: 1}\nb: *a\n", Loader=recipe._Loader) == {"a": {"x": 1}, "b": {"x": 1}}

@@ -89,9 +89,61 @@ Recipe.__module__ = __name__
 
 
 # ----------------------------------------------------------------------------- loading
+# Nodes a document may expand to with its aliases followed (a shipped recipe has ~150). YAML's
+# anchors let a few lines nest references that expand without bound (an "alias bomb": nine
+# levels of nine aliases are 9**9 values); the document is refused before anything is built.
+MAX_NODES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 floats: `learning_rate: 2e-5` is a number, as every trainer's docs write it
-    (PyYAML's YAML 1.1 rules would read it as the string '2e-5')."""
+    (PyYAML's YAML 1.1 rules would read it as the string '2e-5'). A document whose aliases expand
+    it past MAX_NODES nodes, or that refers to itself, is refused as it is composed."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+class Unbounded(yaml.composer.ComposerError):
+    """A document that its aliases expand past MAX_NODES, or that contains itself."""
+
+
+def _check_expansion(root) -> None:
+    """Raise Unbounded (with the line of the innermost node past the bound) when `root`, aliases
+    followed, has more than MAX_NODES nodes or contains itself."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise Unbounded(
+                None, None, "an alias refers to a node that contains it (a recursive document)", node.start_mark
+            )
+        open_.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(c) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            n = 1
+        open_.discard(key)
+        if n > MAX_NODES:
+            raise Unbounded(
+                None,
+                None,
+                f"its aliases expand this document past {MAX_NODES:,} values (nested anchors, an 'alias bomb'?)",
+                node.start_mark,
+            )
+        sizes[key] = n
+        return n
+
+    if root is not None:
+        size(root)
 
 
 _Loader.add_implicit_resolver(
@@ -352,7 +404,9 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, frozenset]:
                 raise RecipeError([f"SET {item!r}: {part} is set to a value and a mapping at once"])
         try:
             d[path[-1]] = yaml.load(value, Loader=_Loader) if value.strip() else None
-        except yaml.YAMLError:
+        except Unbounded as e:
+            raise RecipeError([f"SET {key}: {e.problem}"]) from None
+        except yaml.YAMLError:  # not YAML: the text itself (a string key's value)
             d[path[-1]] = value
         for n in range(1, len(path) + 1):
             paths.add(path[:n])

@@ -8,11 +8,15 @@ is written last, and only then is the folder renamed into place. So:
 - a second process that wants the same stage says it is waiting, and when the first one
   finished it meanwhile, reuses the result instead of building it again;
 - a failing build never touches the finished folder: a rebuild replaces it only once the
-  new one is complete.
+  new one is complete, and in one step where the system can (Linux's renameat2 exchange), so
+  that the stage is never absent; elsewhere a crash between the two renames leaves `<dir>.old`,
+  which the next build removes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -112,6 +116,25 @@ def is_locked(stage_dir: Path) -> bool:
     return False
 
 
+_HELD: list[int] = []  # the descriptors of the stage locks this process holds
+
+
+@contextmanager
+def _holding(fd: int) -> Iterator[None]:
+    _HELD.append(fd)
+    try:
+        yield
+    finally:
+        _HELD.remove(fd)
+
+
+def held_locks() -> tuple[int, ...]:
+    """The file descriptors of the stage locks this process holds: a child that inherits them
+    (subprocess's pass_fds) keeps the lock held until it exits too, so a stage killed with its
+    child still running leaves its folder locked until that child is gone."""
+    return tuple(_HELD)
+
+
 @contextmanager
 def stage_lock(stage_dir: Path, who: str | None = None) -> Iterator[bool]:
     """Hold `stage_dir`'s build lock; yield True when another process finished the stage while
@@ -119,7 +142,7 @@ def stage_lock(stage_dir: Path, who: str | None = None) -> Iterator[bool]:
     stage_dir = Path(stage_dir)
     before = _stamp(stage_dir)
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path(stage_dir), "a") as f:
+    with open(lock_path(stage_dir), "a") as f, _holding(f.fileno()):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -146,19 +169,36 @@ def staged_dir(final: Path) -> Iterator[Path]:
     finished stage) and `final` is untouched.
     """
     final = Path(final)
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp, trash = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    for leftover in (tmp, trash):  # a killed build's folder; the old one of a swap cut short
+        if leftover.exists():
+            shutil.rmtree(leftover)
     tmp.mkdir(parents=True)
     yield tmp
     # unique per build, so that a waiting process can tell a new stamp from the one it saw
     (tmp / STAMP).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()} {time.time_ns()}\n")
-    if final.exists():
-        trash = final.with_name(final.name + ".old")
-        if trash.exists():
-            shutil.rmtree(trash)
+    if not final.exists():
+        os.replace(tmp, final)
+    elif exchange(tmp, final):  # final is the new build from this instant; tmp holds the old one
+        shutil.rmtree(tmp)
+    else:
         os.replace(final, trash)
         os.replace(tmp, final)
         shutil.rmtree(trash)
-    else:
-        os.replace(tmp, final)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 with RENAME_EXCHANGE); False, with
+    nothing moved, where the system or the filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library without it
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # the filesystem (or kernel) has no exchange
+        return False
+    raise OSError(err, os.strerror(err), f"{a} <-> {b}")

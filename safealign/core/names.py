@@ -62,3 +62,14 @@ def grid_points(items: list[str]) -> list[list[str]]:
     if not axes:
         raise ValueError("GRID is empty; e.g. GRID='kto.beta=0.05,0.1,0.2,0.4'")
     return [list(point) for point in itertools.product(*axes)]
+
+
+def sweep_sets(sets: list[str], grid: list[str]) -> list[list[str]]:
+    """Each point's SET items: the user's SET, then the point's grid values (`make sweep` and
+    `make pipeline-sweep` both). A key in both SET and GRID is refused: which would win?"""
+    points = grid_points(grid)
+    swept = {g.partition("=")[0] for g in grid}
+    both = sorted(swept & {s.partition("=")[0] for s in sets})
+    if both:
+        raise ValueError(f"{', '.join(both)}: set by both SET and GRID; keep it in one")
+    return [[*sets, *point] for point in points]

@@ -42,7 +42,7 @@ from safealign.config.launch import (
     world_size,
     zero_stage,
 )
-from safealign.core import console
+from safealign.core import console, fsutil
 from safealign.core.errors import StageError
 
 
@@ -258,12 +258,13 @@ def preloaded(names: list[str], cfg: LaunchCfg, cwd: Path, env: dict):
         yield None
         return
     proc = subprocess.Popen(
-        [sys.executable, "-m", "safealign.train.preload", *(f"--import={n}" for n in names)],
+        [sys.executable, "-m", "safealign.train.preload", f"--parent={os.getpid()}", *(f"--import={n}" for n in names)],
         cwd=cwd,
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        pass_fds=fsutil.held_locks(),  # the stage's lock stays held while this child lives
     )
     try:
         yield proc

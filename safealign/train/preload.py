@@ -8,6 +8,10 @@ program and arguments (`["-m", "axolotl.cli.train", "axolotl.yaml"]` or `["train
 would (runpy: `__main__`, sys.argv, sys.path[0] as they would be). End of input without a line
 exits 0 and runs nothing: the stage failed before the command was rendered.
 
+It dies with the stage that started it, however the stage ends (kill -9 included: Linux's
+parent-death signal), and holds the stage's lock as long as it lives (the descriptor inherited,
+launcher.preloaded), so a rerun never builds in a folder this process still writes to.
+
 On 2 cores the stage's process spends ~5 s importing transformers and fitting its rows while one
 core idles; the child spends ~7 s importing torch, transformers and its tool before its first
 line of work. Started first, the child's imports run beside the stage's (issue #25). Only for one
@@ -19,20 +23,38 @@ May import: nothing of safealign (the child imports only what its command import
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import json
 import os
 import runpy
+import signal
 import sys
 from pathlib import Path
 
 
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when `parent` (the stage) dies (prctl PR_SET_PDEATHSIG, Linux); exit
+    now if it is gone already. Elsewhere nothing: the inherited lock still keeps a rerun out."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    pr_set_pdeathsig = 1
+    prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parent", type=int, default=0, help="the stage's pid: die with it")
     ap.add_argument(
         "--import", dest="names", action="append", default=[], help="module or module:attribute to import first"
     )
     a = ap.parse_args()
+    if a.parent:
+        die_with_parent(a.parent)
     for name in a.names:
         module, _, attr = name.partition(":")
         m = importlib.import_module(module)
