@@ -294,6 +294,18 @@ def test_a_refused_request_is_not_retried_and_says_what_to_check(tmp_path):
         assert srv.posts == 1
 
 
+def test_a_refused_key_is_not_mistaken_for_a_missing_one(tmp_path, monkeypatch):
+    """A 401 with a key sent used to say "name its environment variable in api_key_env"."""
+    monkeypatch.setenv("SA_TEST_KEY", "sk-wrong")
+    with Loopback(fail=lambda n: 401, answer=scripted) as srv:
+        c = cfg(srv.url, concurrency=1)
+        c.answers.api_key_env = c.refusals.api_key_env = "SA_TEST_KEY"
+        with pytest.raises(generate.GenerateError) as e:
+            generate.run(c, "m", 42, PROMPTS, tmp_path, tmp_path / "c.jsonl", print)
+    assert "HTTP 401" in str(e.value) and "did not accept the key sent" in str(e.value)
+    assert "name its environment variable" not in str(e.value) and "sk-wrong" not in str(e.value)
+
+
 def test_a_missing_key_variable_is_named(tmp_path, monkeypatch):
     monkeypatch.delenv("SA_TEST_KEY", raising=False)
     c = cfg("http://127.0.0.1:9/v1")

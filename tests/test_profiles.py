@@ -151,6 +151,7 @@ def test_profile_errors_name_the_file_the_line_and_the_key(tmp_path, monkeypatch
     (tmp_path / "deep.yaml").write_text("extends: typo\n")
     (tmp_path / "fam.yaml").write_text("family: mistral\nbase_model: org/m\n")
     (tmp_path / "deeper.yaml").write_text("extends: deep\n")
+    (tmp_path / "keytypo.yaml").write_text("hardware: x\nbse_model: org/m\n")  # had no did-you-mean
     with pytest.raises(recipe.RecipeError, match=r"SET model: no model profile .*goood.yaml \(did you mean 'good'\?\)"):
         load("sft_kto", "model=goood")
     with pytest.raises(
@@ -165,6 +166,10 @@ def test_profile_errors_name_the_file_the_line_and_the_key(tmp_path, monkeypatch
         recipe.RecipeError, match=r"method.yaml:2: stages: a profile sets the model .* belongs in the recipe"
     ):
         load("sft_kto", "model=method")
+    with pytest.raises(
+        recipe.RecipeError, match=r"keytypo.yaml:2: bse_model: unknown profile key \(did you mean 'base_model'\?\)"
+    ):
+        load("sft_kto", "model=keytypo")
     with pytest.raises(recipe.RecipeError, match=r"kindtypo.yaml:2: kto.beta: must be > 0"):
         load("sft_kto", "model=kindtypo")
     with pytest.raises(recipe.RecipeError, match=r"deeper.yaml:1: extends: .*deep.yaml extends another profile"):

@@ -480,9 +480,13 @@ def load_profile(name, where) -> tuple[dict, list[tuple[str, dict]], ProfileInfo
         problems.append(f"{pwhere(('family',))}: expected one of {', '.join(ARCH_FAMILIES)}, got {info.family!r}")
     for key in list(raw):
         if key not in PROFILE_RECIPE_KEYS:
+            known = info_names + list(PROFILE_RECIPE_KEYS)
+            close = difflib.get_close_matches(str(key), known, n=1)
             problems.append(
-                f"{pwhere((str(key),))}: a profile sets the model and its sizes "
-                f"({', '.join(info_names + list(PROFILE_RECIPE_KEYS))}); {key!r} belongs in the recipe or SET"
+                f"{pwhere((str(key),))}: unknown profile key (did you mean '{close[0]}'?)"
+                if close
+                else f"{pwhere((str(key),))}: a profile sets the model and its sizes "
+                f"({', '.join(known)}); {key!r} belongs in the recipe or SET"
             )
     training = raw.pop("training", None) or {}
     _build(TrainCfg, training, ("training",), pwhere, problems)  # its keys and types, with its lines

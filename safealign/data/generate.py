@@ -176,6 +176,7 @@ class Endpoint:
         self.max_retries, self.backoff = max_retries, backoff
         self.sleep = sleep or time.sleep
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.key_sent = bool(api_key)  # what a 401 means: no key, or a key the server refused
         self.client = httpx.Client(timeout=timeout, headers=headers)
         self.retries = 0  # retries made, over every request
         self._count = threading.Lock()
@@ -200,7 +201,7 @@ class Endpoint:
                     return _content(r, self.url, what), attempt + 1
                 last = f"HTTP {r.status_code}: {_snippet(r.text)}"
                 if r.status_code not in RETRY_STATUS:
-                    raise GenerateError(f"{self.url}: {what}: {last}{_hint(r.status_code)}")
+                    raise GenerateError(f"{self.url}: {what}: {last}{_hint(r.status_code, self.key_sent)}")
                 retry_after = r.headers.get("retry-after")
             if attempt == self.max_retries:
                 break
@@ -223,9 +224,14 @@ def _snippet(text: str, n: int = 300) -> str:
     return text[:n] + ("..." if len(text) > n else "")
 
 
-def _hint(status: int) -> str:
+def _hint(status: int, key_sent: bool = False) -> str:
     return {
-        401: " (the server wants an API key: name its environment variable in api_key_env)",
+        401: (
+            " (the server did not accept the key sent, from api_key_env's variable: check its value"
+            " and that this server is the one the key is for)"
+            if key_sent
+            else " (the server wants an API key: name its environment variable in api_key_env)"
+        ),
         403: " (the key in api_key_env's variable is not allowed to use this model)",
         404: " (check base_url, which ends in /v1 for most servers, and the model's name on the server)",
         400: " (the server refused the request's fields; see its message)",
