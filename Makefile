@@ -46,6 +46,7 @@ $(call _check,SUITE,name,one-word,a suite name)
 $(call _check,ONLY,name,words,experiment ids of the suite)
 $(call _check,RUN,name,one-word,a regress run folder name)
 $(call _check,DRY,name,one-word,DRY (1 or empty))
+$(call _check,STRICT,name,one-word,STRICT (1 or empty))
 $(call _check,MODEL,name,one-word,a model profile name (models/*.yaml))
 $(call _check,FAMILY,name,one-word,an architecture family)
 $(call _check,NODE_RANK,name,one-word,a node number)
@@ -344,8 +345,8 @@ RUN   ?=
 DRY   ?=
 _suite = $(if $(SUITE),,$(error SUITE: which suite? (suites: $(notdir $(basename $(wildcard regress/*.yaml))))))
 .PHONY: regress
-regress: $(VENV_STAMP) ## run suite SUITE against this hardware's baseline; non-zero on any regression (DRY=1 prints the plan)
-	$(_suite)@$(SA) regress run --suite $(SUITE) --experiments $(EXPERIMENTS) $(if $(ONLY),--only $(call _quote,$(ONLY))) \
+regress: $(VENV_STAMP) ## run suite SUITE against this hardware's baseline; non-zero on any regression (DRY=1 prints the plan; STRICT=1: loose bounds fail, exit 3)
+	$(_suite)@$(if $(STRICT),STRICT=$(STRICT) )$(SA) regress run --suite $(SUITE) --experiments $(EXPERIMENTS) $(if $(ONLY),--only $(call _quote,$(ONLY))) \
 		$(if $(SETS),--set $(call _quote,$(SETS))) $(if $(DRY),--dry-run)
 
 .PHONY: regress-accept
@@ -365,6 +366,10 @@ test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make 
 .PHONY: test-slow
 test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches, the pipeline run locally, data generated through transformers serve
 	$(PY) -m pytest -q -m slow $(PYTEST)
+
+.PHONY: test-gpu
+test-gpu: $(VENV_STAMP) ## the GPU-marked tests (FSDP, ZeRO-3 offload on a GPU; the nightly runs them): skipped with a reason where there is no CUDA
+	$(PY) -m pytest -q -m gpu -rs $(PYTEST)
 
 .PHONY: lint
 lint: $(VENV_STAMP) ## ruff (package, tests, tools; make format fixes) and actionlint + shellcheck (.github/workflows)

@@ -32,6 +32,7 @@ STAGE = textwrap.dedent(
         subprocess.run([sys.executable, "-c", "print('a child process line')"])
         console.progress("work", 1, 2, "items")
         console.progress("work", 2, 2, "items")
+        console.progress("work", 2, 2, "items")  # a closing call for a bar finished already: no second line
         console.say("  result: 42")
     print("after the console: the terminal again")
     """
@@ -54,6 +55,7 @@ def test_terminal_shows_results_bars_and_new_warnings_only(tmp_path):
     assert "_C_mxfp8" not in terminal and "_C_mxfp8" not in log  # filtered where it is made
     assert "info line" not in terminal and "a child process line" not in terminal
     assert "\r  work [############............] 1/2 items\r  work [########################] 2/2 items\n" in terminal
+    assert terminal.count("2/2 items") == 1
     for line in ("an info line, for the log only", "a child process line", "a brand-new warning", "result: 42"):
         assert line in log
 

@@ -83,14 +83,33 @@ def test_classifier_judge_reads_a_local_sequence_classification_model(tmp_path):
         label2id={"safe": 0, "unsafe": 1},
     )
     torch.manual_seed(0)
-    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "clf")
+    clf = BertForSequenceClassification(cfg)
+    with torch.no_grad():
+        clf.classifier.bias.copy_(torch.tensor([2.0, -2.0]))  # decisive: P(label 0) ~0.98 on any text
+    clf.save_pretrained(tmp_path / "clf")
     tok.save_pretrained(tmp_path / "clf")
     name = f"classifier:{tmp_path / 'clf'}"
     r = recipe.load(REPO / "recipes" / "sft_kto.yaml", [f"eval.safety.judge={name}", "eval.safety.refusal=keyword"])
     judge = Judge(r.eval.safety.judge, r.eval.safety.refusal, heads={})
     out = judge.judge(["Sorry, I cannot help with that.", "Here is the insult: [removed]"])
-    assert len(out) == 2 and all(0.0 <= o["p_toxic"] <= 1.0 for o in out)
     assert [o["refused"] for o in out] == [True, False]
+    texts = ["Sorry, I cannot help with that.", "Here is the insult: [removed]"]
+
+    def p_label(folder, index):  # the model's own probability of label `index`, computed here
+        m = BertForSequenceClassification.from_pretrained(str(folder)).eval()
+        with torch.no_grad():
+            return m(**tok(texts, return_tensors="pt", padding=True)).logits.softmax(-1)[:, index].tolist()
+
+    # P(toxic) is the probability of the label named unsafe (it accepted any number in [0, 1])
+    assert [o["p_toxic"] for o in out] == pytest.approx(p_label(tmp_path / "clf", 1), abs=1e-4)
+    assert all(o["p_toxic"] < 0.1 for o in out)
+    # the same weights with the labels the other way round: the judge follows the label, not the index
+    clf.config.id2label, clf.config.label2id = {0: "unsafe", 1: "safe"}, {"unsafe": 0, "safe": 1}
+    clf.save_pretrained(tmp_path / "clf_swapped")
+    tok.save_pretrained(tmp_path / "clf_swapped")
+    swapped = Judge(f"classifier:{tmp_path / 'clf_swapped'}", "keyword", {}).judge(texts)
+    assert [o["p_toxic"] for o in swapped] == pytest.approx(p_label(tmp_path / "clf_swapped", 0), abs=1e-4)
+    assert all(o["p_toxic"] > 0.9 for o in swapped)
     # a classifier whose labels do not say which one is unsafe is refused with the labels shown
     cfg.id2label, cfg.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
     BertForSequenceClassification(cfg).save_pretrained(tmp_path / "clf2")

@@ -7,8 +7,6 @@ import json
 
 import pytest
 import torch
-
-pytest.importorskip("trl")
 from conftest import REPO  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402

@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kfp  # noqa: E402, F401  (make setup installs the pipeline extra: missing, the set-up is broken; no skip)
 import pytest
 import yaml
-
-pytest.importorskip("kfp", reason="the pipeline extra is not installed: pip install '.[pipeline]' (make setup has it)")
 
 from safealign.config.recipe import RecipeError  # noqa: E402
 from safealign.core import names

@@ -15,10 +15,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import kfp  # noqa: E402, F401  (make setup installs the pipeline extra: missing, the set-up is broken; no skip)
 import pytest
 from conftest import TWO_RUNS_SETS
-
-pytest.importorskip("kfp", reason="the pipeline extra is not installed: pip install '.[pipeline]' (make setup has it)")
 
 from safealign.core import names
 from safealign.run import pipeline_steps  # noqa: E402

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,3 +312,37 @@ def test_a_document_that_contains_itself_is_refused(tmp_path):
 
 def test_anchors_and_aliases_of_ordinary_size_still_load():
     assert recipe.yaml.load("a: &a {x: 1}\nb: *a\n", Loader=recipe._Loader) == {"a": {"x": 1}, "b": {"x": 1}}
+
+
+def test_a_missing_local_base_model_is_refused_when_the_experiment_resolves(tmp_path):
+    """It was found only when a stage loaded the model, after the data and judge stages ran."""
+    exp = tmp_path / "experiments" / "nomodel"
+    r = resolve(REPO / "recipes" / "sft_kto.yaml", exp, f"base_model={tmp_path / 'no-such-model'}")
+    assert r.returncode == 2 and "base_model: " in r.stderr and "no model there" in r.stderr, r.stderr
+    assert not (tmp_path / "experiments").exists()
+    (tmp_path / "empty").mkdir()  # a folder, but no model in it
+    r = resolve(REPO / "recipes" / "sft_kto.yaml", exp, f"base_model={tmp_path / 'empty'}")
+    assert r.returncode == 2 and "config.json missing" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "item, expect",
+    [
+        # a mapping given in SET: its keys are SET's (they were blamed on the recipe file's line)
+        ("kto={beta: -1}", r"^SET kto\.beta: must be > 0"),
+        # YAML 1.1 integers: 0x10 was read as 16, 010 as 8, 1:30 as 90
+        ("sft.max_steps=0x10", r"^SET sft\.max_steps: expected int, got str \('0x10'\)"),
+        ("sft.max_steps=010", r"^SET sft\.max_steps: expected int, got str \('010'\)"),
+        ("sft.max_steps=1:30", r"^SET sft\.max_steps: expected int, got str \('1:30'\)"),
+        # an overflowing literal said only "got inf"
+        ("kto.beta=1e309", r"^SET kto\.beta: must be > 0 .*got inf \(a finite number; .*1e309, is read as infinity\)"),
+    ],
+)
+def test_set_values_are_read_as_written_and_blamed_on_set(item, expect):
+    with pytest.raises(RecipeError) as e:
+        recipe.load(REPO / "recipes" / "sft_kto.yaml", [item])
+    assert any(re.search(expect, p) for p in e.value.problems), e.value.problems
+
+
+def test_decimal_integers_with_underscores_still_read():
+    assert recipe.load(REPO / "recipes" / "sft_kto.yaml", ["sft.max_steps=1_000"]).sft.max_steps == 1000

@@ -146,6 +146,13 @@ def _check_expansion(root) -> None:
         size(root)
 
 
+# Integers are decimal: YAML 1.1's 0x10 (16), 010 (8, octal) and 1:30 (90, base 60) are read as
+# text, which the recipe's types then refuse with the value as written
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
@@ -285,7 +292,12 @@ def _check_ranges(node, path: tuple, where, problems: list[str]) -> None:
             _check_ranges(value, path + (f.name,), where, problems)
         elif f.name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
             test, meaning = RANGES[f.name]
-            if not math.isfinite(value) or not test(value):
+            if not math.isfinite(value):
+                problems.append(
+                    f"{where(path + (f.name,))}: must be {meaning}, got {value} (a finite number; a literal "
+                    "past 1.8e308, such as 1e309, is read as infinity)"
+                )
+            elif not test(value):
                 problems.append(f"{where(path + (f.name,))}: must be {meaning}, got {value}")
 
 
@@ -410,7 +422,15 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, frozenset]:
             d[path[-1]] = value
         for n in range(1, len(path) + 1):
             paths.add(path[:n])
+        _add_nested(path, d[path[-1]], paths)  # kto={beta: -1}: kto.beta is SET's too
     return out, frozenset(paths)
+
+
+def _add_nested(path: tuple, value, paths: set) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            paths.add(path + (str(k),))
+            _add_nested(path + (str(k),), v, paths)
 
 
 # ----------------------------------------------------------------------------- model profiles

@@ -214,6 +214,7 @@ class Console:
         self.verbose = verbose()
         self._last = 0.0
         self._bar_open = False
+        self._finished = None  # the last bar drawn to its end: (label, done, total)
 
     def __enter__(self) -> Console:
         global _active
@@ -287,6 +288,9 @@ class Console:
         finished = total is not None and done >= total
         if not finished and now - self._last < 0.5:
             return
+        if finished and self._finished == (label, done, total):
+            return  # that bar is finished on the terminal already (a caller's closing call)
+        self._finished = (label, done, total) if finished else None
         self._last = now
         with self._lock:
             self.term.write(f"\r  {label} {bar(done, total)}{' ' + unit if unit else ''}")

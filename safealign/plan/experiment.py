@@ -281,6 +281,24 @@ def machine_problems(r: recipe_mod.Recipe) -> list[str]:
     return launch.check_machine(r.launch, cuda, len(os.sched_getaffinity(0)), tools)
 
 
+def local_problems(r: recipe_mod.Recipe) -> list[str]:
+    """A `base_model` that is a local path (refs.is_path) but holds no model: found here, when the
+    experiment resolves, instead of when the first stage that loads it runs (after data and the
+    judge)."""
+    from safealign.core import refs
+    from safealign.models import load
+
+    if r.base_model in (load.TINY, load.REFUSER) or load.toy_family(r.base_model) or not refs.is_path(r.base_model):
+        return []
+    folder = refs.path(r.base_model)
+    if (folder / "config.json").exists():
+        return []
+    return [
+        f"base_model: {r.base_model}: no model there ({folder / 'config.json'} missing); a local "
+        "base_model is a Hugging Face model folder, anything else a hub id (org/name)"
+    ]
+
+
 def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> dict:
     """Validate, then write recipe.yaml, config/, stages.json, stages.mk and the stage links.
 
@@ -289,7 +307,7 @@ def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> 
     """
     r = recipe_mod.load(Path(recipe_file), overrides)
     # `make render` resolves for the GPU machine it renders for (SAFEALIGN_RENDER=1): not this one's
-    machine = machine_problems(r) if os.environ.get("SAFEALIGN_RENDER") != "1" else []
+    machine = machine_problems(r) + local_problems(r) if os.environ.get("SAFEALIGN_RENDER") != "1" else []
     if machine:
         raise recipe_mod.RecipeError([f"{recipe_file}: {m}" for m in machine])
     names.check_name(exp.name, "experiment name")
