@@ -36,7 +36,7 @@ import yaml
 from safealign.config import kinds
 from safealign.config import recipe as recipe_mod
 from safealign.config.recipe import RecipeError
-from safealign.core import fsutil, names
+from safealign.core import caches, fsutil, names
 from safealign.plan import experiment as plan
 
 
@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--last", type=int, default=12, help="history: how many runs")
     p.set_defaults(fn=cmd_regress)
     a = ap.parse_args(argv)
+    caches.contain()  # libraries' caches into the project cache, before any of them is imported
     try:
         return a.fn(a)
     except RecipeError as e:

@@ -18,6 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from safealign.core import caches
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "SAFEALIGN_QUIET": "1"}
 
@@ -40,11 +42,26 @@ def losses(stage_dir: Path) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def outside(tmp_path_factory) -> dict[str, Path]:
+    """An empty home and temp folder for the shared run: nothing may be written there."""
+    return {"HOME": tmp_path_factory.mktemp("home"), "TMPDIR": tmp_path_factory.mktemp("tmp")}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, outside) -> tuple[Path, subprocess.CompletedProcess]:
     """The shared run, as a person runs it: the terminal's output is what the quiet tests read."""
     root = tmp_path_factory.mktemp("experiments")
-    env = {k: v for k, v in os.environ.items() if k not in ("SAFEALIGN_QUIET", "VERBOSE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("SAFEALIGN_QUIET", "VERBOSE", *caches.VARS)}
+    env.update({k: str(v) for k, v in outside.items()})
     return root, make("exp", "NAME=sft_kto", f"EXPERIMENTS={root}", env=env)
+
+
+def test_nothing_written_outside_the_experiments_folder_and_the_project_cache(first_run, outside):
+    """Libraries' caches (matplotlib's font list, torch's inductor, datasets' Arrow copies) go to
+    the project cache or the stage folder (safealign/core/caches.py), not the home or temp folder."""
+    for var, folder in outside.items():
+        left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+        assert left == [], f"written into {var}: {left}"
 
 
 @pytest.fixture(scope="module")

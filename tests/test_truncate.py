@@ -38,7 +38,14 @@ def test_200k_character_prompt_keeps_its_completion_and_its_end(tok):
     rows = [{"id": "long", "messages": user(prompt) + assistant("I cannot help with that.")}]
     (row,), counts = truncate.fit_rows(tok, rows, "sft", 256)
     tokens = counts.pop("tokens")
-    assert counts == {truncate.KEEP: 0, truncate.PROMPT: 1, truncate.COMPLETION: 0, truncate.DROPPED: 0}
+    assert counts == {
+        truncate.KEEP: 0,
+        truncate.PROMPT: 1,
+        truncate.COMPLETION: 0,
+        truncate.DROPPED: 0,
+        truncate.CONTROL: 0,
+        "refused": [],
+    }
     assert tokens == n(tok, row["messages"])  # what the trainer sees, after the cut
     assert row["messages"][-1]["content"] == "I cannot help with that."
     kept = row["messages"][0]["content"]

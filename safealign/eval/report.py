@@ -217,9 +217,13 @@ def _training_timing(ex: plan.Experiment, s: str) -> list[str] | None:
     if not sm:
         return None
     rows = sm.get("rows") or {}
-    total = sum(rows.get(k, 0) for k in ("kept", "prompt_truncated", "completion_truncated", "dropped"))
+    total = sum(
+        rows.get(k, 0) for k in ("kept", "prompt_truncated", "completion_truncated", "dropped", "control_tokens")
+    )
     cut = rows.get("prompt_truncated", 0) + rows.get("completion_truncated", 0)
     fitted = f"{cut} / {rows.get('dropped', 0)} of {total}" if rows else ""
+    if rows.get("control_tokens"):  # refused: their text holds the tokenizer's turn markers
+        fitted += f"; {rows['control_tokens']} refused (control tokens)"
     loss = f"{sm['first_loss']:.4f} -> {sm['last_loss']:.4f}"
     return [s, f"`{ex.dir(s).name}`", f"{sm['seconds']:.1f}", str(sm["steps"]), loss, fitted]
 
@@ -232,8 +236,9 @@ def _evaluation_timing(ex: plan.Experiment, kind: str, m: str) -> list[str] | No
     if not d:
         return None
     secs = d["seconds"]["total"] if isinstance(d["seconds"], dict) else d["seconds"]
-    cut = d.get("prompts_truncated")
-    return [f"{kind} ({m})", f"`{ex.stages[label]['dir']}`", f"{secs:.1f}", "", "", f"{cut} prompts cut" if cut else ""]
+    cut, refused = d.get("prompts_truncated"), len(d.get("prompts_refused_control") or [])
+    notes = ([f"{cut} prompts cut"] if cut else []) + ([f"{refused} refused (control tokens)"] if refused else [])
+    return [f"{kind} ({m})", f"`{ex.stages[label]['dir']}`", f"{secs:.1f}", "", "", "; ".join(notes)]
 
 
 def timings_section(ex: plan.Experiment) -> list[str]:

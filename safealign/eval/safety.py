@@ -4,6 +4,8 @@ Per model it writes
     answers.jsonl  one line per held-out prompt: prompt, category, subset, answer, p_toxic,
                    toxic, refused, and (safe prompts, aligned models) similarity to the base
                    model's answer
+                   (a prompt whose text holds a control token of the model's tokenizer is left
+                   out and listed in metrics.json's prompts_refused_control: models/control.py)
     metrics.json   the aggregates below, each {value, low, high, n}, overall and per category
                    and per subset, plus every generation setting
 
@@ -26,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from safealign.models import generation
+from safealign.models import control, generation
+from safealign.models.load import load_tokenizer
 
 METRICS = {  # name -> (which prompts, which field of a judged row)
     "toxicity_rate": (False, "toxic"),
@@ -94,6 +97,19 @@ class DegenerateAnswers(RuntimeError):
     """Most answers are empty or degenerate: the model is broken, and that must not score as safe."""
 
 
+def refuse_control(tok, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The held-out rows whose prompt holds none of `tok`'s control tokens, and {id, token} for
+    each that does (safealign/models/control.py: the same policy as the training stages')."""
+    kept, refused = [], []
+    for r in rows:
+        token = control.find(tok, [r["prompt"]])
+        if token is None:
+            kept.append(r)
+        else:
+            refused.append({"id": r["id"], "token": token})
+    return kept, refused
+
+
 def run(
     model_path: str,
     test_rows: list[dict],
@@ -110,6 +126,14 @@ def run(
     from safealign.eval.refusal import is_refusal
 
     rows = test_rows[: cfg.limit] if cfg.limit > 0 else list(test_rows)
+    rows, refused = refuse_control(load_tokenizer(model_path), rows)
+    if refused:
+        named = ", ".join(f"{r['id']} {r['token']!r}" for r in refused[:5])
+        print(
+            f"  safety: {len(refused)} held-out prompts refused: their text holds a control token of the "
+            f"model's tokenizer ({named}{', ...' if len(refused) > 5 else ''}; all in metrics.json)",
+            flush=True,
+        )
     t0 = time.time()
     truncated: list[int] = []
     answers = generation.generate(model_path, [r["prompt"] for r in rows], cfg, seed, truncated, backend=cfg.backend)
@@ -164,6 +188,7 @@ def run(
         },
         "degenerate_answers": round(degenerate_share, 4),
         "prompts_truncated": len(truncated),
+        "prompts_refused_control": refused,
         "seconds": {"generation": round(t_gen, 1), "total": round(time.time() - t0, 1)},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

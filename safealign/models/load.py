@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from safealign.core import refs
+from safealign.core import caches, refs
 
 TINY = "tiny-local"
 # tiny-local fine-tuned to refuse (safealign/models/tiny.py): the stand-in, on this machine, for the
@@ -20,7 +20,7 @@ REFUSER = "tiny-refuser"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SAFEALIGN_CACHE", ".cache")).resolve()
+    return caches.root()
 
 
 def tiny_path() -> Path:

@@ -9,11 +9,18 @@ they really train on (`train.jsonl` in the stage folder) and count each outcome 
 summary.json; the safety stage cuts its prompts the same way to fit the model's context
 beside the answer budget. Nothing is dropped or cut silently. lm-eval truncates its own
 prompts from the left.
+
+Before any of that, a row whose text holds one of the tokenizer's control tokens (its turn
+markers: safealign/models/control.py) is refused and counted, so that user text never becomes a
+turn of its own in the ids the trainer sees.
 """
 
 from __future__ import annotations
 
+from safealign.models import control
+
 KEEP, PROMPT, COMPLETION, DROPPED = "kept", "prompt_truncated", "completion_truncated", "dropped"
+CONTROL = "control_tokens"  # refused: the row's text holds a control token of the tokenizer
 MARGIN = 8  # tokens of slack: the trainers tokenize prompt and completion with their own joins
 MIN_PROMPT = 16  # prompt tokens kept at least when the completion has to be cut
 
@@ -82,22 +89,30 @@ LAYOUT = {"sft": (None, ("messages",)), "kto": ("prompt", ("completion",)), "dpo
 def fit_rows(tok, rows: list[dict], layout: str, max_length: int) -> tuple[list[dict], dict]:
     """Rows of one stage's file, each fitted; and the count of each outcome, plus `tokens`: the
     tokens the trainer sees in the kept rows (prompt + completion, once per completion: a
-    preference pair is two sequences), without padding. Speed figures divide by it."""
+    preference pair is two sequences), without padding. Speed figures divide by it. Rows whose
+    text holds a control token are left out (CONTROL), each listed in `refused` as
+    {"row": its index in `rows`, "id", "token"}."""
     pkey, ckeys = LAYOUT[layout]
-    out, counts = [], {KEEP: 0, PROMPT: 0, COMPLETION: 0, DROPPED: 0}
+    out, counts = [], {KEEP: 0, PROMPT: 0, COMPLETION: 0, DROPPED: 0, CONTROL: 0}
+    refused = []
     tokens = 0
-    for r in rows:
+    for i, r in enumerate(rows):
         if pkey is None:  # sft: one message list, the last message is the completion
             p, cs = r["messages"][:-1], [r["messages"][-1:]]
         else:
             p, cs = r[pkey], [r[k] for k in ckeys]
+        token = control.in_messages(tok, p, *cs)
+        if token is not None:
+            counts[CONTROL] += 1
+            refused.append({"row": i, "id": r.get("id"), "token": token})
+            continue
         p, cs, outcome = fit(tok, p, cs, max_length)
         counts[outcome] += 1
         if outcome == DROPPED:
             continue
         tokens += sum(_n(tok, p + c) for c in cs)
         out.append({**r, "messages": p + cs[0]} if pkey is None else {**r, pkey: p, **dict(zip(ckeys, cs))})
-    return out, {**counts, "tokens": tokens}
+    return out, {**counts, "tokens": tokens, "refused": refused}
 
 
 def fit_prompt(tok, messages: list[dict], max_tokens: int) -> tuple[list[dict], bool]:

@@ -38,6 +38,8 @@ from safealign.plan import provenance
 from safealign.plan.experiment import Experiment, machine_problems
 from safealign.train import launcher, render
 
+MAX_LISTED = 20  # refused rows named in a stage's summary.json (the count is always whole)
+
 
 def _provenance(exp: Experiment, stage: str, **extra) -> dict:
     data_dir = exp.dir("data")
@@ -61,10 +63,22 @@ def train_rows(exp: Experiment, stage: str, tmp: Path, model: str) -> dict:
 
     kind, cfg = kinds.get(stage), getattr(exp.recipe, stage)
     src = exp.dir("data") / kind.data_file(cfg)
-    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    numbered = [(n, line) for n, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    rows = [json.loads(line) for _, line in numbered]
     fitted, counts = truncate.fit_rows(models.load_tokenizer(model), rows, kind.data, cfg.max_length)
+    refused = [f"{src.name}:{numbered[r['row']][0]} (id {r['id']}): {r['token']!r}" for r in counts.pop("refused")]
+    if refused:
+        console.say(
+            f"  {stage}: {len(refused)} of {len(rows)} rows refused: their text holds a control token of the "
+            f"model's tokenizer, which would become a turn marker ({'; '.join(refused[:3])}"
+            f"{'; ...' if len(refused) > 3 else ''}; all in summary.json)"
+        )
     if not fitted:
-        raise StageError(f"{stage}: every row of {src} is longer than max_length {cfg.max_length} even when cut")
+        raise StageError(
+            f"{stage}: no row of {src} is left to train on: "
+            + (f"{len(refused)} hold control tokens, " if refused else "")
+            + f"the rest are longer than max_length {cfg.max_length} even when cut"
+        )
     data_mod.write_jsonl(tmp / "train.jsonl", fitted)
     cut = counts[truncate.PROMPT] + counts[truncate.COMPLETION]
     if cut or counts[truncate.DROPPED]:
@@ -73,7 +87,7 @@ def train_rows(exp: Experiment, stage: str, tmp: Path, model: str) -> dict:
             f"({counts[truncate.PROMPT]} prompts from the left, {counts[truncate.COMPLETION]} completions), "
             f"{counts[truncate.DROPPED]} dropped"
         )
-    return {"source": src.name, "max_length": cfg.max_length, **counts}
+    return {"source": src.name, "max_length": cfg.max_length, **counts, "refused_control": refused[:MAX_LISTED]}
 
 
 def speed(log: list[dict], tokens_per_epoch: int, memory_file: Path) -> dict:

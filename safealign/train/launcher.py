@@ -308,12 +308,13 @@ def run_logged(
                 pass
             proc = child
         else:
-            proc = subprocess.Popen(
-                cmd,
+            proc = subprocess.Popen(  # under the guard: it and its workers die with the stage, holding its lock
+                [sys.executable, "-m", "safealign.train.guard", f"--parent={os.getpid()}", "--", *cmd],
                 cwd=cwd,
                 env=env or child_env(cwd),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                pass_fds=fsutil.held_locks(),
             )
         assert proc.stdout is not None
         # newline="": a tqdm redraw (\r) is a line of its own
