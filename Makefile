@@ -182,21 +182,43 @@ EXP   := $(EXPERIMENTS)/$(EXP_NAME)
 # stages live once in STORE, content-addressed; experiments link to them (safealign/plan/experiment.py)
 STORE := $(EXPERIMENTS)/.stages
 
-# stages.mk (STAGES, DIR_<stage>, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE, RECIPE_PARENT) is
+# stages.mk (STAGES, DIR_<stage>, INPUT_<stage>, BASE_DEP, DATA_DEP, OFFLINE, RECIPE_PARENT, RESOLVED_SET) is
 # generated from the recipe by `safealign resolve`, which validates it first: a bad recipe
 # stops here, writing nothing. It comes first because its RECIPE_PARENT is a prerequisite.
 # (not for the goals that resolve their experiments themselves, one per grid point or in Python:
 # they would resolve and write an experiment folder of NAME that none of them runs)
 SELF_RESOLVING := sweep pipeline pipeline-sweep submit
-ifneq ($(if $(MAKECMDGOALS),$(filter-out $(SELF_RESOLVING),$(MAKECMDGOALS)),default),)
-include $(EXP)/stages.mk
+RESOLVING_GOALS := $(if $(MAKECMDGOALS),$(filter-out $(SELF_RESOLVING),$(MAKECMDGOALS)),$(.DEFAULT_GOAL))
+RESOLVE = $(if $(filter render pipeline pipeline-sweep submit,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve \
+	--recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
+ifneq ($(RESOLVING_GOALS),)
+# The first resolve runs here, as make reads this file, not by the rule below: a refused recipe
+# stops make with its own message and one line of make's (the rule's failure would add
+# "stages.mk: No such file or directory"), and no older stages.mk exists to be run instead.
+# Without the venv yet, the rule does it, once make has built the venv.
+ifeq ($(wildcard $(EXP)/stages.mk),)
+ifneq ($(wildcard $(VENV_STAMP)),)
+$(if $(shell $(RESOLVE) >&2 && echo ok),,$(error $(EXP_NAME): not resolved, nothing ran (the message above says why)))
 endif
+endif
+# `include`, not `-include`: a failed re-resolve (the rule below) stops make, never runs the
+# stale stages.mk
+include $(EXP)/stages.mk
+# resolved with another SET (EXP_NAME given again with a new SET; stages.mk's RESOLVED_SET):
+# resolve again, once (not in the make that restarts after it: MAKE_RESTARTS)
+ifneq ($(RESOLVED_SET),$(SETS))
+ifeq ($(MAKE_RESTARTS),)
+$(EXP)/stages.mk: _resolve-again
+endif
+endif
+endif
+.PHONY: _resolve-again
 # (stages.mk also names the profile file, PROFILE_FILE, when the experiment has one)
 # Every package file and template is a prerequisite: stages.mk lists which of them each stage's
 # result depends on (CODE_<stage>, read from the code by safealign/plan/codedeps.py).
 # (for `make render` and the pipeline targets the launch is the GPU machine's, not checked against this one: SAFEALIGN_RENDER)
 $(EXP)/stages.mk: $(RECIPE) $(RECIPE_PARENT) $(PROFILE_FILE) $(wildcard $(PKG)/*.py $(PKG)/*/*.py) $(wildcard templates/*/*.j2) | $(VENV_STAMP)
-	@$(if $(filter render pipeline pipeline-sweep submit,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve --recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
+	@$(RESOLVE)
 
 # VERBOSE=1: every stage's whole output on the terminal too (safealign/core/console.py)
 export VERBOSE

@@ -225,7 +225,7 @@ def cmd_pipeline(a) -> int:
         try:
             grid = names.sweep_sets(a.set, a.grid)
         except ValueError as e:
-            raise RecipeError([f"GRID: {e}"]) from None
+            raise RecipeError([str(e)]) from None  # names SET or GRID itself
         points = [pipeline.resolve_point(a.recipe, sets, experiments) for sets in grid]
         label = pipeline.sweep_name(a.recipe, a.set, a.grid)
         out = experiments / "sweep" / label / pipeline.PIPELINE_FILE

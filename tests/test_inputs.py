@@ -174,3 +174,48 @@ def test_unreachable_hub_model_is_one_paragraph_naming_the_key(tmp_path):
     assert len(r.stderr.strip().splitlines()) <= 3
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**env, "SAFEALIGN_DEBUG": "1"}, timeout=120)
     assert r.returncode == 1 and "Traceback" in r.stderr and "ModelUnavailable" in r.stderr
+
+
+def _make(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "sets, expect",
+    [
+        ("kto.beta=-1", "SET kto.beta: must be > 0"),
+        ("kto.beta=0.1 kto.beta=0.2", "SET kto.beta: given twice (0.1 and 0.2); keep one"),
+    ],
+)
+def test_a_refused_recipe_is_one_message_without_makes_missing_file_noise(tmp_path, sets, expect):
+    """The first resolve of an experiment runs as make reads the Makefile: a refused recipe or SET
+    stops make with its message and make's one line, not also "stages.mk: No such file or directory"."""
+    root = tmp_path / "experiments"
+    r = _make("-n", "exp", "NAME=sft_kto", f"SET={sets}", f"EXPERIMENTS={root}")  # -n: accepted, nothing trains
+    assert r.returncode != 0 and expect in r.stderr, r.stdout + r.stderr
+    assert "No such file or directory" not in r.stderr, r.stderr
+    assert "not resolved, nothing ran" in r.stderr and len(r.stderr.strip().splitlines()) == 2, r.stderr
+    assert not root.exists()
+
+
+def test_a_failed_re_resolve_never_runs_the_old_stages_mk(tmp_path):
+    """An experiment resolved once (EXP_NAME fixed), then run again with another SET: it is resolved
+    again (it used to keep the old stages.mk, the new SET unread), and a refused SET stops make
+    before any stage, with the old stages.mk untouched and unused."""
+    root = tmp_path / "experiments"
+    exp = root / "mine"
+    r = _make("-n", "exp", "NAME=sft_kto", "EXP_NAME=mine", f"EXPERIMENTS={root}")
+    assert r.returncode == 0 and "safealign stage data" in r.stdout, r.stdout + r.stderr
+    old_mk, old_recipe = (exp / "stages.mk").read_text(), (exp / "recipe.yaml").read_text()
+    r = _make("-n", "exp", "NAME=sft_kto", "EXP_NAME=mine", "SET=kto.beta=-1", f"EXPERIMENTS={root}")
+    assert r.returncode != 0 and "SET kto.beta: must be > 0" in r.stderr, r.stdout + r.stderr
+    assert "safealign stage" not in r.stdout, "a stage ran on the old stages.mk"
+    assert "No such file or directory" not in r.stderr, r.stderr
+    assert (exp / "stages.mk").read_text() == old_mk and (exp / "recipe.yaml").read_text() == old_recipe
+    r = _make("-n", "exp", "NAME=sft_kto", "EXP_NAME=mine", "SET=kto.beta=0.3", f"EXPERIMENTS={root}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "RESOLVED_SET := kto.beta=0.3\n" in (exp / "stages.mk").read_text()
+    assert "beta: 0.3" in (exp / "recipe.yaml").read_text()

@@ -346,3 +346,31 @@ def test_set_values_are_read_as_written_and_blamed_on_set(item, expect):
 
 def test_decimal_integers_with_underscores_still_read():
     assert recipe.load(REPO / "recipes" / "sft_kto.yaml", ["sft.max_steps=1_000"]).sft.max_steps == 1000
+
+
+@pytest.mark.parametrize(
+    "items, expect",
+    [
+        (["kto.beta=0.1", "kto.beta=0.2"], "SET kto.beta: given twice (0.1 and 0.2); keep one"),
+        (["kto.beta=0.1", "sft.max_steps=3", "kto.beta=0.1"], "SET kto.beta: given twice (0.1 and 0.1); keep one"),
+        # a key and one inside it: applied in order, the mapping replaced or was overwritten by turns
+        (["kto={beta: 0.1}", "kto.beta=0.2"], "SET kto and kto.beta overlap (kto={beta: 0.1} and kto.beta=0.2)"),
+        (["kto.beta=0.2", "kto={beta: 0.1}"], "SET kto.beta and kto overlap (kto.beta=0.2 and kto={beta: 0.1})"),
+        (["kto={beta: 0.1}", "kto.max_steps=3"], "SET kto and kto.max_steps overlap"),
+        (["kto=1", "kto.beta=2"], "SET kto and kto.beta overlap (kto=1 and kto.beta=2)"),
+    ],
+)
+def test_a_key_given_twice_in_set_is_refused_naming_both_values(items, expect):
+    with pytest.raises(RecipeError) as e:
+        recipe.load(REPO / "recipes" / "sft_kto.yaml", items)
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith(expect), e.value.problems
+
+
+def test_resolve_refuses_a_key_given_twice_and_writes_nothing(tmp_path):
+    exp = tmp_path / "experiments" / "e"
+    r = resolve(REPO / "recipes" / "sft_kto.yaml", exp, "kto.beta=0.1", "kto.beta=0.2")
+    assert r.returncode == 2 and "SET kto.beta: given twice (0.1 and 0.2)" in r.stderr, r.stderr
+    assert not (tmp_path / "experiments").exists()
+    # distinct keys, and sibling keys under one section, still apply
+    r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["kto.beta=0.3", "kto.max_steps=4", "seed=3"])
+    assert r.kto.beta == 0.3 and r.kto.max_steps == 4 and r.seed == 3

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from safealign.config import recipe as recipe_mod
+from safealign.core import names
 from safealign.run import regress
 from safealign.run.regress import RegressError, Tolerance
 
@@ -84,6 +86,14 @@ def test_cpu_baseline_is_committed_and_covers_the_suite():
             "experiments[0]: unknown key(s) sets",
         ),
         ("experiments: [{recipe: sft, set: [a b]}]\nmetrics: {last_loss: {abs: 0}}", "experiments[0].set: expected"),
+        (
+            "experiments: [{recipe: sft, set: [sft.max_steps=2, sft.max_steps=3]}]\nmetrics: {last_loss: {abs: 0}}",
+            "experiments[0].set sft.max_steps: given twice (2 and 3)",
+        ),
+        (
+            "set: [seed=1, seed=2]\nexperiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: 0}}",
+            ": set seed: given twice (1 and 2)",
+        ),
         ("experiments: [{recipe: sft}]\nmetrics: {lastloss: {abs: 0}}", "metrics.lastloss: matches no metric"),
         (
             "experiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: -1}}",
@@ -106,6 +116,42 @@ def test_bad_suite_is_refused_naming_file_and_key(tmp_path, text, expected):
     with pytest.raises(RegressError) as e:
         write_suite(tmp_path, text)
     assert expected in str(e.value) and str(tmp_path / "s.yaml") in str(e.value)
+
+
+def test_suite_wide_and_per_experiment_sets_merge_by_key_before_make(tmp_path):
+    """The suite layers SETs on purpose (suite-wide, each experiment's, the command line's), the
+    later winning; merged by key before make, so make's SET never sees a key twice (it refuses
+    one: tests/test_recipe.py)."""
+    text = SUITE.replace("description: test\n", "description: test\nset: [kto.beta=0.1, sft.max_steps=5, seed=3]\n")
+    suite = write_suite(tmp_path, text)
+    entry = suite.experiments[1]  # sft_kto, set: [kto.beta=0.2]
+    args = regress.make_args(suite, entry, tmp_path / "e", ["sft.max_steps=7"])
+    sets = next(a for a in args if a.startswith("SET=")).removeprefix("SET=").split()
+    assert sorted(sets) == ["kto.beta=0.2", "seed=3", "sft.max_steps=7"]
+    assert "MODEL=" in args  # a MODEL of `make regress MODEL=...` (MAKEFLAGS) is in the SET already
+    r = recipe_mod.load(REPO / "recipes" / "sft_kto.yaml", sets)  # make's SET check passes
+    assert r.kto.beta == 0.2 and r.sft.max_steps == 7 and r.seed == 3
+    # a later key replaces an earlier one inside it; one inside an earlier whole value is refused
+    assert regress.merge_sets(
+        ("a", ["eval.leaderboard.tasks.bbh.limit=20"]), ("b", ["eval.leaderboard.tasks.bbh=null"])
+    ) == ["eval.leaderboard.tasks.bbh=null"]
+    with pytest.raises(
+        RegressError, match=r"b: eval.leaderboard.tasks.bbh.limit=5 falls inside eval.leaderboard.tasks.bbh=null \(a\)"
+    ):
+        regress.merge_sets(("a", ["eval.leaderboard.tasks.bbh=null"]), ("b", ["eval.leaderboard.tasks.bbh.limit=5"]))
+    with pytest.raises(RegressError, match=r"SET seed: given twice \(1 and 2\)"):
+        regress.make_args(suite, entry, tmp_path / "e", ["seed=1", "seed=2"])
+
+
+@pytest.mark.parametrize("name", ["cpu", "nightly-gpu"])
+def test_shipped_suites_with_a_command_line_set_give_make_each_key_once(name):
+    suite = regress.load_suite(name)
+    extra = ["eval.leaderboard.enabled=false", "kto.max_steps=3", "model=toy-llama3"]
+    for e in suite.experiments:
+        sets = next((a for a in regress.make_args(suite, e, REPO / "x", extra) if a.startswith("SET=")), "SET=")
+        items = sets.removeprefix("SET=").split()
+        names.check_keys(("SET", items))
+        assert set(extra) <= set(items), e.id
 
 
 def test_unknown_suite_lists_the_suites():

@@ -21,6 +21,6 @@ grid = args[2:] if args[:1] == ["--set"] else args
 try:
     points = names.sweep_sets(sets, grid)
 except ValueError as e:
-    sys.exit(f"GRID: {e}")
+    sys.exit(str(e))  # names SET or GRID itself
 for point in points:
     print(" ".join(point))

@@ -31,6 +31,7 @@ from safealign.config.eval import EvalCfg
 from safealign.config.kinds import ADAPTERS, ATTENTION, AUTO, KINDS, TrainCfg  # the kinds' sections live there
 from safealign.config.launch import LaunchCfg  # processes, nodes, strategy: safealign/config/launch.py
 from safealign.config.resources import ResourcesCfg  # what each pipeline task asks for: safealign/config/resources.py
+from safealign.core.names import check_keys
 
 STAGE_KINDS = tuple(KINDS)
 # model profiles: models/<name>.yaml (SAFEALIGN_MODELS points elsewhere, for tests)
@@ -401,13 +402,21 @@ def _validate(raw: dict, where) -> Recipe:
 
 
 def parse_overrides(overrides: list[str]) -> tuple[dict, frozenset]:
-    """["kto.beta=0.2", "stages=[sft]"] -> nested dict (values read as YAML) and the key paths."""
+    """["kto.beta=0.2", "stages=[sft]"] -> nested dict (values read as YAML) and the key paths.
+    A key given twice, or a key and one inside it (kto={beta: 0.1} kto.beta=0.2), is refused:
+    which would win? (core.names.check_keys, also what sweeps check their SET and GRID with)"""
     out: dict = {}
     paths = set()
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq or not key or any(not part for part in key.split(".")):
             raise RecipeError([f"SET {item!r}: expected key=value, e.g. kto.beta=0.2"])
+    try:
+        check_keys(("SET", overrides))
+    except ValueError as e:
+        raise RecipeError([str(e)]) from None
+    for item in overrides:
+        key, _, value = item.partition("=")
         path = tuple(key.split("."))
         d = out
         for part in path[:-1]:

@@ -51,25 +51,54 @@ def inside(root: Path, path: Path, what: str) -> Path:
     return Path(path)
 
 
+def check_keys(*groups: tuple[str, list[str]]) -> None:
+    """Refuse a recipe key given twice in SET (`kto.beta=0.1 kto.beta=0.2`), twice in GRID, or
+    in both, naming the key and both values; also a key and one inside it (`kto={beta: 0.1}` and
+    `kto.beta=0.2`): which would win? `groups`: (origin, key=value items), e.g. ("SET", sets),
+    ("GRID", grid). The one rule for `safealign resolve` (recipe.parse_overrides), `make sweep`
+    and `make pipeline-sweep` (sweep_sets); the regression suite merges its layers by key first
+    (regress.merge_sets). Items that are not key=value are left to the caller's own check."""
+    seen: list[tuple[str, tuple[str, ...], str, str]] = []  # (origin, key path, key, value)
+    for origin, items in groups:
+        for item in items:
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                continue
+            path = tuple(key.split("."))
+            for o, p, k, v in seen:
+                n = min(len(p), len(path))
+                if p[:n] != path[:n]:
+                    continue
+                if p == path and o == origin:
+                    raise ValueError(f"{origin} {key}: given twice ({v} and {value}); keep one")
+                if p == path:
+                    raise ValueError(f"{key}: set by both {o} and {origin} ({v} and {value}); keep it in one")
+                where = origin if o == origin else f"{o} and {origin}"
+                raise ValueError(
+                    f"{where} {k} and {key} overlap ({k}={v} and {key}={value}): "
+                    f"one is inside the other, which would win? give each key once"
+                )
+            seen.append((origin, path, key, value))
+
+
 def grid_points(items: list[str]) -> list[list[str]]:
     """A sweep grid, `key=v1,v2 ...`, as one list of SET items per point (every combination)."""
     axes = []
     for arg in items:
         key, eq, values = arg.partition("=")
         if not eq or not key or not values:
-            raise ValueError(f"{arg!r}: expected key=v1,v2,... e.g. kto.beta=0.05,0.1,0.2")
+            raise ValueError(f"GRID {arg!r}: expected key=v1,v2,... e.g. kto.beta=0.05,0.1,0.2")
         axes.append([f"{key}={v}" for v in values.split(",")])
     if not axes:
         raise ValueError("GRID is empty; e.g. GRID='kto.beta=0.05,0.1,0.2,0.4'")
+    check_keys(("GRID", items))
     return [list(point) for point in itertools.product(*axes)]
 
 
 def sweep_sets(sets: list[str], grid: list[str]) -> list[list[str]]:
     """Each point's SET items: the user's SET, then the point's grid values (`make sweep` and
-    `make pipeline-sweep` both). A key in both SET and GRID is refused: which would win?"""
+    `make pipeline-sweep` both). A key given twice, in SET, in GRID or in both, is refused
+    (check_keys): which would win?"""
     points = grid_points(grid)
-    swept = {g.partition("=")[0] for g in grid}
-    both = sorted(swept & {s.partition("=")[0] for s in sets})
-    if both:
-        raise ValueError(f"{', '.join(both)}: set by both SET and GRID; keep it in one")
+    check_keys(("SET", sets), ("GRID", grid))
     return [[*sets, *point] for point in points]

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -203,7 +204,20 @@ def gen_deps(r: recipe_mod.Recipe) -> list[str]:
     return deps
 
 
-def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | None) -> str:
+# what Make's SET may hold (its CHARS_set) and the spaces between items
+_MAKE_SET = re.compile(r"[A-Za-z0-9_.+/=,:@\[\] -]*\Z")
+
+
+def resolved_set(overrides: list[str] | None) -> str:
+    """stages.mk's RESOLVED_SET: the SET as Make's SETS holds it, which Make compares with its own
+    to resolve again when they differ; one that Make could not have given, a text it never equals."""
+    text = " ".join(overrides or [])
+    return text if _MAKE_SET.match(text) else "(not from make)"
+
+
+def stages_mk(
+    r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | None, overrides: list[str] | None = None
+) -> str:
     local_data = "sha256" in p["data"]["slice"]["files"]
     src = Path(r.data.source)
     if "gen" in p:
@@ -219,6 +233,7 @@ def stages_mk(r: recipe_mod.Recipe, p: dict, recipe_file: str, parent: Path | No
         f"OFFLINE := {1 if offline(r, p) else 0}",
         f"RECIPE_PARENT := {parent or ''}",
         f"PROFILE_FILE := {profile_file(r)}",
+        f"RESOLVED_SET := {resolved_set(overrides)}",
     ]
     for name, entry in p.items():
         lines.append(f"DIR_{name} := $(STORE)/{entry['dir']}")
@@ -358,7 +373,7 @@ def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> 
     fsutil.write_text_atomic(
         exp / "stages.json", json.dumps({n: {"dir": e["dir"]} for n, e in p.items()}, indent=2) + "\n"
     )
-    fsutil.write_text_atomic(exp / "stages.mk", stages_mk(r, p, recipe_file, parent))
+    fsutil.write_text_atomic(exp / "stages.mk", stages_mk(r, p, recipe_file, parent, overrides))
     return p
 
 

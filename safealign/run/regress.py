@@ -223,7 +223,50 @@ def load_suite(name: str, root: Path = SUITES) -> Suite:
 def _sets(sets, where: str) -> tuple[str, ...]:
     if not isinstance(sets, list) or not all(isinstance(s, str) and "=" in s and " " not in s for s in sets):
         raise RegressError(f"{where}: expected a list of key=value strings without spaces, got {sets!r}")
+    _check_layer(where, sets)
     return tuple(sets)
+
+
+def _check_layer(where: str, sets) -> None:
+    try:
+        names.check_keys((where, list(sets)))  # a key twice in one list: which would win?
+    except ValueError as e:
+        raise RegressError(str(e)) from None
+
+
+def merge_sets(*layers: tuple[str, list[str]]) -> list[str]:
+    """The suite's SET layers, (where, items) each: suite-wide `set:`, the experiment's own, the
+    command line's SET, as one SET merged by key, so that make's SET (which refuses a key given
+    twice) gets each key once: a later layer's item replaces an earlier one of the same key and
+    every earlier one inside it (`kto={beta: 0.1}` replaces `kto.beta=0.2`). A later key inside
+    an earlier layer's whole mapping (`kto.beta=0.2` after `kto={beta: 0.1, ...}`) is refused:
+    give the mapping's keys one by one."""
+    out: list[tuple[str, str]] = []  # (where, item)
+    for where, items in layers:
+        _check_layer(where, items)
+        for item in items:
+            path = tuple(item.partition("=")[0].split("."))
+            kept = []
+            for w, old in out:
+                op = tuple(old.partition("=")[0].split("."))
+                if op[: len(path)] == path:
+                    continue  # the same key, or one inside it: the later layer wins
+                if path[: len(op)] == op:
+                    raise RegressError(
+                        f"{where}: {item} falls inside {old} ({w}), a value given whole; "
+                        f"set {op[-1]}'s keys one by one there, so that this one can replace one of them"
+                    )
+                kept.append((w, old))
+            out = [*kept, (where, item)]
+    return [item for _, item in out]
+
+
+def _layers(suite: Suite, entry: Entry, extra_set: list[str]) -> list[str]:
+    return merge_sets(
+        (f"{suite.path}: set", list(suite.set)),
+        (f"{suite.path}: {entry.id}'s set", list(entry.set)),
+        ("SET", list(extra_set)),
+    )
 
 
 # --- hardware ----------------------------------------------------------------------------------
@@ -663,7 +706,10 @@ def _plot(series: dict, keys: list[str], labels: list[str], out: Path) -> None:
 
 
 def make_args(suite: Suite, entry: Entry, experiments: Path, extra_set: list[str]) -> list[str]:
-    sets = [*suite.set, *entry.set, *extra_set]
+    """The experiment's `make exp`, its SET layers merged by key (merge_sets: the later wins).
+    MODEL= empties a MODEL of `make regress MODEL=...`, which reaches this make through MAKEFLAGS:
+    it is already in the SET (model=...), and make's SET refuses a key given twice."""
+    sets = _layers(suite, entry, extra_set)
     return [
         "make",
         "--no-print-directory",
@@ -671,6 +717,7 @@ def make_args(suite: Suite, entry: Entry, experiments: Path, extra_set: list[str
         f"NAME={entry.recipe}",
         f"EXP_NAME={entry.id}",
         f"EXPERIMENTS={experiments}",
+        "MODEL=",
         *([f"SET={' '.join(sets)}"] if sets else []),
     ]
 
@@ -704,7 +751,7 @@ def dry_run(suite: Suite, root: Path, only: list[str], extra_set: list[str], pri
         )
     run = root / "regress" / suite.name / "<timestamp>"
     for e in select(suite, only):
-        recipe_mod.load(REPO / "recipes" / f"{e.recipe}.yaml", [*suite.set, *e.set, *extra_set])  # bad keys fail here
+        recipe_mod.load(REPO / "recipes" / f"{e.recipe}.yaml", _layers(suite, e, extra_set))  # bad keys fail here
         print_("would run: " + shlex.join(make_args(suite, e, run / "experiments", extra_set)))
     if suite.compare:
         print_(f"would compare: make compare NAMES='{' '.join(suite.compare)}' COMPARE={suite.name}")
@@ -755,6 +802,8 @@ def interrupt(signum, frame) -> None:
 def run(suite: Suite, root: Path, only: list[str], extra_set: list[str], print_=print) -> tuple[Path, dict]:
     """Run the suite's experiments into a fresh folder, compare, write regress.json/.md."""
     entries = select(suite, only)
+    for e in entries:  # every experiment's SET merges (merge_sets) before the first one runs
+        _layers(suite, e, extra_set)
     key, machine = hardware()
     bpath, base = find_baseline(suite.name, key, machine)
     started = time.strftime("%Y%m%d-%H%M%S")
