@@ -63,12 +63,12 @@ def test_cpu_baseline_is_committed_and_covers_the_suite():
     suite = regress.load_suite("cpu")
     b = regress.read_baseline(regress.baseline_path("cpu", "cpu"))
     assert b is not None, "regress/baselines/cpu/cpu.json: make regress SUITE=cpu; make regress-accept SUITE=cpu"
-    assert {k.split("/")[0] for k in b["metrics"]} == {e.id for e in suite.experiments}
+    assert {k.split("/")[0] for k in b["metrics"]} == {e.id for e in suite.experiments} | {"reference"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in b["metrics"].values())
     assert {"cpu", "isa", "caches", "threads"} <= set(b["machine"])
     for other in sorted(regress.baseline_path("cpu", "cpu").parent.glob("cpu-*.json")):  # other machines' own
         o = regress.read_baseline(other)
-        assert {k.split("/")[0] for k in o["metrics"]} == {e.id for e in suite.experiments}, other.name
+        assert {k.split("/")[0] for k in o["metrics"]} == {e.id for e in suite.experiments} | {"reference"}, other.name
         assert other.name == f"cpu-{regress.machine_tag(o['machine'])}.json"
 
 
@@ -575,3 +575,44 @@ def test_a_pass_on_another_machines_loose_bounds_says_so_and_fails_when_strict(
     out = capsys.readouterr()
     assert ("PASS, LOOSE" if not strict else "FAIL (STRICT=1: loose bounds)") in out.out
     assert "LOOSE BOUNDS for 1 of 2 experiments (sft)" in out.err and "make regress-accept SUITE=s" in out.err
+
+
+# --- the machine-independent rows (safealign/run/references.py) -------------------------------
+
+
+def test_reference_rows_keep_the_exact_bound_on_another_machine(tmp_path):
+    """The losses, normalisation and rates on fixed inputs do not depend on the CPU: a change of
+    1e-4 fails even where every experiment gets the loose other_machine bounds."""
+    suite = write_suite(tmp_path, SUITE + '  "*": {abs: 1.0, other_machine: {abs: 1.0}}\n')
+    base = {"metrics": {"sft/sft/last_loss": 1.0, "reference/losses/kto_0": 0.5}}
+    run = values(sft__sft__last_loss=1.3) | {"reference/losses/kto_0": {"value": 0.5001, "stage_dir": ""}}
+    rows = regress.compare(suite, run, base, ["sft", "reference"], same_machine=False)
+    by = {r["metric"]: r for r in rows}
+    assert by["sft/sft/last_loss"]["status"] == "pass" and by["sft/sft/last_loss"]["bounds"] == "other machine"
+    ref = by["reference/losses/kto_0"]
+    assert ref["status"] == "FAIL" and ref["bounds"] == "any machine" and ref["tolerance"] == "±1e-06"
+
+
+def test_reference_values_are_the_committed_baseline_s(tmp_path):
+    """Every machine computes the baselines' reference rows to 1e-6 (they joined both files)."""
+    from safealign.run import references
+
+    now = {k: v["value"] for k, v in references.values().items()}
+    assert len(now) >= 40 and all(math.isfinite(v) for v in now.values())
+    for path in sorted((REPO / "regress" / "baselines" / "cpu").glob("cpu*.json")):
+        base = json.loads(path.read_text())["metrics"]
+        for k, v in now.items():
+            assert base[k] == pytest.approx(v, abs=references.ABS), (path.name, k)
+
+
+def test_accepting_only_the_reference_rows_writes_them_into_every_baseline_and_nothing_else(tmp_path):
+    root = tmp_path / "baselines"
+    (root / "s").mkdir(parents=True)
+    for name, m in (("cpu.json", {"cpu": "x"}), ("cpu-abcd1234.json", {"cpu": "y"})):
+        (root / "s" / name).write_text(json.dumps({"machine": m, "metrics": {"sft/sft/last_loss": 1.0}}))
+    res = result([row("reference/losses/kto_0", 0.49, None, "new", None)], only=["reference"], experiments=[])
+    run = write_run(tmp_path / "runs", "r1", res)
+    regress.accept(run, root)
+    for name in ("cpu.json", "cpu-abcd1234.json"):
+        b = json.loads((root / "s" / name).read_text())
+        assert b["metrics"] == {"sft/sft/last_loss": 1.0, "reference/losses/kto_0": 0.49}, name

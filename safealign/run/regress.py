@@ -10,8 +10,11 @@ The hardware key is `cpu`, or the GPU's name x count (`nvidia-h200x1`). A CPU ba
 records the machine's fingerprint (CPU model, instruction sets, threads): the same seed on the
 same kind of CPU reproduces its losses bit for bit, so each metric's own tolerance is tight;
 on another CPU the suite's `other_machine` tolerance applies (set from measured drift) and the
-report says so. Comparison, acceptance and history are pure functions of JSON; `run` is the
-only part that starts anything (`make exp`, `make compare`).
+report says so. The pure maths on fixed inputs (safealign/run/references.py: the losses, the
+leaderboard normalisation, the safety rates and intervals) is the same on any machine: every run
+checks it with the exact bound, whatever the CPU (`ONLY=reference` runs only that, in seconds).
+Comparison, acceptance and history are pure functions of JSON; `run` is the only part that
+starts anything (`make exp`, `make compare`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from safealign.eval.leaderboard import TASK_FAMILIES
 from safealign.eval.safety import METRICS as SAFETY_RATES
 from safealign.eval.summary import LABELS
 from safealign.plan import provenance
+from safealign.run import references
 
 SUITES = REPO / "regress"
 BASELINES = SUITES / "baselines"
@@ -96,6 +100,9 @@ class Tolerance:
         return {"both": bound, "higher": f"{bound}, only higher fails", "lower": f"{bound}, only lower fails"}[
             self.fail_if
         ]
+
+
+REFERENCE_TOLERANCE = Tolerance(abs=references.ABS)  # the machine-independent rows (run/references.py)
 
 
 @dataclass(frozen=True)
@@ -418,11 +425,14 @@ def compare(
     rows = []
     for key in sorted(keys, key=lambda k: (ids.index(k.split("/")[0]) if k.split("/")[0] in ids else 99, k)):
         metric = key.rsplit("/", 1)[1]
-        check = suite.check_for(metric)
-        if check is None:
-            continue
-        same = same_machine.get(key.split("/")[0], False) if isinstance(same_machine, dict) else same_machine
-        tol = check.tolerance if same else check.other_machine
+        if key.split("/")[0] == references.EXP:  # the same on any machine: the exact bound everywhere
+            tol, bounds = REFERENCE_TOLERANCE, "any machine"
+        else:
+            check = suite.check_for(metric)
+            if check is None:
+                continue
+            same = same_machine.get(key.split("/")[0], False) if isinstance(same_machine, dict) else same_machine
+            tol, bounds = (check.tolerance, "this machine") if same else (check.other_machine, "other machine")
         v = values.get(key, {}).get("value")
         status, used = compare_one(v, base.get(key), tol)
         rows.append(
@@ -433,7 +443,7 @@ def compare(
                 "tolerance": tol.text(),
                 "status": status,
                 "used": used,
-                "bounds": "this machine" if same else "other machine",
+                "bounds": bounds,
                 "stage_dir": values.get(key, {}).get("stage_dir"),
             }
         )
@@ -545,6 +555,9 @@ def accept(run_dir: Path, root: Path = BASELINES) -> tuple[Path, list[str]]:
         raise RegressError(
             f"{run_dir}: ran with SET {' '.join(res['overrides'])}; a baseline comes from the suite as written"
         )
+    if res["only"] == [references.EXP]:
+        targets, diff = accept_references(res, root)
+        return targets[0], diff
     failed = [e["id"] for e in res["experiments"] if e["state"] != "done"]
     if failed:
         raise RegressError(f"{run_dir}: experiment(s) {', '.join(failed)} did not finish; fix them and run again")
@@ -723,11 +736,32 @@ def make_args(suite: Suite, entry: Entry, experiments: Path, extra_set: list[str
 
 
 def select(suite: Suite, only: list[str]) -> list[Entry]:
+    """The experiments to run; ONLY=reference alone runs none (the machine-independent rows only)."""
     ids = [e.id for e in suite.experiments]
-    unknown = [o for o in only if o not in ids]
+    unknown = [o for o in only if o not in ids and o != references.EXP]
     if unknown:
         raise RegressError(f"ONLY: {', '.join(unknown)} not in suite {suite.name} (its experiments: {', '.join(ids)})")
     return [e for e in suite.experiments if not only or e.id in only]
+
+
+def accept_references(res: dict, root: Path = BASELINES) -> tuple[list[Path], list[str]]:
+    """A run of ONLY=reference: its rows are the same on any machine, so they join every
+    baseline of the suite's hardware key (the main one and each machine's own), nothing else."""
+    rows = [r for r in res["rows"] if r["metric"].split("/")[0] == references.EXP]
+    main = baseline_path(res["suite"], res["hardware_key"], root)
+    targets = [p for p in [main, *sorted(main.parent.glob(f"{res['hardware_key']}-*.json"))] if p.exists()]
+    if not targets:
+        raise RegressError(f"{main}: no baseline yet; accept a whole run first (make regress SUITE={res['suite']})")
+    diff = []
+    for path in targets:
+        b = read_baseline(path)
+        for r in rows:
+            old = b["metrics"].get(r["metric"])
+            if old != r["value"]:
+                diff.append(f"{path.name}: {r['metric']}: {_fmt(old)} -> {_fmt(r['value'])}")
+            b["metrics"][r["metric"]] = r["value"]
+        fsutil.write_json_atomic(path, b)
+    return targets, diff
 
 
 def dry_run(suite: Suite, root: Path, only: list[str], extra_set: list[str], print_=print) -> int:
@@ -839,8 +873,9 @@ def run(suite: Suite, root: Path, only: list[str], extra_set: list[str], print_=
                 compare_page = f"experiments/compare/{suite.name}/compare.md"
             else:
                 problems.append(f"comparison: {state}; log: logs/compare.log")
+    values.update(references.values())  # the pure maths on fixed inputs: exact on any machine
     same = same_machine_by_id(base, ids, machine)
-    rows = compare(suite, values, base, ids, same)
+    rows = compare(suite, values, base, [*ids, references.EXP], same)
     if base is None:
         problems.append(
             f"no baseline for hardware {key}: {bpath.relative_to(REPO)} (make regress-accept SUITE={suite.name})"
@@ -905,9 +940,10 @@ def main_run(suite_name: str, root: Path, only: list[str], extra_set: list[str],
     verdict = "PASS" if res["ok"] else "FAIL"
     if res["ok"] and loose:
         verdict = "PASS, LOOSE" if not strict() else "FAIL (STRICT=1: loose bounds)"
+    exact = sum(r.get("bounds") == "any machine" for r in res["rows"])
     print(
         f"[regress {suite.name}] {verdict}: {n - len(failures(res['rows']))}/{n} metrics within tolerance "
-        f"({_bounds_text(res)}); {run_dir / 'regress.md'}"
+        f"({_bounds_text(res)}; {exact} machine-independent rows exact on any machine); {run_dir / 'regress.md'}"
     )
     if loose:
         print(
