@@ -87,6 +87,8 @@ def test_degenerate_answers(answer, degenerate):
 def test_safety_stage_refuses_to_score_empty_answers(monkeypatch, tmp_path):
     rows = [{"id": f"r{i}", "safe": i % 2 == 0, "category": "c", "prompt": f"p{i}"} for i in range(10)]
     monkeypatch.setattr(generation, "generate", lambda *a, **k: [""] * 9 + ["I cannot help with that."])
+    monkeypatch.setattr(safety, "load_tokenizer", lambda m: None)  # no model "m": no control tokens either
+    monkeypatch.setattr(safety, "refuse_control", lambda tok, rows: (rows, []))
 
     class NoJudge:
         def judge(self, answers):
