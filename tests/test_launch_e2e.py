@@ -40,7 +40,12 @@ STEPS = 4
 # Measured on this kind of machine (2 processes, 4 steps): see each test for the measured value.
 TOL_DPO_DDP = 1e-5  # DPO: DDP 2x4 vs one process x8: measured 5.6e-7
 TOL_SFT_DDP = 5e-2  # SFT: measured 1.2e-2 (Axolotl's batches per process are not the single run's halves)
-TOL_KTO_DDP = 2e-4  # KTO: measured 6.0e-5 (the KL estimate is per device batch: see the module docstring)
+# KTO: the KL estimate is per device batch (see the module docstring), and Adam turns that small
+# difference in LoRA A's near-zero gradients (B starts at 0) into steps of about the learning rate
+# whose sign varies by CPU: A differed by 6.0e-5 on an AMD EPYC, 2.4e-4 on an Intel Xeon (all of
+# the 4 steps' movement, 1e-3, would be 4e-3 at most). B, which training moves from zero, differed
+# by 2.2e-6 there: KTO is compared on B, against 1e-4 (every entry 10x below what training moved)
+TOL_KTO_DDP = 1e-4
 TOL_ZERO2 = 1e-6  # ZeRO-2 vs DDP, same layout
 TOL_ZERO3 = 1e-5  # ZeRO-3 vs DDP, same layout (weights gathered and re-partitioned each step)
 
@@ -91,10 +96,11 @@ def adapter(d: Path) -> dict:
     return load_file(str(d / "adapter" / "adapter_model.safetensors"))
 
 
-def max_diff(a: Path, b: Path) -> float:
+def max_diff(a: Path, b: Path, only: str = "") -> float:
+    """The largest difference between two adapters' weights (those whose name holds `only`)."""
     x, y = adapter(a), adapter(b)
     assert x.keys() == y.keys()
-    return max((x[k].float() - y[k].float()).abs().max().item() for k in x)
+    return max((x[k].float() - y[k].float()).abs().max().item() for k in x if only in k)
 
 
 def trained(d: Path) -> float:
@@ -141,8 +147,8 @@ def test_trl_ddp_two_processes_match_one(root, stage, tol):
     check_distributed(one, 1, "NO", 8)
     check_distributed(two, 2, "MULTI_CPU", 4)
     assert not (one / "accelerate.yaml").exists() and (two / "accelerate.yaml").exists()
-    diff = max_diff(one, two)
-    print(f"{stage}: DDP 2x4 vs 1x8 adapter max |diff| {diff:.3g}")
+    diff = max_diff(one, two, only="lora_B" if stage == "kto" else "")
+    print(f"{stage}: DDP 2x4 vs 1x8 adapter max |diff| {diff:.3g} (all weights: {max_diff(one, two):.3g})")
     assert diff < tol
     # the tolerance is well below what the 4 steps moved (measured 1.0e-3 for both: Adam moves a
     # weight by about the learning rate a step), so a launch that trained nothing, or two
