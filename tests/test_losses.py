@@ -24,6 +24,9 @@ def test_kto_matches_hand_computed():
         undesirable_weight=1.5,
     )
     assert out.tolist() == pytest.approx([1 - sig(B * (2 - 1)), 1.5 * (1 - sig(B * (1 + 3)))])
+    # both weights default to 1
+    out = losses.kto_losses(torch.tensor([2.0]), torch.tensor([-3.0]), torch.tensor(1.0), beta=B)
+    assert out.tolist() == pytest.approx([1 - sig(B * (2 - 1)), 1 - sig(B * (1 + 3))])
 
 
 def test_kto_s_equals_kto_where_reward_negative():
@@ -116,5 +119,7 @@ def test_nll_is_per_sequence_mean_over_desirable_rows():
     pooled = -(lp * mask)[labels].sum() / mask[labels].sum()
     assert pooled.item() == pytest.approx(8 / 3)
     assert losses.desirable_nll(lp, mask, labels).item() == pytest.approx((2.0 + 4.0) / 2)
+    # labels as 0/1 integers select the same rows (not rows 0 and 1 by index)
+    assert losses.desirable_nll(lp, mask, torch.tensor([1, 0, 1])).item() == pytest.approx(3.0)
     zero = losses.desirable_nll(lp.requires_grad_(), mask, torch.tensor([False, False, False]))
     assert zero.item() == 0.0 and zero.requires_grad
