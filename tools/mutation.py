@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make mutation`: mutation testing of the pure core with mutmut (docs/testing.md, Mutation testing).
 
-mutmut mutates whole files ([tool.mutmut] in pyproject.toml names them and the unit test files
+mutmut mutates whole files (setup.cfg's [mutmut] names them and the unit test files
 that run); this script runs only the mutants of the pure functions below, in one worker, then
 prints per module: mutants, killed, survived, timeout, score %, and each survivor (file:line and
 its diff). Exit status 1 when a module scores under the goal.
