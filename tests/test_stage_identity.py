@@ -95,3 +95,14 @@ def test_a_model_profile_enters_the_model_stages_only():
     p = plan.plan(r)
     with_profile = [k for k, v in p.items() if v["slice"].get("profile") == "toy-llama3"]
     assert sorted(with_profile) == sorted(k for k in p if k not in ("data", "judge"))
+
+
+def test_generated_data_is_named_by_the_generation_stage():
+    r = recipe.load(REPO / "recipes" / "gen_sft_kto.yaml")
+    p = plan.plan(r)
+    gen = p["gen"]["slice"]
+    assert gen == plan.gen_slice(r) and gen["kind"] == "gen" and p["gen"]["dir"] == f"gen-{sha12(gen)}"
+    data = p["data"]["slice"]
+    assert data["files"] == {"gen": p["gen"]["dir"]}
+    assert data["data"] == {k: v for k, v in recipe.identity(r.data).items() if k != "generate"}
+    assert "generate" in recipe.identity(r.data)

@@ -134,3 +134,68 @@ def test_fit_prompt_cuts_to_exactly_max_tokens_with_the_generation_prompt(tok):
         messages, cut = t.fit_prompt(tok, p, limit)
         assert cut and n(tok, messages, True) == limit
         assert messages[0] == p[0] and LONG.endswith(messages[-1]["content"])
+
+
+class CharTok:
+    """A character tokenizer with a BOS on plain calls (as Llama 3's) and two made-to-order
+    disagreements between its offsets and its chat template, the shifts the policy re-measures for:
+    a '#' is two offsets but one template token (a cut there removes half what it meant to), an
+    '@' one offset but two template tokens (a cut there keeps more than it meant to). The template
+    counts 2 tokens per message plus its content's."""
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        offs = [(0, 0)] * add_special_tokens
+        for i, ch in enumerate(text):
+            offs += [(i, i + 1), (i + 1, i + 1)] if ch == "#" else [(i, i + 1)]
+        return {"offset_mapping": offs}
+
+    def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False, return_dict=False):
+        size = sum(2 + len(m["content"]) + m["content"].count("@") for m in messages)
+        return [0] * (size + add_generation_prompt)
+
+
+def test_fit_re_measures_the_prompt_at_most_four_times():
+    tok, c = CharTok(), assistant("ok")
+    # the excess is all '#': each cut removes half of it, so the cuts go 4, 2, 1, 1 (fits at the
+    # 4th measure) or 8, 4, 2, 1 (still over at the 4th: the fallback keeps MIN_PROMPT of the prompt)
+    for hashes, outcome, left in ((4, t.PROMPT, "y" * 40), (8, t.COMPLETION, "y" * t.MIN_PROMPT)):
+        p = user("#" * hashes + "y" * 40)
+        budget = t._n(tok, p + c) - hashes
+        assert t.fit(tok, p, [c], budget + t.MARGIN) == (user(left), [c], outcome)
+
+
+def test_fit_keeps_a_prompt_of_exactly_min_prompt_tokens_and_a_short_one_whole():
+    tok, c = CharTok(), assistant("ok")
+    p = user("x" * 30 + "y" * t.MIN_PROMPT)
+    budget = t._n(tok, p + c) - 30  # the cut leaves exactly MIN_PROMPT characters
+    assert t.fit(tok, p, [c], budget + t.MARGIN) == (user("y" * t.MIN_PROMPT), [c], t.PROMPT)
+    short, long_ = user("hello"), assistant("z" * 50)
+    budget = t._n(tok, short + long_) - 20
+    # the prompt loses nothing; the completion the 20 tokens over
+    assert t.fit(tok, short, [long_], budget + t.MARGIN) == (short, [assistant("z" * 30)], t.COMPLETION)
+
+
+def test_fit_shortens_the_completion_two_tokens_at_a_time_when_the_cut_grows_it():
+    tok, p, c = CharTok(), user("hi"), assistant("@@@" + "c" * 40)
+    budget = t._n(tok, p + t._with(c, "")) + 10  # room for 10 completion tokens
+    # cut to 10 offsets: "@@@ccccccc" counts 13; to 8: 11; to 6: "@@@ccc", 9
+    assert t.fit(tok, p, [c], budget + t.MARGIN) == (p, [assistant("@@@ccc")], t.COMPLETION)
+
+
+def test_fit_prompt_cuts_at_most_four_times_and_only_the_last_message():
+    tok = CharTok()
+    head = [{"role": "system", "content": "s"}, {"role": "user", "content": "earlier"}, *assistant("reply")]
+    # cuts of 8, 4, 2, 1 ... : 8 '#' fit after the 4th; 16 are one over after it, and it stops there
+    for hashes, left in ((8, "y" * 40), (16, "#" + "y" * 40)):
+        messages = head + user("#" * hashes + "y" * 40)
+        out, cut = t.fit_prompt(tok, messages, t._n(tok, messages, True) - hashes)
+        assert cut and out == head + user(left)
+
+
+def test_fit_rows_sft_splits_off_only_the_last_message():
+    tok = CharTok()
+    sft = {"id": "s", "messages": [{"role": "system", "content": "s"}, *user("x" * 30), *assistant("ok")]}
+    budget = t._n(tok, sft["messages"]) - 5
+    (row,), counts = t.fit_rows(tok, [sft], "sft", budget + t.MARGIN)
+    assert row["messages"] == [{"role": "system", "content": "s"}, *user("x" * 25), *assistant("ok")]
+    assert counts[t.PROMPT] == 1 and counts["tokens"] == budget
