@@ -257,14 +257,15 @@ def test_compare_per_experiment_machine_and_a_baseline_without_metrics(tmp_path)
     suite = write_suite(tmp_path, SUITE)
     base = {"metrics": {"sft/sft/last_loss": 1.0, "sft_kto/kto/last_loss": 1.0}}
     run = values(sft__sft__last_loss=1.3, sft_kto__kto__last_loss=1.3)
-    # sft measured here (exact bound), sft_kto elsewhere; an id the mapping lacks counts as elsewhere
-    for same in ({"sft": True, "sft_kto": False}, {"sft": True}):
+    # looked up by experiment id (the key's first part): sft_kto measured here (exact bound), sft
+    # elsewhere; an id the mapping lacks counts as elsewhere
+    for same in ({"sft_kto": True, "sft": False}, {"sft_kto": True}):
         rows = {r["metric"]: r for r in regress.compare(suite, run, base, ["sft", "sft_kto"], same_machine=same)}
-        assert (rows["sft/sft/last_loss"]["status"], rows["sft/sft/last_loss"]["bounds"]) == ("FAIL", "this machine")
         assert (rows["sft_kto/kto/last_loss"]["status"], rows["sft_kto/kto/last_loss"]["bounds"]) == (
-            "pass",
-            "other machine",
+            "FAIL",
+            "this machine",
         )
+        assert (rows["sft/sft/last_loss"]["status"], rows["sft/sft/last_loss"]["bounds"]) == ("pass", "other machine")
     rows = regress.compare(suite, run, {"machine": {}}, ["sft"], same_machine=True)
     assert [(r["metric"], r["status"]) for r in rows] == [
         ("sft/sft/last_loss", "new"),

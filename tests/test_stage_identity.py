@@ -90,6 +90,14 @@ def test_evaluation_slices_name_their_model_judge_and_reference():
         assert p[name]["dir"] == f"{p[name]['slice']['kind']}-{sha12(p[name]['slice'])}", name
 
 
+def test_only_a_fixtures_leaderboard_has_the_fixtures_in_its_identity():
+    p = plan.plan(SFT_KTO)
+    assert p["leaderboard-base"]["slice"]["fixtures"] == plan.fixtures_identity()
+    hub = plan.plan(recipe.load(REPO / "recipes" / "sft_kto.yaml", ["eval.leaderboard.source=hub"]))
+    assert "fixtures" not in hub["leaderboard-base"]["slice"]
+    assert hub["leaderboard-base"]["dir"] != p["leaderboard-base"]["dir"]
+
+
 def test_a_model_profile_enters_the_model_stages_only():
     r = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["model=toy-llama3"])
     p = plan.plan(r)

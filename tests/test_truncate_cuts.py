@@ -138,7 +138,7 @@ def test_fit_prompt_cuts_to_exactly_max_tokens_with_the_generation_prompt(tok):
 
 class CharTok:
     """A character tokenizer with a BOS on plain calls (as Llama 3's) and two made-to-order
-    disagreements between its offsets and its chat template, the shifts the policy re-measures for:
+    disagreements between its offsets and its chat template (and no token for a space), the shifts the policy re-measures for:
     a '#' is two offsets but one template token (a cut there removes half what it meant to), an
     '@' one offset but two template tokens (a cut there keeps more than it meant to). The template
     counts 2 tokens per message plus its content's."""
@@ -146,7 +146,8 @@ class CharTok:
     def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
         offs = [(0, 0)] * add_special_tokens
         for i, ch in enumerate(text):
-            offs += [(i, i + 1), (i + 1, i + 1)] if ch == "#" else [(i, i + 1)]
+            if ch != " ":  # spaces are no token (as a whitespace pre-tokenizer drops them)
+                offs += [(i, i + 1), (i + 1, i + 1)] if ch == "#" else [(i, i + 1)]
         return {"offset_mapping": offs}
 
     def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False, return_dict=False):
@@ -199,3 +200,8 @@ def test_fit_rows_sft_splits_off_only_the_last_message():
     (row,), counts = t.fit_rows(tok, [sft], "sft", budget + t.MARGIN)
     assert row["messages"] == [{"role": "system", "content": "s"}, *user("x" * 25), *assistant("ok")]
     assert counts[t.PROMPT] == 1 and counts["tokens"] == budget
+
+
+def test_keeping_every_token_keeps_the_characters_outside_them():
+    tok = CharTok()
+    assert t.cut_right(tok, "ab ", 2) == "ab " and t.cut_right(tok, "ab ", 1) == "a"
