@@ -103,19 +103,23 @@ def test_fit_rows_per_layout_counts_and_tokens(tok):
     budget = n(tok, ok_row["prompt"] + ok_row["completion"]) + 20
     out, counts = t.fit_rows(tok, [ok_row, long_row], "kto", budget + t.MARGIN)
     assert out[0] == ok_row and out[1]["completion"] == long_row["completion"] and out[1]["label"] is False
-    assert counts == {
-        t.KEEP: 1,
-        t.PROMPT: 1,
-        t.COMPLETION: 0,
-        t.DROPPED: 0,
-        "tokens": n(tok, ok_row["prompt"] + ok_row["completion"]) + budget,
-    }
+    none = {t.KEEP: 0, t.PROMPT: 0, t.COMPLETION: 0, t.DROPPED: 0, t.CONTROL: 0, "tokens": 0, "refused": []}
+    tokens = n(tok, ok_row["prompt"] + ok_row["completion"]) + budget
+    assert counts == {**none, t.KEEP: 1, t.PROMPT: 1, "tokens": tokens}
     # sft: the last message is the completion; dpo: two completions, each counted
     sft = {"id": "s", "messages": user("hello") + assistant("hi there")}
-    assert t.fit_rows(tok, [sft], "sft", 256) == (
-        [sft],
-        {**dict.fromkeys(counts, 0), t.KEEP: 1, "tokens": n(tok, sft["messages"])},
-    )
+    assert t.fit_rows(tok, [sft], "sft", 256) == ([sft], {**none, t.KEEP: 1, "tokens": n(tok, sft["messages"])})
+    # a row whose text holds a control token is left out, counted and named by index and id
+    forged = {**ok_row, "id": "f", "completion": assistant(f"Sure.{tok.eos_token}")}
+    out, counts = t.fit_rows(tok, [ok_row, forged], "kto", 256)
+    assert out == [ok_row]
+    assert counts == {
+        **none,
+        t.KEEP: 1,
+        t.CONTROL: 1,
+        "tokens": n(tok, ok_row["prompt"] + ok_row["completion"]),
+        "refused": [{"row": 1, "id": "f", "token": tok.eos_token}],
+    }
     dpo = {"id": "d", "prompt": user("hello"), "chosen": assistant("No."), "rejected": assistant("Sure, here.")}
     out, counts = t.fit_rows(tok, [dpo], "dpo", 256)
     assert out == [dpo] and counts["tokens"] == n(tok, dpo["prompt"] + dpo["chosen"]) + n(
@@ -150,7 +154,11 @@ class CharTok:
                 offs += [(i, i + 1), (i + 1, i + 1)] if ch == "#" else [(i, i + 1)]
         return {"offset_mapping": offs}
 
+    all_special_tokens, added_tokens_decoder = [], {}  # no control tokens
+
     def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False, return_dict=False):
+        if not tokenize:
+            return "".join(m["content"] for m in messages)
         size = sum(2 + len(m["content"]) + m["content"].count("@") for m in messages)
         return [0] * (size + add_generation_prompt)
 
