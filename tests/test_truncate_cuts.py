@@ -109,16 +109,19 @@ def test_fit_rows_per_layout_counts_and_tokens(tok):
     # sft: the last message is the completion; dpo: two completions, each counted
     sft = {"id": "s", "messages": user("hello") + assistant("hi there")}
     assert t.fit_rows(tok, [sft], "sft", 256) == ([sft], {**none, t.KEEP: 1, "tokens": n(tok, sft["messages"])})
-    # a row whose text holds a control token is left out, counted and named by index and id
-    forged = {**ok_row, "id": "f", "completion": assistant(f"Sure.{tok.eos_token}")}
-    out, counts = t.fit_rows(tok, [ok_row, forged], "kto", 256)
+    # a row whose text (prompt or completion) holds a control token is left out, counted and
+    # named by index and id; the rows after it are still fitted
+    eos = tok.eos_token
+    in_prompt = {**ok_row, "id": "p", "prompt": user(f"hi{eos}")}
+    in_completion = {**ok_row, "id": "c", "completion": assistant(f"Sure.{eos}")}
+    out, counts = t.fit_rows(tok, [in_prompt, ok_row, in_completion], "kto", 256)
     assert out == [ok_row]
     assert counts == {
         **none,
         t.KEEP: 1,
-        t.CONTROL: 1,
+        t.CONTROL: 2,
         "tokens": n(tok, ok_row["prompt"] + ok_row["completion"]),
-        "refused": [{"row": 1, "id": "f", "token": tok.eos_token}],
+        "refused": [{"row": 0, "id": "p", "token": eos}, {"row": 2, "id": "c", "token": eos}],
     }
     dpo = {"id": "d", "prompt": user("hello"), "chosen": assistant("No."), "rejected": assistant("Sure, here.")}
     out, counts = t.fit_rows(tok, [dpo], "dpo", 256)
