@@ -395,7 +395,7 @@ test-gpu: $(VENV_STAMP) ## the GPU-marked tests (FSDP, ZeRO-3 offload on a GPU; 
 
 # mutmut is installed on first use, constrained by requirements.lock (it moves no pin; pip check stays clean)
 .PHONY: mutation
-mutation: | $(VENV_STAMP) ## mutation testing of the pure core (mutmut, one worker, ~10 min): per-module score and each surviving mutant
+mutation: | $(VENV_STAMP) ## mutation testing of the pure core (mutmut, one worker, ~6 min): per-module score and each surviving mutant
 	@$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install -q -c requirements.lock mutmut==3.8.1
 	$(PY) -m pip check
 	$(PY) tools/mutation.py
