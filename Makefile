@@ -393,6 +393,13 @@ test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concur
 test-gpu: $(VENV_STAMP) ## the GPU-marked tests (FSDP, ZeRO-3 offload on a GPU; the nightly runs them): skipped with a reason where there is no CUDA
 	$(PY) -m pytest -q -m gpu -rs $(PYTEST)
 
+# mutmut is installed on first use, constrained by requirements.lock (it moves no pin; pip check stays clean)
+.PHONY: mutation
+mutation: | $(VENV_STAMP) ## mutation testing of the pure core (mutmut, one worker, ~6 min): per-module score and each surviving mutant
+	@$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install -q -c requirements.lock mutmut==3.8.1
+	$(PY) -m pip check
+	$(PY) tools/mutation.py
+
 .PHONY: lint
 lint: $(VENV_STAMP) ## ruff (package, tests, tools; make format fixes) and actionlint + shellcheck (.github/workflows)
 	$(VENV)/bin/ruff check .

@@ -171,3 +171,77 @@ def test_precomputed_reference_is_length_normalised(setup, tmp_path):
     b, _ = first_batch_loss(live)
     assert a == pytest.approx(b, abs=1e-6), "precomputed and live reference disagree under length normalisation"
     json.dumps(ln.train_dataset[0]["ref_logps"])  # a plain float per row
+
+
+def independent_nll(model, batch) -> tuple[float, float]:
+    """The desirable rows' NLL computed here from the model's logits, not by safealign.train.losses:
+    (mean over rows of each row's per-token mean, the same tokens pooled into one mean)."""
+    ids, mask = batch["input_ids"], batch["completion_mask"][:, 1:].to(torch.float64)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1].to(torch.float64)
+    nll = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1) * mask
+    rows = torch.as_tensor(batch["label"], dtype=torch.bool)
+    per_row = nll.sum(-1)[rows] / mask.sum(-1)[rows]
+    return per_row.mean().item(), (nll.sum(-1)[rows].sum() / mask.sum(-1)[rows].sum()).item()
+
+
+def test_trainer_nll_is_the_independently_computed_per_sequence_mean(setup, tmp_path):
+    """The NLL the trainer adds, as loss(alpha) - loss(0) on one batch, and the nll_loss it logs,
+    against the NLL computed from the model's own logits here."""
+    _, t = trainers(setup, tmp_path, peft=True, variant=KTOVariant(nll_alpha=0.5))
+    batch = next(iter(t.get_train_dataloader()))
+    t.model.train()
+    expected, pooled = independent_nll(t.model, batch)
+    assert abs(expected - pooled) > 1e-3, "the batch's completion lengths should tell the two means apart"
+    with torch.no_grad():
+        with_nll = t.compute_loss(t.model, batch).item()
+        logged = t._metrics["train"]["nll_loss"][-1]
+        t.variant.nll_alpha = 0.0
+        without = t.compute_loss(t.model, batch).item()
+    assert logged == pytest.approx(expected, rel=1e-5)
+    assert (with_nll - without) / 0.5 == pytest.approx(expected, rel=1e-4)
+
+
+def test_precomputed_reference_cache_is_keyed_by_the_reduction(setup, tmp_path):
+    """trl caches precomputed reference log-probs next to an on-disk dataset under a key of (data,
+    model, calculate_KL). A length-normalised trainer must not reuse the sums a plain one cached,
+    and must reuse its own cache on the next run (a stable key, not a random one)."""
+    from datasets import load_from_disk
+
+    tok, ds, policy, ref = setup
+    ds.select(range(16)).save_to_disk(str(tmp_path / "data"))
+    on_disk = load_from_disk(str(tmp_path / "data"))
+    assert on_disk.cache_files, "an on-disk dataset, so trl's cache file names are not random"
+    folder = tmp_path / "data"
+
+    def build(variant):
+        return SafeKTOTrainer(
+            model=copy.deepcopy(policy),
+            ref_model=copy.deepcopy(ref),
+            args=args(tmp_path / "out", precompute_ref_log_probs=True),
+            train_dataset=on_disk,
+            processing_class=tok,
+            variant=variant,
+        )
+
+    def caches():
+        return set(folder.glob("cache-*.arrow"))
+
+    plain = build(KTOVariant())
+    after_plain = caches()
+    sums = torch.tensor(plain.train_dataset["ref_logps"])
+    ln = build(KTOVariant(length_normalize=True))
+    after_ln = caches()
+    means = torch.tensor(ln.train_dataset["ref_logps"])
+    assert after_ln > after_plain, "the length-normalised reference got cache files of its own"
+    # per-token means, not the cached sums: each row's sum over its completion's tokens is larger
+    rows = ln.train_dataset
+    n_tokens = torch.tensor(
+        [min(len(p) + len(c), 128) - len(p) for p, c in zip(rows["prompt_ids"], rows["completion_ids"])],
+        dtype=torch.float32,
+    )
+    assert torch.allclose(means * n_tokens, sums, rtol=1e-4, atol=1e-4)
+    assert (n_tokens > 1).any() and not torch.allclose(means, sums)
+    again = build(KTOVariant(length_normalize=True))
+    assert caches() == after_ln, "a second length-normalised run reuses the first one's cache"
+    assert torch.equal(torch.tensor(again.train_dataset["ref_logps"]), means)

@@ -59,6 +59,44 @@ def test_single_k_and_generative_families():
         normalise("gpqa", {})
 
 
+def test_each_family_returns_exactly_its_fields():
+    res = {
+        "leaderboard_gpqa": {"acc_norm,none": 0.625},
+        "leaderboard_mmlu_pro": {"acc,none": 0.325},
+        "leaderboard_math_hard": {"exact_match,none": 0.125},
+        "leaderboard_ifeval": {"prompt_level_strict_acc,none": 0.25, "inst_level_strict_acc,none": 0.75},
+    }
+    assert normalise("gpqa", res) == {"raw": 0.625, "normalised": pytest.approx(50.0), "k": 4}
+    assert normalise("mmlu_pro", res) == {"raw": 0.325, "normalised": pytest.approx(25.0), "k": 10}
+    assert normalise("math", res) == {"raw": 0.125, "normalised": 12.5}
+    # IFEval: the mean of the prompt-level and instruction-level strict accuracies (unequal here)
+    assert normalise("ifeval", res) == {
+        "raw": 0.5,
+        "normalised": 50.0,
+        "prompt_level_strict_acc": 0.25,
+        "inst_level_strict_acc": 0.75,
+    }
+
+
+def test_bbh_without_its_group_score_takes_the_subtasks_mean_raw():
+    res = {
+        "leaderboard_bbh_boolean_expressions": {"acc_norm,none": 0.75},  # k=2
+        "leaderboard_bbh_date_understanding": {"acc_norm,none": 0.5},  # k=6
+        "leaderboard_bbh_snarks": {"acc_norm,none": 0.25},  # k=2, below chance: 0
+    }
+    out = normalise("bbh", res)
+    assert out["raw"] == pytest.approx(0.5) and out["normalised"] == pytest.approx((50.0 + 40.0 + 0.0) / 3)
+    assert out["subtasks"]["date_understanding"] == {"raw": 0.5, "k": 6, "normalised": pytest.approx(40.0)}
+    assert sorted(out["subtasks"]) == ["boolean_expressions", "date_understanding", "snarks"]
+
+
+def test_normalise_and_table_edge_cases():
+    assert normalise_mc(0.25, 4) == 0.0  # exactly the random baseline
+    with pytest.raises(LeaderboardError, match="no leaderboard_musr subtasks"):
+        normalise("musr", {"leaderboard_musr": {"acc_norm,none": 0.5}})
+    assert lb.table({}, []) == {"families": {}, "average": None}
+
+
 def test_choice_counts_match_lm_eval_task_definitions():
     import yaml
 

@@ -224,6 +224,80 @@ def test_compare_reports_missing_and_new_metrics_and_ignores_unselected_experime
     assert [r["metric"] for r in regress.failures(list(rows.values()))] == ["sft/base/refusal_rate"]
 
 
+def test_compare_one_with_an_exact_tolerance_uses_none_or_all_of_it():
+    exact = Tolerance()
+    assert regress.compare_one(1.0, 1.0, exact) == ("pass", 0.0)
+    assert regress.compare_one(1.5, 1.0, exact) == ("FAIL", math.inf)
+    assert regress.compare_one(0.5, 1.0, Tolerance(fail_if="higher")) == ("pass", 0.0)  # better: none used
+    assert regress.compare_one(2.5, 1.0, Tolerance(fail_if="higher")) == ("FAIL", math.inf)
+
+
+def test_compare_rows_follow_the_ids_order_and_carry_value_baseline_and_stage(tmp_path):
+    suite = write_suite(tmp_path, SUITE)
+    base = {"metrics": {"sft/sft/last_loss": 1.0, "sft_kto/kto/last_loss": 0.5}}
+    run = values(
+        sft__sft__last_loss=1.0, sft_kto__kto__last_loss=0.5, sft_kto__base__last_loss=2.0, extra__x__last_loss=3.0
+    )
+    run.update(values(aaa__x__last_loss=4.0))
+    rows = regress.compare(suite, run, base, ["sft_kto", "sft"], same_machine=True)
+    # ids order (not alphabetical), by name within an id; experiments not in ids last, by name
+    assert [r["metric"] for r in rows] == [
+        "sft_kto/base/last_loss",
+        "sft_kto/kto/last_loss",
+        "sft/sft/last_loss",
+        "aaa/x/last_loss",
+        "extra/x/last_loss",
+    ]
+    kto = rows[1]
+    assert (kto["value"], kto["baseline"], kto["stage_dir"], kto["status"]) == (0.5, 0.5, "dir-kto", "pass")
+    assert rows[0]["baseline"] is None and rows[0]["status"] == "new"
+
+
+def test_compare_per_experiment_machine_and_a_baseline_without_metrics(tmp_path):
+    suite = write_suite(tmp_path, SUITE)
+    base = {"metrics": {"sft/sft/last_loss": 1.0, "sft_kto/kto/last_loss": 1.0}}
+    run = values(sft__sft__last_loss=1.3, sft_kto__kto__last_loss=1.3)
+    # looked up by experiment id (the key's first part): sft_kto measured here (exact bound), sft
+    # elsewhere; an id the mapping lacks counts as elsewhere
+    for same in ({"sft_kto": True, "sft": False}, {"sft_kto": True}):
+        rows = {r["metric"]: r for r in regress.compare(suite, run, base, ["sft", "sft_kto"], same_machine=same)}
+        assert (rows["sft_kto/kto/last_loss"]["status"], rows["sft_kto/kto/last_loss"]["bounds"]) == (
+            "FAIL",
+            "this machine",
+        )
+        assert (rows["sft/sft/last_loss"]["status"], rows["sft/sft/last_loss"]["bounds"]) == ("pass", "other machine")
+    rows = regress.compare(suite, run, {"machine": {}}, ["sft"], same_machine=True)
+    assert [(r["metric"], r["status"]) for r in rows] == [
+        ("sft/sft/last_loss", "new"),
+        ("sft_kto/kto/last_loss", "new"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (0.1, "m: expected a mapping like {abs: 0.01} or {rel: 0.1, fail_if: higher}"),
+        ({"zeta": 1, "alpha": 2}, "m: unknown key(s) alpha, zeta (allowed: abs, fail_if, other_machine, rel)"),
+        ({"rel": -0.5}, "m.rel: expected a number >= 0, got -0.5"),
+        ({"abs": True}, "m.abs: expected a number >= 0, got True"),
+        ({"abs": "0.1"}, "m.abs: expected a number >= 0, got '0.1'"),
+        ({"rel": math.inf}, "m.rel: expected a number >= 0, got inf"),
+        ({"fail_if": "up"}, "m.fail_if: expected one of both, higher, lower, got 'up'"),
+    ],
+)
+def test_tolerance_errors_name_the_key_and_what_is_allowed(raw, message):
+    with pytest.raises(RegressError) as e:
+        regress._tolerance(raw, "m")
+    assert str(e.value) == message
+
+
+def test_tolerance_reads_each_bound_and_inherits_fail_if():
+    assert regress._tolerance({"rel": 0.25}, "m") == Tolerance(abs=0.0, rel=0.25, fail_if="both")
+    assert regress._tolerance({"abs": 2}, "m", fail_if="lower") == Tolerance(abs=2.0, rel=0.0, fail_if="lower")
+    with pytest.raises(RegressError, match=r"unknown key\(s\) fail_if \(allowed: abs, rel\)"):
+        regress._tolerance({"fail_if": "higher"}, "m", fail_if="lower")
+
+
 def result(rows, ok=None, **extra):
     r = {
         "suite": "s",

@@ -87,3 +87,59 @@ def test_summarise_skips_missing_values():
     assert summarise([None, None], 100, 0) is None
     s = summarise([1.0, None, 0.0], 0, 0)
     assert s == {"value": 0.5, "low": 0.5, "high": 0.5, "n": 2}
+
+
+# continuous values: every bootstrap mean differs, so each order statistic is a distinct value
+SPREAD = [0.03, 0.91, 0.44, 0.27, 0.78, 0.12, 0.65, 0.5, 0.36, 0.87, 0.05, 0.59]
+
+
+def test_bootstrap_interval_is_the_seeded_percentile_of_resampled_means():
+    # 1000 resample means, sorted: 2.5% lies between the 25th and 26th (index 24.975), taken
+    # "lower"; 97.5% between indices 974.025 and 975, taken "higher"
+    rng = np.random.default_rng(5)
+    n = len(SPREAD)
+    means = np.sort(np.asarray(SPREAD)[rng.integers(0, n, size=(1000, n))].mean(axis=1))
+    assert means[24] < means[25] and means[974] < means[975]
+    assert bootstrap_ci(SPREAD, 1000, seed=5) == (float(means[24]), float(means[975]))
+    # level: the 80% interval, from the 10% point (index 99.9, lower) to the 90% one (899.1, higher)
+    assert bootstrap_ci(SPREAD, 1000, seed=5, level=0.8) == (float(means[99]), float(means[900]))
+
+
+def test_bootstrap_edge_cases():
+    low, high = bootstrap_ci([], 100, seed=0)
+    assert np.isnan(low) and np.isnan(high)
+    assert bootstrap_ci([0.5], 100, seed=0) == (0.5, 0.5)
+    # one resample: the interval is that resample's mean, not the sample's mean (2.0)
+    v = [0.0, 1.0, 5.0]
+    one = np.asarray(v)[np.random.default_rng(0).integers(0, 3, size=(1, 3))].mean()
+    assert one != 2.0 and bootstrap_ci(v, 1, seed=0) == (one, one)
+    # computed in float64 whatever the input's dtype
+    as32 = np.asarray(SPREAD, dtype=np.float32)
+    assert bootstrap_ci(as32, 0, 0) == bootstrap_ci(as32.astype(np.float64), 0, 0)
+    assert bootstrap_ci(as32, 200, 1) == bootstrap_ci(as32.astype(np.float64), 200, 1)
+
+
+def test_summarise_rounds_to_four_places_and_is_seeded():
+    s = summarise([1.0, 0.0, 0.0], 0, 0)
+    assert s == {"value": 0.3333, "low": 0.3333, "high": 0.3333, "n": 3}
+    a, b = summarise(SPREAD, 500, 9), summarise(SPREAD, 500, 9)
+    assert a == b and (a["low"], a["high"]) == tuple(round(x, 4) for x in bootstrap_ci(SPREAD, 500, 9))
+
+
+def similarity_rows(values, subset="s"):
+    return [{"safe": True, "category": "c", "subset": subset, "refused": False, "similarity": x} for x in values]
+
+
+def test_aggregate_defaults_seed_and_missing_subset():
+    rows_ = similarity_rows(SPREAD)
+    default = aggregate(rows_)["overall"]["similarity_to_base"]
+    s = summarise(SPREAD, 1000, 0)
+    assert default == s
+    assert aggregate(rows_, n_boot=1000, seed=0) == aggregate(rows_)
+    # the defaults are told apart by the interval: another seed or count moves it
+    assert summarise(SPREAD, 1000, 1) != s and summarise(SPREAD, 1001, 0) != s
+    # rows without a subset (absent or empty) are one group, named "-"
+    no_subset = similarity_rows([0.25], subset=None) + [{**similarity_rows([0.75])[0], "subset": ""}]
+    del no_subset[0]["subset"]
+    by = aggregate(no_subset, n_boot=0)["by_subset"]
+    assert list(by) == ["-"] and by["-"]["similarity_to_base"]["value"] == 0.5

@@ -423,7 +423,8 @@ def compare(
     base = (baseline or {}).get("metrics", {})
     keys = {k for k in values} | {k for k in base if k.split("/", 1)[0] in ids}
     rows = []
-    for key in sorted(keys, key=lambda k: (ids.index(k.split("/")[0]) if k.split("/")[0] in ids else 99, k)):
+    # rows in the order of `ids`, then by name; an experiment not in `ids` after them all
+    for key in sorted(keys, key=lambda k: (ids.index(k.split("/")[0]) if k.split("/")[0] in ids else len(ids), k)):
         metric = key.rsplit("/", 1)[1]
         if key.split("/")[0] == references.EXP:  # the same on any machine: the exact bound everywhere
             tol, bounds = REFERENCE_TOLERANCE, "any machine"
