@@ -121,6 +121,7 @@ def fix_tokenizer(tok):
         setattr(tok, attr, token)
     tok.chat_template = CHAT_TEMPLATE
     tok.model_max_length = MAX_LENGTH
+    tok.clean_up_tokenization_spaces = False  # as the hub's: byte-level BPE decodes spaces exactly
     for key in ("local_files_only", "is_local"):  # how the GGUF was read, not settings of the tokenizer
         tok.init_kwargs.pop(key, None)
     return tok
