@@ -159,3 +159,27 @@ def test_provenance_says_what_the_weights_are(folder):
     assert info["tokenizer_fixes"]["gguf_said"]["eos"] == "<|im_start|>"  # what was wrong, kept on record
     card = (folder / "README.md").read_text()
     assert "license: apache-2.0" in card and smollm2.WHEEL_SHA256 in card and "not equal" in card
+
+
+# ------------------------------------------------------------------ the profiles
+def test_the_profiles_put_a_recipe_on_smollm2_on_a_cpu_and_on_a_gpu():
+    cpu = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["model=smollm2-135m"])
+    assert cpu.base_model == "smollm2-135m" and cpu.profile.family == "qwen2"
+    for cfg in (cpu.sft, cpu.kto):
+        assert (cfg.max_length, cfg.micro_batch_size, cfg.lora_r, cfg.lora_target_modules) == (128, 8, 16, "all-linear")
+    assert models.runtime(cpu.sft, "sft", gpu=False)["bf16"] is False  # fp32 on a CPU
+    gpu = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["model=smollm2-135m-gpu"])
+    assert gpu.base_model == "smollm2-135m" and gpu.sft.max_steps == -1 and gpu.kto.max_steps == -1
+    assert gpu.sft.micro_batch_size == 32 and gpu.sft.max_length == 1024
+    assert models.runtime(gpu.sft, "sft", gpu=True)["bf16"] is True
+
+
+def test_every_shipped_row_fits_the_cpu_profile_s_max_length(tok):
+    from safealign.data import rows as data
+
+    limit = recipe.load(REPO / "recipes" / "sft_kto.yaml", ["model=smollm2-135m"]).sft.max_length
+    for r in data.read_jsonl(REPO / "data" / "sg_safety" / "train.jsonl"):
+        for answer in (r["chosen"], r.get("rejected") or ""):
+            chat = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": answer}]
+            text = tok.apply_chat_template(chat, tokenize=False)
+            assert len(tok(text, add_special_tokens=False)["input_ids"]) <= limit, r["prompt"]
