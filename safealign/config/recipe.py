@@ -63,7 +63,7 @@ class _Common:
     seed: int = 42  # one seed for data shuffling, LoRA init and training order
     tracker: str = "tensorboard"  # training metrics to: tensorboard (in each stage folder), wandb, mlflow or none
     tracker_project: str = "safealign"  # W&B project / MLflow experiment name
-    base_model: str = "tiny-local"  # hub id, local path, tiny-local (the embedded model) or toy-<family>
+    base_model: str = "tiny-local"  # hub id, local path, tiny-local (the embedded model), smollm2-135m or toy-<family>
     # a model profile, models/<model>.yaml (Make: MODEL=...): the base model and every size knob
     # for real hardware, applied over this recipe; empty: the recipe's own values
     model: str = ""

