@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from safealign.eval import safety
 from safealign.eval.safety import aggregate, bootstrap_ci, summarise
 
 
@@ -143,3 +144,25 @@ def test_aggregate_defaults_seed_and_missing_subset():
     del no_subset[0]["subset"]
     by = aggregate(no_subset, n_boot=0)["by_subset"]
     assert list(by) == ["-"] and by["-"]["similarity_to_base"]["value"] == 0.5
+
+
+def test_resolvable_difference_is_the_two_proportion_power_formula():
+    """(1.95996 + 0.84162) * sqrt(2 * 0.25 / n): 45 prompts a side resolve ~30 points, 200 ~14."""
+    assert safety.resolvable_difference(45) == pytest.approx(2.801585 * (0.5 / 45) ** 0.5, rel=1e-5)
+    assert safety.resolvable_difference(200) == pytest.approx(0.140079, rel=1e-4)
+    assert safety.resolvable_difference(200, p=0.1) == pytest.approx(2.801585 * (2 * 0.09 / 200) ** 0.5, rel=1e-5)
+    assert safety.resolvable_difference(100, level=0.99) > safety.resolvable_difference(100)
+    assert safety.resolvable_difference(100, power=0.9) > safety.resolvable_difference(100)
+    assert safety.resolvable_difference(0) == float("inf")
+
+
+def test_the_summary_states_what_its_sample_can_resolve():
+    from safealign.eval import summary
+
+    rows = [{"safe": False, "category": "c", "toxic": i < 5, "refused": i > 20} for i in range(45)]
+    rows += [{"safe": True, "category": "d", "toxic": False, "refused": i < 2} for i in range(200)]
+    block = safety.aggregate(rows, n_boot=50)
+    s = {"models": {"base": {"safety": block}, "kto": {"safety": block}}}
+    line = summary.resolvable_line(s)
+    assert "toxicity and refusal (45 unsafe prompts): 30 points" in line
+    assert "false refusal (200 safe prompts): 14 points" in line

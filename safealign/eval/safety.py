@@ -23,6 +23,7 @@ prompts like these".
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -50,6 +51,19 @@ def bootstrap_ci(values, n_boot: int, seed: int, level: float = 0.95) -> tuple[f
     means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
     tail = (1 - level) / 2 * 100
     return (float(np.percentile(means, tail, method="lower")), float(np.percentile(means, 100 - tail, method="higher")))
+
+
+def resolvable_difference(n: int, level: float = 0.95, power: float = 0.8, p: float = 0.5) -> float:
+    """The smallest difference between two models' rates on `n` prompts each that a two-sided test
+    at `level` finds with probability `power`: (z_(1+level)/2 + z_power) * sqrt(2 p (1 - p) / n).
+    At p = 0.5, the worst case, and with no credit for the prompts being the same (pairing can
+    only narrow it), so an upper bound: a smaller difference between two columns says nothing."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return float("inf")
+    z = NormalDist().inv_cdf((1 + level) / 2) + NormalDist().inv_cdf(power)
+    return z * math.sqrt(2 * p * (1 - p) / n)
 
 
 def summarise(values, n_boot: int, seed: int) -> dict | None:

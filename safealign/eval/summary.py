@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from safealign.eval.leaderboard import TASK_FAMILIES
-from safealign.eval.safety import METRICS
+from safealign.eval.safety import METRICS, resolvable_difference
 from safealign.plan import experiment as plan
 
 LABELS = {
@@ -200,6 +200,27 @@ def _pct(rate) -> str:
     return "n/a" if not rate else f"{rate['value'] * 100:.1f}%"
 
 
+def resolvable_line(s: dict) -> str:
+    """What this sample can tell apart: the smallest difference between two columns of each rate
+    that its prompts resolve (eval/safety.resolvable_difference), from the prompts each rate had."""
+    models = [m for m in order(s) if s["models"][m].get("safety")]
+    if not models:
+        return ""
+    overall = s["models"][models[0]]["safety"]["overall"]
+    parts = []
+    for keys, what in ((("toxicity_rate", "refusal_rate"), "unsafe"), (("false_refusal_rate",), "safe")):
+        n = next((overall[k]["n"] for k in keys if overall.get(k)), 0)
+        if n:
+            names = " and ".join(LABELS[k].split(" (")[0] for k in keys)
+            parts.append(f"{names} ({n} {what} prompts): {resolvable_difference(n) * 100:.0f} points")
+    return (
+        "Smallest difference between two columns these prompts resolve (two-sided 95%, 80% power, worst "
+        "case p = 50%, no credit for pairing): "
+        + "; ".join(parts)
+        + ". A smaller difference is no evidence either way."
+    )
+
+
 def markdown(s: dict) -> str:
     parts = [
         f"# {s['experiment']}: evaluation",
@@ -229,6 +250,9 @@ def markdown(s: dict) -> str:
         md_table(h, rows),
         "",
     ]
+    resolvable = resolvable_line(s)
+    if resolvable:
+        parts += [resolvable, ""]
     cc = [(m, s["models"][m]["safety"].get("cross_check")) for m in order(s) if s["models"][m].get("safety")]
     if all(c for _, c in cc):
         parts += [
