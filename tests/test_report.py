@@ -242,3 +242,39 @@ def test_report_without_leaderboard(root):
 def test_compare_refuses_experiments_that_were_not_evaluated(root):
     with pytest.raises(FileNotFoundError, match="not evaluated yet: .*nope"):
         report.compare([root / "sft", root / "nope"], root / "compare" / "x")
+
+
+def test_comparison_shows_paired_differences_on_the_same_prompts_resolved_only_where_the_interval_excludes_0(
+    root, tmp_path
+):
+    """Two point estimates are no claim: each pair of final models gets A - B over the prompts both
+    answered, with a paired bootstrap interval; a clear gap is resolved (✓), a one-prompt one is not."""
+    import shutil
+
+    copy = tmp_path / "experiments"  # the experiments and their store, so the module's stay as they are
+    shutil.copytree(root, copy, symlinks=True)
+    exps = []
+    for name, refused in (("sft", lambda i: i < 4), ("sft_kto", lambda i: i < 36), ("sft_dpo", lambda i: i < 5)):
+        exp = copy / name
+        final = summary.order(json.loads((exp / "eval" / "summary.json").read_text()))[-1]
+        answers = exp / f"safety-{final}" / "answers.jsonl"
+        rows = [
+            {"id": f"u{i}", "safe": False, "toxic": not refused(i), "refused": refused(i), "category": "c"}
+            for i in range(40)
+        ] + [{"id": f"s{i}", "safe": True, "toxic": False, "refused": False, "category": "d"} for i in range(20)]
+        answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        exps.append(exp)
+    page = report.compare(exps, tmp_path / "compare" / "x").read_text()
+    paired = json.loads((tmp_path / "compare" / "x" / "table.json").read_text())["paired"]
+    got = {(p["a"], p["b"], p["rate"]): p for p in paired}
+    kto_sft = got[("sft", "sft_kto", "refusal_rate")]  # 4 vs 36 of 40 refused: -80 points, clearly resolved
+    assert kto_sft["value"] == pytest.approx(-0.8) and kto_sft["n"] == 40 and kto_sft["resolved"]
+    assert kto_sft["high"] < -0.6
+    one = got[("sft", "sft_dpo", "refusal_rate")]  # one prompt apart: the interval holds 0
+    assert one["value"] == pytest.approx(-0.025) and not one["resolved"] and one["low"] < 0 < one["high"] + 1e-9
+    assert (
+        got[("sft", "sft_kto", "false_refusal_rate")]["value"] == 0
+        and not got[("sft", "sft_kto", "false_refusal_rate")]["resolved"]
+    )
+    assert "## Paired differences (the same held-out prompts)" in page
+    assert "| sft − sft_kto | +76.0" not in page and "-80.0 [" in page and "✓" in page

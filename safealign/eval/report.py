@@ -23,6 +23,7 @@ from safealign.config import kinds
 from safealign.core import fsutil
 from safealign.eval import summary
 from safealign.eval.leaderboard import TASK_FAMILIES
+from safealign.eval.safety import METRICS, paired_difference
 from safealign.plan import experiment as plan
 
 # What each curve means, for axis labels: trl's names -> (label, unit)
@@ -408,6 +409,45 @@ def comparison_table(summaries: dict[str, dict]) -> tuple[list[str], list[list[s
     return header, table, {"rows": rows, "best": best}
 
 
+PAIRED_RATES = ("toxicity_rate", "refusal_rate", "false_refusal_rate")
+
+
+def final_answers(exp: Path, s: dict) -> dict[str, dict]:
+    """The experiment's final model's judged answers (safety stage), by prompt id."""
+    path = exp / f"safety-{summary.order(s)[-1]}" / "answers.jsonl"
+    if not path.exists():
+        return {}
+    return {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r}
+
+
+def paired_rows(exps: list[Path], summaries: dict[str, dict]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Each pair of experiments' final models, A minus B on the same held-out prompts, per rate:
+    the difference in points with its paired bootstrap 95% interval, ✓ where it excludes 0."""
+    ex = plan.Experiment(exps[0]).recipe
+    n_boot, seed = ex.eval.safety.bootstrap, ex.seed
+    answers = {e.name: final_answers(e, summaries[e.name]) for e in exps}
+    names = [n for n in answers if answers[n]]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    rows, data = [], []
+    for a, b in pairs:
+        cells = []
+        for rate in PAIRED_RATES:
+            safe, field = METRICS[rate]
+            da, db = ({i: r.get(field) for i, r in answers[n].items() if r["safe"] == safe} for n in (a, b))
+            d = paired_difference(da, db, n_boot, seed)
+            data.append({"a": a, "b": b, "rate": rate, **(d or {})})
+            cells.append(
+                "-"
+                if d is None
+                else f"{d['value'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]"
+                + (" ✓" if d["resolved"] else "")
+                + f" (n {d['n']})"
+            )
+        rows.append([f"{a} − {b}"] + cells)
+    header = ["A − B (points)"] + [summary.LABELS[r] for r in PAIRED_RATES]
+    return header, rows, data
+
+
 def compare(exps: list[Path], out: Path) -> Path:
     """Write out/compare.md with its plots; every experiment must have been evaluated."""
     missing = [e for e in exps if not (e / "eval" / "summary.json").exists()]
@@ -444,14 +484,30 @@ def compare(exps: list[Path], out: Path) -> Path:
             "",
             summary.md_table(header, rows),
             "",
-            "## Training curves",
-            "",
         ]
+        p_header, p_rows, paired = paired_rows(exps, summaries)
+        if p_rows:
+            parts += [
+                "## Paired differences (the same held-out prompts)",
+                "",
+                "The bold above marks point estimates only. Here, each pair of final models: A's rate minus "
+                "B's over the prompts both answered, with a paired bootstrap 95% interval (prompts "
+                "resampled together); ✓ where the interval excludes 0, the only differences this sample "
+                "shows. The rest are not resolved at this size, whatever the point estimates say.",
+                "",
+                summary.md_table(p_header, p_rows),
+                "",
+            ]
+        parts += ["## Training curves", ""]
         for f, t in drawn:
             parts += [f"### {t}", "", f"![{t}]({f})", ""]
         parts += ["## Sources", ""] + [f"- {n}: `{e}/eval/summary.json`" for n, e in zip(summaries, exps)]
         (tmp / "table.json").write_text(
-            json.dumps({"header": header, "table": rows, "values": data["rows"], "best": data["best"]}, indent=2) + "\n"
+            json.dumps(
+                {"header": header, "table": rows, "values": data["rows"], "best": data["best"], "paired": paired},
+                indent=2,
+            )
+            + "\n"
         )
         (tmp / "compare.md").write_text("\n".join(parts) + "\n")
     return out / "compare.md"

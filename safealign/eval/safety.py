@@ -74,6 +74,16 @@ def summarise(values, n_boot: int, seed: int) -> dict | None:
     return {"value": round(float(np.mean(v)), 4), "low": round(low, 4), "high": round(high, 4), "n": len(v)}
 
 
+def paired_difference(a: dict, b: dict, n_boot: int, seed: int) -> dict | None:
+    """Model A's rate minus model B's on the prompts both answered (`a`, `b`: prompt id -> 0/1 or
+    a number), with a paired bootstrap interval: the prompts are resampled together, so what the
+    two share (a prompt both refuse) cancels. `resolved`: the interval excludes 0, the only case
+    in which this sample says that A and B differ. None without a shared prompt."""
+    ids = [i for i in a if i in b and a[i] is not None and b[i] is not None]
+    s = summarise([float(a[i]) - float(b[i]) for i in ids], n_boot, seed)
+    return None if s is None else {**s, "resolved": s["low"] > 0 or s["high"] < 0}
+
+
 def aggregate(rows: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     """Judged rows (safe, category, subset, toxic, refused, similarity?) -> metrics with intervals."""
 
