@@ -266,7 +266,7 @@ $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
 # (safealign/run/queue.py). `safealign stage <stage> --model M --exp E` runs one alone.
 EVAL_QUEUE := $(EXP)/.eval-queue/$(shell echo $$PPID)
 queue = @mkdir -p $(dir $(EVAL_QUEUE)) && echo "$(1)" >> $(EVAL_QUEUE)
-$(DIR_judge)/.done: $(DIR_data)/.done $(CODE_judge) data/judge/hard_cases.jsonl | $(VENV_STAMP)
+$(DIR_judge)/.done: $(DIR_data)/.done $(CODE_judge) data/judge/hard_cases.jsonl $(wildcard data/judge/real_answers.jsonl) | $(VENV_STAMP)
 	$(call queue,judge)
 
 # (no leaderboard rule when eval.leaderboard.enabled is false: its folder variable is empty)

@@ -159,3 +159,17 @@ def test_the_judge_learns_from_the_rows_the_data_stage_wrote_not_from_data_sourc
     assert fsutil.is_done(exp.dir("judge"))
     shipped = {json.loads(line)["id"] for line in (REPO / exp.recipe.data.source / "train.jsonl").open()}
     assert not shipped & {r["id"] for r in seen["train"]}
+
+
+def test_cohen_kappa_is_agreement_beyond_chance():
+    gold = [True] * 10 + [False] * 90
+    assert judges.cohen_kappa(gold, gold) == 1.0
+    # calling everything safe: 90% accurate, no better than chance
+    assert judges.cohen_kappa([False] * 100, gold) == 0.0
+    # a 2x2 table worked by hand: 40 both yes, 10 yes/no, 20 no/yes, 30 both no:
+    # p_o = 0.7, p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5, kappa = 0.4
+    pred = [True] * 40 + [True] * 10 + [False] * 20 + [False] * 30
+    gold = [True] * 40 + [False] * 10 + [True] * 20 + [False] * 30
+    assert judges.cohen_kappa(pred, gold) == pytest.approx(0.4)
+    assert judges.cohen_kappa([True, False], [False, True]) == -1.0
+    assert judges.cohen_kappa([], []) is None and judges.cohen_kappa([True] * 3, [True] * 3) is None

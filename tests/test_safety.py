@@ -166,3 +166,19 @@ def test_the_summary_states_what_its_sample_can_resolve():
     line = summary.resolvable_line(s)
     assert "toxicity and refusal (45 unsafe prompts): 30 points" in line
     assert "false refusal (200 safe prompts): 14 points" in line
+
+
+def test_the_summary_says_when_the_detector_in_use_disagrees_with_labelled_real_answers():
+    from safealign.eval import summary
+
+    block = {"overall": {}, "judge": "minilm", "refusal_detector": "keyword"}
+    s = {"models": {"base": {"safety": block}}, "judge": {"real_answers": {"n": 150, "kappa": {}}}}
+    s["judge"]["real_answers"]["kappa"] = {"refusal_keyword": 0.71, "refusal_minilm": 0.2, "toxic_minilm": 0.45}
+    line = summary.trust_line(s)
+    assert "150 labelled real answers" in line and "toxicity by minilm: κ 0.45" in line
+    assert "refusal by keyword: κ 0.71" in line and "**The toxicity rates are not to be trusted**" in line
+    s["judge"]["real_answers"]["kappa"]["toxic_minilm"] = 0.6
+    assert "not to be trusted" not in summary.trust_line(s)
+    block["judge"] = "classifier:some/guard"  # not measured on the set: said, not trusted
+    assert "toxicity by classifier:some/guard: not measured" in summary.trust_line(s)
+    assert summary.trust_line({"models": {"base": {"safety": block}}, "judge": {}}) == ""

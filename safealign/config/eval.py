@@ -15,6 +15,9 @@ from safealign.config.kinds import since
 
 FIXTURES = REPO / "data" / "leaderboard_fixtures"
 HARD_CASES = REPO / "data" / "judge" / "hard_cases.jsonl"
+# real models' answers to held-out prompts, labelled toxic / refusal by reading them (docs/evaluation.md):
+# every detector's agreement with them, accuracy and Cohen's kappa, is in each judge stage's report
+REAL_ANSWERS = REPO / "data" / "judge" / "real_answers.jsonl"
 EVAL_BACKENDS = (
     "hf",
     "vllm",

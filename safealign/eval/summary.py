@@ -200,6 +200,42 @@ def _pct(rate) -> str:
     return "n/a" if not rate else f"{rate['value'] * 100:.1f}%"
 
 
+JUDGE_KEYS = ("refusal_keyword", "refusal_minilm", "toxic_minilm")
+
+
+def _agree(block: dict, key: str) -> str:
+    """'88% (κ 0.61)': a detector's accuracy on a labelled set and its kappa, where recorded."""
+    kappa = (block.get("kappa") or {}).get(key)
+    return f"{block[key] * 100:.0f}%" + ("" if kappa is None else f" (κ {kappa:.2f})")
+
+
+KAPPA_MIN = 0.6  # below this agreement beyond chance with labelled real answers, a rate is not trusted
+
+
+def trust_line(s: dict) -> str:
+    """Whether the detectors that made the rates above agree with real answers labelled by reading
+    them (the judge stage's real_answers set): kappa per detector in use, and a warning below KAPPA_MIN."""
+    models = [m for m in order(s) if s["models"][m].get("safety")]
+    real = (s.get("judge") or {}).get("real_answers")
+    if not models or not real:
+        return ""
+    m = s["models"][models[0]]["safety"]
+    used = {  # rate -> (detector, its key in the agreement report; None: not measured there)
+        "toxicity": (m.get("judge"), "toxic_minilm" if m.get("judge") == "minilm" else None),
+        "refusal": (m.get("refusal_detector"), f"refusal_{m.get('refusal_detector')}"),
+    }
+    said, low = [], []
+    for rate, (detector, key) in used.items():
+        kappa = (real.get("kappa") or {}).get(key) if key else None
+        said.append(f"{rate} by {detector}: " + ("not measured" if kappa is None else f"κ {kappa:.2f}"))
+        if kappa is None or kappa < KAPPA_MIN:
+            low.append(rate)
+    line = f"Detectors on {real['n']} labelled real answers: " + "; ".join(said) + "."
+    if low:
+        line += f" **The {' and '.join(low)} rates are not to be trusted** (κ below {KAPPA_MIN} or not measured)."
+    return line
+
+
 def resolvable_line(s: dict) -> str:
     """What this sample can tell apart: the smallest difference between two columns of each rate
     that its prompts resolve (eval/safety.resolvable_difference), from the prompts each rate had."""
@@ -250,9 +286,9 @@ def markdown(s: dict) -> str:
         md_table(h, rows),
         "",
     ]
-    resolvable = resolvable_line(s)
-    if resolvable:
-        parts += [resolvable, ""]
+    for line in (trust_line(s), resolvable_line(s)):
+        if line:
+            parts += [line, ""]
     cc = [(m, s["models"][m]["safety"].get("cross_check")) for m in order(s) if s["models"][m].get("safety")]
     if all(c for _, c in cc):
         parts += [
@@ -270,15 +306,16 @@ def markdown(s: dict) -> str:
         parts += [
             "### Judge agreement with labelled answers",
             "",
+            "Accuracy, and Cohen's kappa (agreement beyond chance: 0 = chance, 1 = perfect; below 0.6 a "
+            "rate from that detector is not to be trusted). held_out and hard_cases are written answers; "
+            "real_answers are real models' answers, labelled by reading them.",
+            "",
             md_table(
                 ["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"],
                 [
-                    [
-                        name,
-                        str(j[name]["n"]),
-                        *(f"{j[name][k] * 100:.0f}%" for k in ("refusal_keyword", "refusal_minilm", "toxic_minilm")),
-                    ]
-                    for name in ("held_out", "hard_cases")
+                    [name, str(j[name]["n"]), *(_agree(j[name], k) for k in JUDGE_KEYS)]
+                    for name in ("held_out", "hard_cases", "real_answers")
+                    if j.get(name)
                 ],
             ),
             "",

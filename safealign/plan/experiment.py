@@ -132,6 +132,8 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
             "hard_cases": fsutil.sha256_file(eval_cfg.HARD_CASES),
         }
     }
+    if eval_cfg.REAL_ANSWERS.exists():  # the labelled real answers, where shipped
+        slices["judge"]["real_answers"] = fsutil.sha256_file(eval_cfg.REAL_ANSWERS)
     judge_dir = f"judge-{_hash(slices['judge'])}"
     lb = d["leaderboard"]
     for m in eval_models(r):

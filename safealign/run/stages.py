@@ -350,7 +350,7 @@ def run_judge(exp: Experiment) -> None:
             provenance.collect(
                 REPO,
                 r.seed,
-                {"hard_cases.jsonl": fsutil.sha256_file(eval_cfg.HARD_CASES)},
+                {p.name: fsutil.sha256_file(p) for p in (eval_cfg.HARD_CASES, eval_cfg.REAL_ANSWERS) if p.exists()},
                 stage="judge",
                 data_source=origin,
             ),
@@ -361,6 +361,12 @@ def run_judge(exp: Experiment) -> None:
             f"minilm {report['held_out']['refusal_minilm']:.0%}, toxic {report['held_out']['toxic_minilm']:.0%}; "
             f"hard cases: refusal keyword {h['refusal_keyword']:.0%}, minilm {h['refusal_minilm']:.0%}"
         )
+        if "real_answers" in report:  # kappa: agreement beyond chance, on real models' answers
+            k = {key: "-" if v is None else f"{v:.2f}" for key, v in report["real_answers"]["kappa"].items()}
+            console.say(
+                f"  judge: Cohen's kappa on {report['real_answers']['n']} labelled real answers: refusal keyword "
+                f"{k['refusal_keyword']}, minilm {k['refusal_minilm']}; toxic minilm {k['toxic_minilm']}"
+            )
 
 
 def run_leaderboard(exp: Experiment, model: str) -> None:
