@@ -33,6 +33,7 @@ $(call _check,NAME,name,one-word,a recipe name)
 $(call _check,EXP_NAME,name,one-word,an experiment name)
 $(call _check,COMPARE,name,one-word,a folder name)
 $(call _check,NAMES,name,words,experiment names)
+$(call _check,METHODS,name,words,study methods (recipe names))
 $(call _check,SET,set,words,SET items (key=value separated by spaces))
 $(call _check,GRID,set,words,GRID items (key=v1,v2 separated by spaces))
 $(call _check,EXPERIMENTS,path,one-word,a folder)
@@ -65,9 +66,14 @@ _quote = $(foreach w,$(1),'$(w)')
 # Comments sit on their own lines: make keeps the spaces before a trailing comment in the value.
 # NAME: the experiment, recipes/$(NAME).yaml -> $(EXPERIMENTS)/$(NAME)/
 NAME        ?=
-# MODEL: a model profile, models/$(MODEL).yaml; SETS: what the recipe's overrides are
-MODEL       ?=
+# MODEL: a model profile, models/$(MODEL).yaml. The default is the real embedded model,
+# smollm2-135m (README, "The two commands"); MODEL= (empty) runs a recipe on its own base_model,
+# tiny-local, as the tests, the CPU regression suite and the tiny benchmarks do. SETS: the overrides
+MODEL       ?= smollm2-135m
 SETS        := $(strip $(if $(MODEL),model=$(MODEL)) $(SET))
+# the regression suites name their own models: only a MODEL given on the command line or in the
+# environment overrides them (make regress MODEL=...), never the default above
+REGRESS_SETS := $(strip $(if $(filter file,$(origin MODEL)),,$(if $(MODEL),model=$(MODEL))) $(SET))
 EXPERIMENTS ?= experiments
 RECIPES     ?= recipes
 # PYTHON creates the venv (>= 3.10)
@@ -200,7 +206,7 @@ STORE := $(EXPERIMENTS)/.stages
 # stops here, writing nothing. It comes first because its RECIPE_PARENT is a prerequisite.
 # (not for the goals that resolve their experiments themselves, one per grid point or in Python:
 # they would resolve and write an experiment folder of NAME that none of them runs)
-SELF_RESOLVING := sweep pipeline pipeline-sweep submit
+SELF_RESOLVING := sweep pipeline pipeline-sweep submit study
 RESOLVING_GOALS := $(if $(MAKECMDGOALS),$(filter-out $(SELF_RESOLVING),$(MAKECMDGOALS)),$(.DEFAULT_GOAL))
 RESOLVE = $(if $(filter render pipeline pipeline-sweep submit,$(MAKECMDGOALS)),SAFEALIGN_RENDER=1 )$(SA) resolve \
 	--recipe $(RECIPE) --exp $(EXP) $(if $(SETS),--set $(call _quote,$(SETS)))
@@ -367,6 +373,17 @@ compare: | $(VENV_STAMP) ## one table + overlaid curves across experiments: make
 	@test -n "$(NAMES)" || { echo 'usage: make compare NAMES="sft kto sft_kto" [COMPARE=<folder name>]'; exit 2; }
 	@$(SA) compare $(call _quote,$(NAMES)) --experiments $(EXPERIMENTS) $(if $(COMPARE),--out $(COMPARE))
 
+# The seed study's grid (safealign/eval/study.py METHODS) on one model, one store (SFT trains
+# once, the base is evaluated once), then experiments/study-<model>/study.md with the verdicts.
+METHODS ?=
+.PHONY: study
+study: | $(VENV_STAMP) ## the study's grid, then experiments/study-<model>/study.md: make study [MODEL=smollm2-135m] [METHODS="sft kto sft_kto"] [SET=...]
+	@recipes=$$($(SA) study recipes --only '$(strip $(METHODS))') && failed="" && for r in $$recipes; do \
+		$(MAKE) --no-print-directory exp NAME=$$r MODEL=$(MODEL) SET='$(strip $(SET))' || failed="$$failed $$r"; done; \
+	$(SA) study write --experiments $(EXPERIMENTS) --model '$(MODEL)' --set '$(strip $(SET))' --only '$(strip $(METHODS))' && \
+	cat $(EXPERIMENTS)/$$($(PYTHON) tools/exp_name.py study-$(or $(MODEL),tiny-local) $(call _quote,$(SET)))/study.md && \
+	if [ -n "$$failed" ]; then echo "study: failed:$$failed (their findings say 'not run'; each one's log is in its experiment folder)" >&2; exit 1; fi
+
 .PHONY: status
 status: ## every experiment's stages: done / shared / stale / failed / not run
 	@$(SA) status --experiments $(EXPERIMENTS)
@@ -382,7 +399,7 @@ _suite = $(if $(SUITE),,$(error SUITE: which suite? (suites: $(notdir $(basename
 .PHONY: regress
 regress: $(VENV_STAMP) ## run suite SUITE against this hardware's baseline; non-zero on any regression (DRY=1 prints the plan; STRICT=1: loose bounds fail, exit 3)
 	$(_suite)@$(if $(STRICT),STRICT=$(STRICT) )$(SA) regress run --suite $(SUITE) --experiments $(EXPERIMENTS) $(if $(ONLY),--only $(call _quote,$(ONLY))) \
-		$(if $(SETS),--set $(call _quote,$(SETS))) $(if $(DRY),--dry-run)
+		$(if $(REGRESS_SETS),--set $(call _quote,$(REGRESS_SETS))) $(if $(DRY),--dry-run)
 
 .PHONY: regress-accept
 regress-accept: $(VENV_STAMP) ## the latest run of SUITE (or RUN=<folder>) becomes this hardware's baseline; prints the diff
@@ -429,8 +446,8 @@ validate: $(VENV_STAMP) ## validate every recipe in recipes/, and every model pr
 	$(SA) validate recipes/*.yaml --profiles
 
 .PHONY: bench
-bench: $(VENV_STAMP) $(TINY_MODEL) ## time each stage of `make exp NAME=sft_kto` from scratch (prints figures)
-	$(PY) tools/bench_exp.py --name sft_kto
+bench: $(VENV_STAMP) $(if $(MODEL),$(if $(filter smollm2-135m%,$(MODEL)),$(SMOLLM2_MODEL)),$(TINY_MODEL)) ## time each stage of `make exp NAME=sft_kto` (the default model; MODEL= tiny-local) from scratch (prints figures)
+	$(PY) tools/bench_exp.py --name sft_kto --model '$(MODEL)'
 
 .PHONY: bench-reuse
 bench-reuse: $(VENV_STAMP) $(TINY_MODEL) ## sft_dpo after sft_kto vs from empty (ratio); SFT trainings in a 4-point sweep

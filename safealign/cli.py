@@ -8,6 +8,8 @@ join        on node N > 0 of a multi-node experiment (launch.nodes): join node 0
 report      write experiments/<NAME>/report.md and its plots
 data-card   write experiments/<NAME>/data_card.md: sources, counts, lengths, examples, hashes
 compare     write experiments/compare/<names>/compare.md: one table, overlaid curves
+study       the study's grid (`study recipes`: one recipe a line, for make) and its page
+            (`study write`: experiments/study-<model>/study.md, verdicts per finding)
 status      every experiment's stages: done / stale / shared / failed / not run
 tiny-model  build the embedded tiny-local model (--refuser: tiny-refuser) into the cache
 toy-model   build toy-<family> (random weights, that family's class, tokens and chat template)
@@ -132,6 +134,24 @@ def cmd_compare(a) -> int:
     out = root / "compare" / names.check_name(a.out or "-".join(a.names)[:128], "COMPARE: folder")
     path = report.compare([root / n for n in a.names], out)
     print(f"comparison of {', '.join(a.names)}: {path}", flush=True)
+    return 0
+
+
+def cmd_study(a) -> int:
+    from safealign.eval import study
+
+    only = a.only.split() if a.only else None
+    unknown = [m for m in only or [] if m not in study.METHODS.values() and m not in study.METHODS]
+    if unknown:
+        raise names.InvalidName(
+            f"METHODS: {', '.join(unknown)}: not in the study (one of {' '.join(study.METHODS.values())})"
+        )
+    sets = a.set.split() if a.set else []
+    if a.action == "recipes":
+        print("\n".join(r for label, r in study.METHODS.items() if not only or r in only or label in only))
+        return 0
+    path = study.write(Path(a.experiments), a.model or None, sets, only)
+    print(f"study: {path}", flush=True)
     return 0
 
 
@@ -379,6 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiments", default="experiments")
     p.add_argument("--out", help="folder name under compare/")
     p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("study")
+    p.add_argument("action", choices=["recipes", "write"])
+    p.add_argument("--experiments", default="experiments")
+    p.add_argument("--model", default="", help="a model profile (models/<name>.yaml); empty: the recipes' own")
+    p.add_argument("--set", default="", help="SET overrides every method gets, space-separated")
+    p.add_argument("--only", default="", help="METHODS: recipes (or labels) of the grid to run, space-separated")
+    p.set_defaults(fn=cmd_study)
     p = sub.add_parser("tiny-model")
     p.add_argument("--out", required=True)
     p.add_argument("--data", default="data/sg_safety/train.jsonl")

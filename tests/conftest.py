@@ -13,6 +13,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("SAFEALIGN_CACHE", str(REPO / ".cache"))
+# every `make` a test starts runs the recipes on their own base_model, tiny-local: the Makefile's
+# default MODEL is the real smollm2-135m (the README's main job), which tests/test_smollm2.py covers
+os.environ["MODEL"] = ""
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ and the errors for a missing or unknown judge."""
 
 import json
 
+import numpy as np
 import pytest
 
 from safealign.config import eval as eval_cfg
@@ -38,7 +39,8 @@ def test_unknown_leaderboard_task_is_a_recipe_error():
 @pytest.fixture(scope="module")
 def heads():
     splits, _ = data.load_canonical("data/sg_safety", REPO)
-    return judges.fit_heads(splits["train"], seed=0), splits
+    answers = judges.labelled_answers(splits["train"])
+    return judges.fit_heads(answers, judges.embed([a["response"] for a in answers]), seed=0), splits
 
 
 def test_minilm_heads_separate_refusals_and_compliance_on_held_out_answers(heads):
@@ -148,9 +150,9 @@ def test_the_judge_learns_from_the_rows_the_data_stage_wrote_not_from_data_sourc
     seen = {}
     real = judges.build
 
-    def spy(train, test, seed, out):
+    def spy(train, test, seed, out, learn_real=False):
         seen["train"], seen["test"] = train, test
-        return real(train, test, seed, out)
+        return real(train, test, seed, out, learn_real)
 
     monkeypatch.setattr(judges, "build", spy)
     stages.run(exp, "judge")
@@ -173,3 +175,49 @@ def test_cohen_kappa_is_agreement_beyond_chance():
     assert judges.cohen_kappa(pred, gold) == pytest.approx(0.4)
     assert judges.cohen_kappa([True, False], [False, True]) == -1.0
     assert judges.cohen_kappa([], []) is None and judges.cohen_kappa([True] * 3, [True] * 3) is None
+
+
+def test_heads_that_learn_real_answers_never_judge_an_answer_to_a_prompt_they_learnt(tmp_path, monkeypatch):
+    """Cross-fitting by prompt: each fold's heads learn no answer (of any model) to the prompts of
+    their fold, and route() sends every answer to one of those prompts, in the judge stage's report
+    and in the safety stage alike, to the heads of its prompt's fold."""
+    real = judges.read_labelled(eval_cfg.REAL_ANSWERS)
+    splits, _ = data.load_canonical("data/sg_safety", REPO)
+    base = judges.labelled_answers(splits["train"][:40])
+    fake = np.random.default_rng(0)
+    x_base, x_real = fake.normal(size=(len(base), 8)), fake.normal(size=(len(real), 8))
+    of = judges.fold_of(real, 5, seed=1)
+    assert sorted(set(of.values())) == [0, 1, 2, 3, 4] and len(of) == len({r["prompt"] for r in real})
+    seen = []
+    real_fit = judges._fit
+
+    def spy(x, y, seed):
+        seen.append({tuple(np.round(v, 6)) for v in x})
+        return real_fit(x, y, seed)
+
+    monkeypatch.setattr(judges, "_fit", spy)
+    heads = judges.fit_fold_heads(base, x_base, real, x_real, of, seed=1)
+    assert len(heads) == 5 and len(seen) == 10  # toxic and refusal heads per fold
+    for f in range(5):
+        learnt = seen[2 * f]
+        for r, x in zip(real, x_real):
+            assert (tuple(np.round(x, 6)) in learnt) == (of[r["prompt"].strip()] != f), (f, r["id"])
+    # route: an answer to a labelled prompt goes to its fold's heads, any other to the full heads
+    full = {lab: {"coef": [0.0] * 8, "intercept": -9.0} for lab in ("toxic", "refusal")}
+    folds = {
+        "of": of,
+        "heads": [{lab: {"coef": [0.0] * 8, "intercept": float(f)} for lab in ("toxic", "refusal")} for f in range(5)],
+    }
+    prompts = [real[0]["prompt"], "a prompt nobody labelled", real[5]["prompt"] + "  "]
+    p = judges.route(full, folds, "toxic", np.zeros((3, 8)), prompts)
+    want = [
+        1 / (1 + np.exp(-of[real[0]["prompt"].strip()])),
+        1 / (1 + np.exp(9.0)),
+        1 / (1 + np.exp(-of[real[5]["prompt"].strip()])),
+    ]
+    assert np.allclose(p, want)
+
+
+def test_a_labelled_answer_without_its_prompt_is_refused():
+    with pytest.raises(judges.JudgeError, match=r"line 2: no prompt"):
+        judges.fold_of([{"prompt": "a"}, {"prompt": " "}], 5, seed=0)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import REPO
 
 from safealign.config import recipe
@@ -71,6 +72,33 @@ def test_the_name_is_an_embedded_model_that_make_builds_first(tmp_path, monkeypa
     make = (REPO / "Makefile").read_text()
     assert "SMOLLM2_MODEL := $(SAFEALIGN_CACHE)/models/smollm2-135m/.done" in make
     assert f'WHEEL_SHA256 = "{smollm2.WHEEL_SHA256}"' in (REPO / "safealign" / "models" / "smollm2.py").read_text()
+
+
+def test_the_readme_s_main_job_runs_on_smollm2_by_default_and_model_empty_runs_tiny_local(tmp_path):
+    """`make exp NAME=sft_kto` without MODEL: the experiment is resolved on smollm2-135m, named so,
+    and builds it first; MODEL= (what the tests and the CPU regression suite set) keeps tiny-local.
+    -n: resolved (folders written), nothing built or trained."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    for extra, name, base in (
+        ([], "sft_kto+model-smollm2-135m", "smollm2-135m"),
+        (["MODEL="], "sft_kto", "tiny-local"),
+    ):
+        root = tmp_path / name / "experiments"
+        r = subprocess.run(
+            ["make", "-n", "--no-print-directory", "exp", "NAME=sft_kto", f"EXPERIMENTS={root}", *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == [name]
+        assert yaml.safe_load((root / name / "recipe.yaml").read_text())["base_model"] == base
+        dep = "$(SMOLLM2_MODEL)" if base == "smollm2-135m" else "$(TINY_MODEL)"
+        assert f"BASE_DEP := {dep}" in (root / name / "stages.mk").read_text()  # built before the first stage
 
 
 # ------------------------------------------------------------------ the converted model
@@ -183,3 +211,44 @@ def test_every_shipped_row_fits_the_cpu_profile_s_max_length(tok):
             chat = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": answer}]
             text = tok.apply_chat_template(chat, tokenize=False)
             assert len(tok(text, add_special_tokens=False)["input_ids"]) <= limit, r["prompt"]
+
+
+@pytest.mark.slow
+def test_a_short_sft_kto_on_smollm2_trains_merges_and_answers(tmp_path):
+    """The CI's smollm2 smoke: the README's main job on the real model, cut to a few steps and
+    answers: both stages train (finite, logged losses), the merged model answers held-out prompts
+    through the safety stage, the judge's heads learnt the real answers (cross-fitted agreement)."""
+    import os
+
+    built()
+    root = tmp_path / "experiments"
+    # health off: 2 KTO steps are too few for its "loss fell" check; the smoke checks the mechanics
+    sets = "sft.max_steps=3 kto.max_steps=2 health.enabled=false eval.leaderboard.enabled=false eval.safety.limit=6 eval.models=final"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    r = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "exp",
+            "NAME=sft_kto",
+            "MODEL=smollm2-135m",
+            f"SET={sets}",
+            f"EXPERIMENTS={root}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**env, "SAFEALIGN_QUIET": "1"},
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from safealign.core import names
+
+    exp = root / names.exp_name("sft_kto", ["model=smollm2-135m", *sets.split()])
+    for stage, steps in (("sft", 3), ("kto", 2)):
+        log = [json.loads(x) for x in (exp / stage / "train_log.jsonl").read_text().splitlines() if x.strip()]
+        losses = [x["loss"] for x in log if "loss" in x]
+        assert max(x["step"] for x in log) == steps and losses and all(v == v and abs(v) < 1e3 for v in losses)
+    answers = [json.loads(x) for x in (exp / "safety-kto" / "answers.jsonl").read_text().splitlines() if x.strip()]
+    assert len(answers) == 6 and all(a["answer"].strip() for a in answers)  # the first 6 held-out prompts, none empty
+    judge = json.loads((exp / "judge" / "agreement.json").read_text())
+    assert judge["heads_learnt_real_answers"] and judge["real_answers"]["n"] >= 150

@@ -66,7 +66,11 @@ def test_evaluation_slices_name_their_model_judge_and_reference():
         "seed": SFT_KTO.seed,
         "data": data_dir,
         "hard_cases": fsutil.sha256_file(eval_cfg.HARD_CASES),
+        "real_answers": fsutil.sha256_file(eval_cfg.REAL_ANSWERS),
     }
+    # a profile whose heads learn the real answers gets another judge (and so other safety stages)
+    learning = recipe.parse("base_model: tiny-local\neval: {safety: {judge_real_answers: true}}\n")
+    assert plan.plan(learning)["judge"]["slice"] == {**judge, "learn_real_answers": True}
     ev = recipe.identity(SFT_KTO.eval)
     base = p["safety-base"]["slice"]
     assert base == {

@@ -29,8 +29,8 @@ def called_targets(text: str) -> set[str]:
     return targets
 
 
-def test_there_are_the_two_workflows():
-    assert [p.name for p in WORKFLOWS] == ["ci.yml", "nightly.yml"]
+def test_there_are_the_three_workflows():
+    assert [p.name for p in WORKFLOWS] == ["ci.yml", "nightly.yml", "study.yml"]
 
 
 def test_actionlint_and_shellcheck_pass():

@@ -33,7 +33,14 @@ def main() -> int:
     a = ap.parse_args()
     exp = Path(a.experiments) / a.name
     r = subprocess.run(
-        ["make", "--no-print-directory", "exp", f"NAME={a.name}", f"EXPERIMENTS={a.experiments}"],
+        [
+            "make",
+            "--no-print-directory",
+            "exp",
+            f"NAME={a.name}",
+            f"EXPERIMENTS={a.experiments}",
+            "MODEL=",
+        ],  # tiny-local
         cwd=REPO,
         env={**os.environ, "SAFEALIGN_QUIET": "1"},
         capture_output=True,

@@ -35,7 +35,7 @@ VARIANTS = ["sft_kto", "sft_kto_s", "sft_kto_nll", "sft_kto_lennorm"]
 
 def make(*args: str) -> None:
     r = subprocess.run(
-        ["make", "--no-print-directory", *args],
+        ["make", "--no-print-directory", *args, "MODEL="],  # tiny-local: the figures in docs/benchmarks.md
         cwd=REPO,
         capture_output=True,
         text=True,

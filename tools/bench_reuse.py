@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 def make(root: Path, *args: str) -> tuple[float, str]:
     t0 = time.time()
     r = subprocess.run(
-        ["make", "--no-print-directory", *args, f"EXPERIMENTS={root}"],
+        ["make", "--no-print-directory", *args, f"EXPERIMENTS={root}", "MODEL="],  # tiny-local
         cwd=REPO,
         capture_output=True,
         text=True,

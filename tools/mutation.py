@@ -33,7 +33,15 @@ CORE = {
         "desirable_nll",
     ],
     "safealign/eval/leaderboard.py": ["normalise_mc", "_metric", "normalise", "table"],
-    "safealign/eval/safety.py": ["bootstrap_ci", "summarise", "aggregate"],
+    "safealign/eval/safety.py": [
+        "bootstrap_ci",
+        "summarise",
+        "aggregate",
+        "paired_difference",
+        "resolvable_difference",
+    ],
+    "safealign/eval/study.py": ["side", "better", "within", "same", "no_improvement", "volatility", "first_step_below"],
+    "safealign/eval/judges.py": ["cohen_kappa", "prompt_key", "folds"],
     "safealign/run/regress.py": ["compare_one", "compare", "failures", "_tolerance"],
     "safealign/models/truncate.py": [
         "_n",

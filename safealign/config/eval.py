@@ -81,6 +81,10 @@ class SafetyCfg:
     judge: str = "minilm"  # minilm (embeddings + classifier, offline) or classifier:<hub id or path>
     refusal: str = "minilm"  # refusal detector: minilm (embedding classifier) or keyword
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
+    # true: the minilm heads also learn data/judge/real_answers.jsonl (a real model's answers
+    # labelled by reading them; their agreement is then measured cross-fitted, by prompt): what a
+    # real model's answers need; tiny-local's answers are templated like the train rows
+    judge_real_answers: bool = since(False)
     # hf: transformers generate in batches; vllm: far faster at 8B on a GPU (greedy answers can
     # differ in the last digits of the logits); auto: vllm where installed with CUDA, else hf
     backend: str = since("hf")

@@ -170,7 +170,7 @@ def run(
             for r, a in zip(rows, answers):
                 f.write(json.dumps({"id": r["id"], "prompt": r["prompt"], "answer": a}, ensure_ascii=False) + "\n")
         raise DegenerateAnswers(f"{model_path}: {problem}; answers: {out / 'answers.jsonl'}")
-    verdicts = judge.judge(answers)
+    verdicts = judge.judge(answers, [r["prompt"] for r in rows])  # the prompts: cross-fitted heads (judges.route)
     judged = [
         {
             "id": r["id"],

@@ -134,6 +134,8 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
     }
     if eval_cfg.REAL_ANSWERS.exists():  # the labelled real answers, where shipped
         slices["judge"]["real_answers"] = fsutil.sha256_file(eval_cfg.REAL_ANSWERS)
+        if r.eval.safety.judge_real_answers:  # the heads learn them too
+            slices["judge"]["learn_real_answers"] = True
     judge_dir = f"judge-{_hash(slices['judge'])}"
     lb = d["leaderboard"]
     for m in eval_models(r):
@@ -413,6 +415,7 @@ class Experiment:
             f"RECIPES={rfile.parent}",
             f"EXPERIMENTS={self.folder.parent}",
             f"EXP_NAME={self.name}",
+            "MODEL=",  # the model is in the overrides (model=...); not the Makefile's default MODEL
         ]
         if self.overrides:
             args.append("SET=" + " ".join(self.overrides))

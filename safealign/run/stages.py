@@ -344,7 +344,7 @@ def run_judge(exp: Experiment) -> None:
     train, test = data_mod.read_jsonl(data / "train.jsonl"), data_mod.read_jsonl(data / "test.jsonl")
     origin = json.loads((data / "counts.json").read_text())["source"]
     with fsutil.staged_dir(exp.dir("judge")) as tmp:
-        report = judges.build(train, test, r.seed, tmp)
+        report = judges.build(train, test, r.seed, tmp, learn_real=r.eval.safety.judge_real_answers)
         fsutil.write_json_atomic(
             tmp / "provenance.json",
             provenance.collect(
@@ -364,7 +364,8 @@ def run_judge(exp: Experiment) -> None:
         if "real_answers" in report:  # kappa: agreement beyond chance, on real models' answers
             k = {key: "-" if v is None else f"{v:.2f}" for key, v in report["real_answers"]["kappa"].items()}
             console.say(
-                f"  judge: Cohen's kappa on {report['real_answers']['n']} labelled real answers: refusal keyword "
+                f"  judge: Cohen's kappa on {report['real_answers']['n']} labelled real answers"
+                f"{' (heads learnt them: cross-fitted)' if report['heads_learnt_real_answers'] else ''}: refusal keyword "
                 f"{k['refusal_keyword']}, minilm {k['refusal_minilm']}; toxic minilm {k['toxic_minilm']}"
             )
 
