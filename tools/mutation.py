@@ -41,7 +41,7 @@ CORE = {
         "resolvable_difference",
     ],
     "safealign/eval/study.py": ["side", "better", "within", "same", "no_improvement", "volatility", "first_step_below"],
-    "safealign/eval/judges.py": ["cohen_kappa", "prompt_key", "folds"],
+    "safealign/eval/judges.py": ["cohen_kappa", "fold_of", "route"],
     "safealign/run/regress.py": ["compare_one", "compare", "failures", "_tolerance"],
     "safealign/models/truncate.py": [
         "_n",
