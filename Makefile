@@ -378,7 +378,7 @@ compare: | $(VENV_STAMP) ## one table + overlaid curves across experiments: make
 METHODS ?=
 .PHONY: study
 study: | $(VENV_STAMP) ## the study's grid, then experiments/study-<model>/study.md: make study [MODEL=smollm2-135m] [METHODS="sft kto sft_kto"] [SET=...]
-	@recipes=$$($(SA) study recipes --only '$(strip $(METHODS))') && failed="" && for r in $$recipes; do \
+	@recipes=$$($(SA) study recipes --only '$(strip $(METHODS))') || exit 2; failed=""; for r in $$recipes; do \
 		$(MAKE) --no-print-directory exp NAME=$$r MODEL=$(MODEL) SET='$(strip $(SET))' || failed="$$failed $$r"; done; \
 	$(SA) study write --experiments $(EXPERIMENTS) --model '$(MODEL)' --set '$(strip $(SET))' --only '$(strip $(METHODS))' && \
 	cat $(EXPERIMENTS)/$$($(PYTHON) tools/exp_name.py study-$(or $(MODEL),tiny-local) $(call _quote,$(SET)))/study.md && \
