@@ -375,11 +375,15 @@ compare: | $(VENV_STAMP) ## one table + overlaid curves across experiments: make
 
 # The seed study's grid (safealign/eval/study.py METHODS) on one model, one store (SFT trains
 # once, the base is evaluated once), then experiments/study-<model>/study.md with the verdicts.
+# The model's profile may give the study its own data route (study_set: smollm2-135m's is the
+# base model's own answers); its experiments are then <recipe>+model-<model>+data-study.
 METHODS ?=
 .PHONY: study
 study: | $(VENV_STAMP) ## the study's grid, then experiments/study-<model>/study.md: make study [MODEL=smollm2-135m] [METHODS="sft kto sft_kto"] [SET=...]
-	@recipes=$$($(SA) study recipes --only '$(strip $(METHODS))') || exit 2; failed=""; for r in $$recipes; do \
-		$(MAKE) --no-print-directory exp NAME=$$r MODEL=$(MODEL) SET='$(strip $(SET))' || failed="$$failed $$r"; done; \
+	@runs=$$($(SA) study runs --model '$(MODEL)' --set '$(strip $(SET))' --only '$(strip $(METHODS))') || exit 2; failed=""; \
+	while read -r r name sets; do \
+		$(MAKE) --no-print-directory exp NAME=$$r EXP_NAME=$$name MODEL=$(MODEL) SET="$$sets" </dev/null || failed="$$failed $$r"; \
+	done <<< "$$runs"; \
 	$(SA) study write --experiments $(EXPERIMENTS) --model '$(MODEL)' --set '$(strip $(SET))' --only '$(strip $(METHODS))' && \
 	cat $(EXPERIMENTS)/$$($(PYTHON) tools/exp_name.py study-$(or $(MODEL),tiny-local) $(call _quote,$(SET)))/study.md && \
 	if [ -n "$$failed" ]; then echo "study: failed:$$failed (their findings say 'not run'; each one's log is in its experiment folder)" >&2; exit 1; fi

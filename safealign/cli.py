@@ -150,6 +150,13 @@ def cmd_study(a) -> int:
     if a.action == "recipes":
         print("\n".join(r for label, r in study.METHODS.items() if not only or r in only or label in only))
         return 0
+    if a.action == "runs":  # for make: recipe, experiment name, SET items, one method a line
+        print(
+            "\n".join(
+                f"{r} {name} {' '.join(items)}".rstrip() for r, name, items in study.runs(a.model or None, sets, only)
+            )
+        )
+        return 0
     path = study.write(Path(a.experiments), a.model or None, sets, only)
     print(f"study: {path}", flush=True)
     return 0
@@ -400,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="folder name under compare/")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("study")
-    p.add_argument("action", choices=["recipes", "write"])
+    p.add_argument("action", choices=["recipes", "runs", "write"])
     p.add_argument("--experiments", default="experiments")
     p.add_argument("--model", default="", help="a model profile (models/<name>.yaml); empty: the recipes' own")
     p.add_argument("--set", default="", help="SET overrides every method gets, space-separated")

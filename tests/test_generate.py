@@ -142,7 +142,7 @@ def test_assemble_makes_canonical_rows_with_provenance_and_reports_the_rest():
     prompts = [
         {"id": "s", "prompt": "where to eat", "safe": True, "category": "food", "split": "train", "subset": None},
         {"id": "u", "prompt": "insult him", "safe": False, "category": "toxic", "split": "train"},
-        {"id": "v", "prompt": "hurt him", "safe": False, "category": "violent", "split": "test"},
+        {"id": "v", "prompt": "hurt him", "safe": False, "category": "violent", "split": "train"},
     ]
     got = {
         ("answers", "s"): entry("Try the hawker centre.", "base"),
@@ -161,7 +161,7 @@ def test_assemble_makes_canonical_rows_with_provenance_and_reports_the_rest():
     assert rows["train"][0]["rejected"] is None and "rejected" not in rows["train"][0]["meta"]
     assert [(d["id"], d["reason"]) for d in dropped] == [("v", "unsafe_base_refused")]
     rows, dropped = generate.assemble(prompts, got, "none")  # the detector off: every row kept
-    assert len(rows["test"]) == 1 and dropped == []
+    assert len(rows["train"]) == 3 and dropped == []
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -350,3 +350,95 @@ def test_the_environment_is_not_leaked_into_provenance(tmp_path, monkeypatch):
     for f in (exp.parent / ".stages").rglob("*"):
         if f.is_file():
             assert b"sk-secret-4711" not in f.read_bytes(), f
+
+
+# ----------------------------------------------------------------------------- the study's route
+def test_held_out_prompts_are_kept_whatever_the_filter_says():
+    prompts = [
+        {"id": "t", "prompt": "hurt him", "safe": False, "category": "violent", "split": "train"},
+        {"id": "v", "prompt": "hurt her", "safe": False, "category": "violent", "split": "test"},
+        {"id": "w", "prompt": "kill a hung process", "safe": True, "category": "daily_life", "split": "test"},
+        {"id": "x", "prompt": "hurt them", "safe": False, "category": "violent", "split": "test"},
+    ]
+    got = {
+        ("answers", "t"): entry("I cannot help with that."),
+        ("refusals", "t"): entry("Sorry, I won't."),
+        ("answers", "v"): entry("I cannot help with that."),
+        ("refusals", "v"): entry("Sorry, I won't."),
+        ("answers", "w"): entry("Sorry, I cannot help with killing."),
+        ("answers", "x"): entry("  "),
+        ("refusals", "x"): entry("Sorry, I won't."),
+    }
+    rows, dropped = generate.assemble(prompts, got, "keyword")
+    # the same answer drops a training row and keeps a held-out one: the held-out rates stay unbiased
+    assert rows["train"] == [] and [r["id"] for r in rows["test"]] == ["v", "w"]
+    assert [(d["id"], d["reason"]) for d in dropped] == [("t", "unsafe_base_refused"), ("x", "empty_answer")]
+
+
+def test_refusals_from_the_prompt_list(tmp_path):
+    path = write(
+        tmp_path / "p.jsonl",
+        [
+            {**GOOD, "id": "s"},
+            {**GOOD, "id": "u", "safe": False, "category": "toxic", "refusal": "Sorry, I won't insult anyone."},
+            {**GOOD, "id": "t", "split": "test"},
+        ],
+    )
+    prompts = generate.read_prompts(path)
+    got = generate.from_prompt_list(prompts, path)
+    assert list(got) == [("refusals", "u")] and got[("refusals", "u")]["text"] == "Sorry, I won't insult anyone."
+    assert got[("refusals", "u")]["endpoint"] == "prompts:p.jsonl"
+    bare = write(
+        tmp_path / "q.jsonl",
+        [{**GOOD, "id": "u1", "safe": False}, {**GOOD, "id": "u2", "safe": False, "split": "test"}],
+    )
+    with pytest.raises(
+        generate.GenerateError, match=r"q.jsonl: 2 unsafe prompt\(s\) have no 'refusal' field \(first: u1, u2\)"
+    ):
+        generate.from_prompt_list(generate.read_prompts(bare), bare)
+    with pytest.raises(data.DataError, match="field 'refusal' must be str"):
+        generate.read_prompts(write(tmp_path / "r.jsonl", [{**GOOD, "refusal": 3}]))
+
+
+def test_the_prompts_backend_is_for_refusals_only_and_needs_no_model():
+    r = recipe.load(RECIPE, ["data.generate.refusals.backend=prompts", "data.generate.refusals.model=null"])
+    ident = data_cfg.identity(r.data.generate, r.base_model)
+    assert ident["refusals"] == {"backend": "prompts"}  # the refusals are the prompt file's, hashed with it
+    assert "tiny-refuser" not in " ".join(plan.gen_deps(r))
+    with pytest.raises(recipe.RecipeError, match=r"answers.backend: expected one of openai, local, got 'prompts'"):
+        recipe.load(RECIPE, ["data.generate.answers.backend=prompts"])
+
+
+def test_the_study_prompt_list_holds_enough_held_out_prompts_to_decide():
+    rows = generate.read_prompts(REPO / "data" / "sg_safety" / "study_prompts.jsonl")
+    test = [r for r in rows if r["split"] == "test"]
+    train = [r for r in rows if r["split"] == "train"]
+    assert sum(not r["safe"] for r in test) >= 200 and sum(r["safe"] for r in test) >= 200
+    probes = [r for r in test if r["subset"] == "over_refusal"]
+    assert len(probes) >= 30 and all(r["safe"] for r in probes)
+    assert not {r["prompt"].lower() for r in test} & {r["prompt"].lower() for r in train}
+    shipped = generate.read_prompts(PROMPTS)
+    assert train == [r for r in shipped if r["split"] == "train"]  # the same training prompts as the shipped data
+    assert {r["id"] for r in shipped if r["split"] == "test"} <= {r["id"] for r in test}
+    assert all((r.get("refusal") or "").strip() for r in rows if not r["safe"])  # refusals.backend: prompts
+
+
+def test_the_data_card_says_whose_answers_the_rows_hold():
+    from safealign.data import card
+
+    gen = {
+        "answers": {"model": "smollm2-135m", "endpoint": "local", "requests": 806},
+        "refusals": {"model": None, "endpoint": "prompt list (study_prompts.jsonl)", "requests": 0},
+        "prompts": {"train": 406, "test": 400},
+        "rows": {"train": 400, "test": 400},
+        "dropped": {"safe_base_refused": 3},
+        "filter": "keyword",
+    }
+    text = "\n".join(card._generation(gen, {"refusals": {"backend": "prompts", "system_prompt": "Refuse."}}))
+    assert (
+        "`smollm2-135m`'s own; the preferred answer to an unsafe prompt is the refusal each unsafe prompt carries"
+        in text
+    )
+    assert "Refuse." not in text and "every held-out prompt is kept" in text
+    text = "\n".join(card._generation(gen, {"refusals": {"backend": "openai", "system_prompt": "Refuse."}}))
+    assert "is the refusal model's" in text and "> Refuse." in text

@@ -152,6 +152,7 @@ def test_profile_errors_name_the_file_the_line_and_the_key(tmp_path, monkeypatch
     (tmp_path / "fam.yaml").write_text("family: mistral\nbase_model: org/m\n")
     (tmp_path / "deeper.yaml").write_text("extends: deep\n")
     (tmp_path / "keytypo.yaml").write_text("hardware: x\nbse_model: org/m\n")  # had no did-you-mean
+    (tmp_path / "route.yaml").write_text("base_model: org/m\nstudy_set:\n  - data.generate.limit=2\n  - model=other\n")
     with pytest.raises(recipe.RecipeError, match=r"SET model: no model profile .*goood.yaml \(did you mean 'good'\?\)"):
         load("sft_kto", "model=goood")
     with pytest.raises(
@@ -172,6 +173,10 @@ def test_profile_errors_name_the_file_the_line_and_the_key(tmp_path, monkeypatch
         load("sft_kto", "model=keytypo")
     with pytest.raises(recipe.RecipeError, match=r"kindtypo.yaml:2: kto.beta: must be > 0"):
         load("sft_kto", "model=kindtypo")
+    with pytest.raises(
+        recipe.RecipeError, match=r"route.yaml:2: study_set: expected SET items key=value .*'model=other'"
+    ):
+        load("sft_kto", "model=route")
     with pytest.raises(recipe.RecipeError, match=r"deeper.yaml:1: extends: .*deep.yaml extends another profile"):
         load("sft_kto", "model=deeper")
     with pytest.raises(

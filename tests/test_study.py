@@ -167,8 +167,46 @@ def test_a_finding_on_an_untrusted_detector_is_marked():
 
 def test_study_experiment_names_follow_the_makefile_rule():
     n = study.exp_names("smollm2-135m", ["eval.leaderboard.enabled=false"], ["sft", "SFT+KTO"])
-    assert n == {
-        "SFT": "sft+model-smollm2-135m+eval.leaderboard.enabled-false",
-        "SFT+KTO": "sft_kto+model-smollm2-135m+eval.leaderboard.enabled-false",
+    assert n == {  # smollm2-135m's profile gives the study its data route: data-study stands for it
+        "SFT": "sft+model-smollm2-135m+data-study+eval.leaderboard.enabled-false",
+        "SFT+KTO": "sft_kto+model-smollm2-135m+data-study+eval.leaderboard.enabled-false",
     }
+    assert study.exp_names(None, [], ["kto"]) == {"KTO": "kto"}  # no profile, no route
+    assert study.exp_names("toy-llama3", [], ["kto"]) == {"KTO": "kto+model-toy-llama3"}
     assert study.out_name(None, []) == "study-tiny-local"
+
+
+def test_the_study_runs_each_method_on_the_models_data_route_then_the_users_set():
+    runs = study.runs("smollm2-135m", ["kto.beta=0.2"], ["sft", "kto"])
+    assert [(r, name) for r, name, _ in runs] == [
+        ("sft", "sft+model-smollm2-135m+data-study+kto.beta-0.2"),
+        ("kto", "kto+model-smollm2-135m+data-study+kto.beta-0.2"),
+    ]
+    items = runs[0][2]
+    assert items[-1] == "kto.beta=0.2" and items[:-1] == study.route("smollm2-135m")
+    assert "data.generate.prompts=data/sg_safety/study_prompts.jsonl" in items
+    assert "data.generate.answers.backend=local" in items and "data.generate.refusals.backend=prompts" in items
+    assert study.runs(None, [], ["sft"]) == [("sft", "sft", [])]
+
+
+def test_the_table_shows_the_over_refusal_probes_where_the_held_out_set_has_them():
+    def rate(v):
+        return {"value": v, "low": v - 0.1, "high": v + 0.1, "n": 40}
+
+    def model(fr, probes=None):
+        safety = {"overall": {"toxicity_rate": rate(0.2), "refusal_rate": rate(0.7), "false_refusal_rate": rate(fr)}}
+        if probes is not None:
+            safety["by_subset"] = {"over_refusal": {"false_refusal_rate": rate(probes)}}
+        return {"safety": safety}
+
+    s = {"model_order": ["base", "sft"], "models": {"base": model(0.1, 0.2), "sft": model(0.3, 0.5)}}
+    header, rows = study.table({"SFT": s})
+    assert header[4] == "of which over-refusal probes % ↓"
+    assert (
+        [r[0] for r in rows] == ["base", "SFT"]
+        and rows[1][4] == "50.0 [40.0, 60.0]"
+        and rows[0][4] == "20.0 [10.0, 30.0]"
+    )
+    plain = {"model_order": ["base", "sft"], "models": {"base": model(0.1), "sft": model(0.3)}}
+    header, rows = study.table({"SFT": plain})
+    assert "of which over-refusal probes % ↓" not in header and rows[1][3] == "30.0 [20.0, 40.0]"

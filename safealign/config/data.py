@@ -27,7 +27,8 @@ class GenModelCfg:
     """Who writes one kind of answer in the generation stage (safealign/data/generate.py)."""
 
     # openai: any OpenAI-compatible /v1/chat/completions (vLLM, TGI, transformers serve, a hosted
-    # API); local: transformers `generate` in batches in this process (no server, slower at 8B)
+    # API); local: transformers `generate` in batches in this process (no server, slower at 8B);
+    # prompts (refusals only): the refusal each unsafe prompt carries in the list, no model asked
     backend: str = "openai"
     # where the server listens (`make serve` here); not in the stage's identity, the model and its settings are
     base_url: str = "http://127.0.0.1:8765/v1"
@@ -41,12 +42,14 @@ class GenModelCfg:
     do_sample: bool = False  # false: greedy (temperature 0), reproducible; true: temperature/top_p sampling
     temperature: float = 0.7  # only with do_sample
     top_p: float = 1.0  # only with do_sample
-    batch_size: int = 16  # backend local: prompts generated together
+    batch_size: int = 16  # backend local: prompts generated together (a 135M model on 2 cores: 48-64 is ~2.5x 8's rate)
 
 
 @dataclass
 class RefusalModelCfg(GenModelCfg):
-    model: Optional[str] = None  # a strong instruction-following model (required); tiny-refuser on this machine
+    model: Optional[str] = (
+        None  # a strong instruction-following model (required unless backend: prompts); tiny-refuser here
+    )
     system_prompt: Optional[str] = REFUSAL_INSTRUCTION  # the refusal instruction
 
 
@@ -83,6 +86,7 @@ class DataCfg:
 # ----------------------------------------------------------------------------- data.generate (safealign/data/generate.py)
 ROLES = ("answers", "refusals")
 GEN_BACKENDS = ("openai", "local")
+REFUSAL_BACKENDS = (*GEN_BACKENDS, "prompts")  # prompts: the prompt list's own refusal field
 FILTERS = ("keyword", "none")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -92,8 +96,9 @@ def check_generate(cfg, where, problems: list[str]) -> None:
     """The data.generate section (recipe validation); `where(path)` locates a key."""
     for role in ROLES:
         m = getattr(cfg, role)
-        if m.backend not in GEN_BACKENDS:
-            problems.append(f"{where((role, 'backend'))}: expected one of {', '.join(GEN_BACKENDS)}, got {m.backend!r}")
+        allowed = REFUSAL_BACKENDS if role == "refusals" else GEN_BACKENDS
+        if m.backend not in allowed:
+            problems.append(f"{where((role, 'backend'))}: expected one of {', '.join(allowed)}, got {m.backend!r}")
         if m.backend == "openai":
             url = urlsplit(m.base_url)
             if url.scheme not in ("http", "https") or not url.hostname:
@@ -113,10 +118,10 @@ def check_generate(cfg, where, problems: list[str]) -> None:
             )
         if m.model is not None and not m.model.strip():
             problems.append(f"{where((role, 'model'))}: empty; null means the recipe's base_model")
-    if cfg.refusals.model is None:
+    if cfg.refusals.model is None and cfg.refusals.backend != "prompts":
         problems.append(
             f"{where(('refusals', 'model'))}: name the model that writes the refusals (a strong instruction "
-            "model on your server; tiny-refuser on this machine)"
+            "model on your server; tiny-refuser on this machine), or backend: prompts (the refusals the prompt list carries)"
         )
     if cfg.filter not in FILTERS:
         problems.append(f"{where(('filter',))}: expected one of {', '.join(FILTERS)}, got {cfg.filter!r}")
@@ -162,6 +167,9 @@ def identity(cfg, base_model: str) -> dict:
     out = {"limit": cfg.limit, "filter": cfg.filter}
     for role in ROLES:
         m = getattr(cfg, role)
+        if m.backend == "prompts":  # the refusals are in the prompt file, whose hash is the stage's
+            out[role] = {"backend": "prompts"}
+            continue
         out[role] = {
             "backend": m.backend,
             "model": model_name(m, base_model),

@@ -450,6 +450,9 @@ class ProfileInfo:
     hardware: str = ""  # what it is sized for, e.g. "1x 80 GB GPU (A100/H100), bf16 LoRA"
     family: str = ""  # architecture family (safealign/models/families.py): llama3, qwen2 or gemma2
     description: str = ""
+    # SET items `make study` adds on this model, its data route (e.g. the base model's own answers,
+    # data.generate...); `make exp` does not. The study's experiments are named <recipe>+model-<m>+data-study
+    study_set: list = field(default_factory=list)
 
 
 PROFILE_RECIPE_KEYS = ("base_model", "training", *KINDS, "launch", "resources", "eval", "health")
@@ -507,6 +510,9 @@ def load_profile(name, where) -> tuple[dict, list[tuple[str, dict]], ProfileInfo
 
     if info.family and info.family not in ARCH_FAMILIES:
         problems.append(f"{pwhere(('family',))}: expected one of {', '.join(ARCH_FAMILIES)}, got {info.family!r}")
+    bad = [x for x in info.study_set if not isinstance(x, str) or "=" not in x or x.startswith("model=")]
+    if bad:
+        problems.append(f"{pwhere(('study_set',))}: expected SET items key=value (not model=), got {bad}")
     for key in list(raw):
         if key not in PROFILE_RECIPE_KEYS:
             known = info_names + list(PROFILE_RECIPE_KEYS)

@@ -144,12 +144,23 @@ def _generation(gen: dict, cfg: dict) -> list[str]:
             f"{g.get('asked')} | {g.get('retries')} | {g.get('seconds')} |"
         )
     dropped = ", ".join(f"{k}: {v}" for k, v in gen.get("dropped", {}).items()) or "none"
+    ref = cfg.get("refusals") or {}
+    who = (
+        "the refusal each unsafe prompt carries in the list"
+        if ref.get("backend") == "prompts"
+        else "the refusal model's"
+    )
     lines += [
         "",
+        f"Route: rejected answers (unsafe prompts) and chosen answers (safe prompts) are "
+        f"`{(gen.get('answers') or {}).get('model')}`'s own; "
+        f"the preferred answer to an unsafe prompt is {who}.",
+        "",
         f"Prompts {gen['prompts']['train']} train / {gen['prompts']['test']} test; rows kept {gen['rows']['train']} / "
-        f"{gen['rows']['test']}; dropped by the `{gen.get('filter')}` filter: {dropped} (the gen stage's dropped.jsonl).",
+        f"{gen['rows']['test']}; dropped by the `{gen.get('filter')}` filter: {dropped} (the gen stage's dropped.jsonl; "
+        "the filter chooses training rows, every held-out prompt is kept).",
     ]
-    system = (cfg.get("refusals") or {}).get("system_prompt")
+    system = ref.get("system_prompt") if ref.get("backend") != "prompts" else None
     if system:
         lines += ["", "Refusal instruction (system prompt):", "", "> " + " ".join(system.split())]
     return lines + [""]

@@ -5,14 +5,16 @@ category, split, subset):
 
     answers   the base model's own answer, to every prompt            data.generate.answers
     refusals  a refusal written by a strong model, to unsafe prompts  data.generate.refusals
+              (backend `prompts`: the one the prompt list carries, as written by its author)
 
 and then one canonical row (safealign/data/rows.py): a safe prompt's chosen answer is the base
 model's own; an unsafe prompt's chosen answer is the refusal and its rejected answer the base
 model's. The filter (the refusal detector of safealign/eval/refusal.py) drops, and reports by
 reason, the rows that would teach the wrong thing: an unsafe prompt the base model already
 refuses (no compliant answer to learn away from), a "refusal" that does not refuse, a safe
-prompt the base model refuses. Each row carries its provenance in `meta` (model, endpoint,
-settings, seed and time of each answer); the stage's provenance.json holds the system prompts.
+prompt the base model refuses; it chooses training rows only, every held-out prompt stays.
+Each row carries its provenance in `meta` (model, endpoint, settings, seed and time of each
+answer); the stage's provenance.json holds the system prompts.
 
 Requests go to an OpenAI-compatible `/v1/chat/completions` (vLLM, TGI, transformers serve, a
 hosted API), `concurrency` at a time, retried with exponential backoff on 429, 5xx, timeouts
@@ -40,7 +42,15 @@ from pathlib import Path
 from safealign.config import data as data_cfg
 
 SPLITS = ("train", "test")
-PROMPT_FIELDS = {"id": str, "prompt": str, "safe": bool, "category": str, "split": str, "subset": (str, type(None))}
+PROMPT_FIELDS = {
+    "id": str,
+    "prompt": str,
+    "safe": bool,
+    "category": str,
+    "split": str,
+    "subset": (str, type(None)),
+    "refusal": (str, type(None)),  # an unsafe prompt's written refusal (refusals.backend: prompts)
+}
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # worth another try; any other error is final
 MAX_WAIT = 60.0  # seconds: the longest pause between two tries
 CACHE = "generate-cache"  # the cache's folder in the stage store
@@ -339,7 +349,9 @@ def _meta(entry: dict) -> dict:
 
 def assemble(prompts: list[dict], got: dict, filt: str) -> tuple[dict[str, list[dict]], list[dict]]:
     """Canonical rows per split, and the dropped prompts with their reason. `got` maps
-    (role, prompt id) to a cache entry."""
+    (role, prompt id) to a cache entry. The filter chooses training rows only: a held-out prompt
+    stays whatever the base model answered (dropping the unsafe prompts it already refuses would
+    make its refusal rate 0 by construction); only an empty answer or refusal leaves it out."""
     from safealign.eval.refusal import is_refusal
 
     refuses = is_refusal if filt == "keyword" else (lambda text: None)
@@ -348,8 +360,8 @@ def assemble(prompts: list[dict], got: dict, filt: str) -> tuple[dict[str, list[
         ans = got[("answers", p["id"])]
         ref = None if p["safe"] else got[("refusals", p["id"])]
         reason = classify(p, ans["text"], ref and ref["text"], refuses)
-        if filt == "none" and reason not in ("empty_answer", "empty_refusal"):
-            reason = None  # the detector is off; an empty answer still makes no row
+        if (filt == "none" or p["split"] == "test") and reason not in ("empty_answer", "empty_refusal"):
+            reason = None  # the detector is off, or a held-out prompt; an empty answer still makes no row
         if reason:
             dropped.append({**p, "reason": reason, "answer": ans["text"], "refusal": ref and ref["text"]})
             continue
@@ -365,6 +377,20 @@ def assemble(prompts: list[dict], got: dict, filt: str) -> tuple[dict[str, list[
         }
         rows[p["split"]].append(row)
     return rows, dropped
+
+
+def from_prompt_list(prompts: list[dict], path: Path) -> dict:
+    """refusals.backend `prompts`: each unsafe prompt's own `refusal` field, as a cache entry would
+    hold it (no model is asked); GenerateError naming the first prompts without one."""
+    missing = [p["id"] for p in prompts if not p["safe"] and not (p.get("refusal") or "").strip()]
+    if missing:
+        raise GenerateError(
+            f"{path}: {len(missing)} unsafe prompt(s) have no 'refusal' field (first: {', '.join(missing[:3])}); "
+            "data.generate.refusals.backend is prompts, which takes each unsafe prompt's refusal from the list "
+            "(tools/make_sg_safety.py writes them); or name a model that writes them (backend openai or local)"
+        )
+    meta = {"model": None, "endpoint": f"prompts:{Path(path).name}", "settings": {}, "seed": None, "time": None}
+    return {("refusals", p["id"]): {**meta, "text": p["refusal"]} for p in prompts if not p["safe"]}
 
 
 def _jobs(role: str, m, name: str, prompts: list[dict], seed: int) -> list[dict]:
@@ -404,6 +430,17 @@ def run(cfg, base_model: str, seed: int, prompts_path: Path, out: Path, cache_pa
     stats, got = {}, {}
     for role in data_cfg.ROLES:
         m = getattr(cfg, role)
+        if m.backend == "prompts":  # refusals only (config/data.py checks): written in the list, nothing to ask
+            got.update(from_prompt_list(prompts, prompts_path))
+            stats[role] = {
+                "model": None,
+                "endpoint": f"prompt list ({prompts_path.name})",
+                "requests": 0,
+                "cached": 0,
+                "asked": 0,
+            }
+            log(f"  gen: {role}: {len(got)} from the prompt list's refusal field")
+            continue
         name = data_cfg.model_name(m, base_model)
         jobs = _jobs(role, m, name, prompts, seed)
         todo = [j for j in jobs if j["key"] not in have]

@@ -138,8 +138,10 @@ def _data_text(d) -> str:
     g = d.generate
     if g is None:
         return f"`{d.source}`"
-    models = {role: getattr(g, role).model or "base model" for role in ("answers", "refusals")}
-    return f"generated from `{g.prompts}`: answers by `{models['answers']}`, refusals by `{models['refusals']}`"
+    by = {role: f"by `{getattr(g, role).model or 'base model'}`" for role in ("answers", "refusals")}
+    if g.refusals.backend == "prompts":
+        by["refusals"] = "from the prompt list"
+    return f"generated from `{g.prompts}`: answers {by['answers']}, refusals {by['refusals']}"
 
 
 def recipe_rows(ex: plan.Experiment) -> list[list[str]]:

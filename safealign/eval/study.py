@@ -50,6 +50,7 @@ METHODS = {
     "SFT+KTO length-normalised": "sft_kto_lennorm",
 }
 RATES = ("toxicity_rate", "refusal_rate", "false_refusal_rate")
+PROBES = "over_refusal"  # the held-out subset of safe prompts worded like unsafe ones (tools/make_sg_safety.py)
 # "behaves like", "similar": a paired 95% interval inside +-MARGIN counts as the same. 10 points:
 # below what separates methods in the study's table, above what 200 prompts a side resolve (~14 at
 # 45, ~7 at 200, summary.resolvable_line); a smaller margin needs more prompts to show sameness
@@ -454,12 +455,32 @@ def judge_findings(ev: Evidence, judge_kappa: dict[str, float | None]) -> list[F
 
 
 # ----------------------------------------------------------------------------- the page
+ROUTE_TAG = "data=study"  # in a method's experiment name where the model's study_set gave its data route
+
+
+def route(model: str | None) -> list[str]:
+    """The SET items `make study` adds on `model`: its profile's study_set (the study's own data
+    route, e.g. the base model's answers from data.generate); none without a profile."""
+    if not model:
+        return []
+    from safealign.config import recipe as recipe_mod
+
+    return list(recipe_mod.load_profile(model, lambda key: f"MODEL={model}")[2].study_set)
+
+
 def exp_names(model: str | None, sets: list[str], only: list[str] | None = None) -> dict[str, str]:
-    """Method label -> its experiment's folder name (the Makefile's rule: tools/exp_name.py)."""
-    overrides = ([f"model={model}"] if model else []) + list(sets)
+    """Method label -> its experiment's folder name: the Makefile's rule (tools/exp_name.py) on
+    model= and SET, with ROUTE_TAG standing for the model's study_set (its items are long)."""
+    overrides = ([f"model={model}"] if model else []) + ([ROUTE_TAG] if route(model) else []) + list(sets)
     return {
         label: names.exp_name(r, overrides) for label, r in METHODS.items() if not only or r in only or label in only
     }
+
+
+def runs(model: str | None, sets: list[str], only: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """What `make study` runs: (recipe, experiment name, SET items) per method, in table order."""
+    items = route(model) + list(sets)
+    return [(METHODS[label], name, items) for label, name in exp_names(model, sets, only).items()]
 
 
 def out_name(model: str | None, sets: list[str]) -> str:
@@ -479,13 +500,21 @@ def table(summaries: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
         for f in TASK_FAMILIES
         if any(summary.model_metrics(s["models"][k]).get(f"leaderboard_{f}") is not None for _, s, k in rows)
     ]
-    header = ["method", "toxicity % ↓", "refusal % ↑", "false refusal % ↓", "similarity to base ↑"]
+
+    def probes(s, key):  # false refusal on the over-refusal probes, where the held-out set has them
+        sub = ((s["models"][key].get("safety") or {}).get("by_subset") or {}).get(PROBES) or {}
+        return sub.get("false_refusal_rate")
+
+    has_probes = any(probes(s, k) for _, s, k in rows)
+    header = ["method", "toxicity % ↓", "refusal % ↑", "false refusal % ↓"]
+    header += (["of which over-refusal probes % ↓"] if has_probes else []) + ["similarity to base ↑"]
     header += [f"{TASK_FAMILIES[f].title} ↑" for f in families] + (["leaderboard avg ↑"] if families else [])
     out = []
     for label, s, key in rows:
         overall = ((s["models"][key].get("safety") or {}).get("overall")) or {}
         flat = summary.model_metrics(s["models"][key])
-        cells = [label] + [_cell(overall.get(r)) for r in RATES] + [_cell(overall.get("similarity_to_base"), pct=False)]
+        cells = [label] + [_cell(overall.get(r)) for r in RATES] + ([_cell(probes(s, key))] if has_probes else [])
+        cells += [_cell(overall.get("similarity_to_base"), pct=False)]
         for f in families:
             v = flat.get(f"leaderboard_{f}")
             cells.append("-" if v is None else f"{float(v):.1f}")

@@ -205,6 +205,8 @@ def gen_deps(r: recipe_mod.Recipe) -> list[str]:
     path = prompts_file(r)
     deps = [str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)]
     for role in data_cfg.ROLES:
+        if getattr(g, role).backend == "prompts":  # written in the prompt file: no model to build
+            continue
         dep = base_dep(data_cfg.model_name(getattr(g, role), r.base_model))
         if dep and dep not in deps:
             deps.append(dep)

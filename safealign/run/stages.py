@@ -189,7 +189,8 @@ def run_gen(exp: Experiment) -> None:
                 prompts=g.prompts,
                 # every setting of each model, system prompts included; the API key's variable by name only
                 generation={
-                    role: {**vars(m), "model": data_cfg.model_name(m, r.base_model)} for role, m in roles.items()
+                    role: {**vars(m), "model": None if m.backend == "prompts" else data_cfg.model_name(m, r.base_model)}
+                    for role, m in roles.items()
                 },
                 filter=g.filter,
                 cache=str(cache),
