@@ -584,27 +584,12 @@ def study_prompt_list(train: list[dict], test: list[dict], seed: int, per_side: 
             fresh = [r for r in _rows_for(category, spec, rng, want * 4, safe) if r["prompt"].lower() not in seen]
             for r in fresh[:want]:
                 seen.add(r["prompt"].lower())
-                extra.append(
-                    {
-                        "prompt": r["prompt"],
-                        "safe": safe,
-                        "category": category,
-                        "split": "test",
-                        "subset": "in_template",
-                        "refusal": None if safe else r["chosen"],
-                    }
-                )
+                row = {"prompt": r["prompt"], "safe": safe, "category": category, "split": "test"}
+                extra.append({**row, "subset": "in_template", **({} if safe else {"refusal": r["chosen"]})})
             if len(fresh) < want:
                 raise SystemExit(f"study_prompts: only {len(fresh)} new {category} prompts, wanted {want}")
     rng.shuffle(extra)
-    for i, r in enumerate(extra):
-        held.append(
-            {
-                "id": f"sg-study-{i:04d}",
-                **{k: r[k] for k in ("prompt", "safe", "category", "split", "subset")},
-                **({} if r["safe"] else {"refusal": r["refusal"]}),
-            }
-        )
+    held += [{"id": f"sg-study-{i:04d}", **r} for i, r in enumerate(extra)]
     return [r for r in base if r["split"] == "train"] + held
 
 

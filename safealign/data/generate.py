@@ -431,15 +431,18 @@ def run(cfg, base_model: str, seed: int, prompts_path: Path, out: Path, cache_pa
     for role in data_cfg.ROLES:
         m = getattr(cfg, role)
         if m.backend == "prompts":  # refusals only (config/data.py checks): written in the list, nothing to ask
-            got.update(from_prompt_list(prompts, prompts_path))
+            written = from_prompt_list(prompts, prompts_path)
+            got.update(written)
             stats[role] = {
                 "model": None,
                 "endpoint": f"prompt list ({prompts_path.name})",
                 "requests": 0,
                 "cached": 0,
                 "asked": 0,
+                "retries": 0,
+                "seconds": 0.0,
             }
-            log(f"  gen: {role}: {len(got)} from the prompt list's refusal field")
+            log(f"  gen: {role}: {len(written)} from the prompt list's refusal field")
             continue
         name = data_cfg.model_name(m, base_model)
         jobs = _jobs(role, m, name, prompts, seed)
