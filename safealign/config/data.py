@@ -47,9 +47,7 @@ class GenModelCfg:
 
 @dataclass
 class RefusalModelCfg(GenModelCfg):
-    model: Optional[str] = (
-        None  # a strong instruction-following model (required unless backend: prompts); tiny-refuser here
-    )
+    model: Optional[str] = None  # a strong instruction model (unless backend: prompts); tiny-refuser here
     system_prompt: Optional[str] = REFUSAL_INSTRUCTION  # the refusal instruction
 
 
