@@ -416,11 +416,12 @@ regress-history: $(VENV_STAMP) ## each checked metric of SUITE across its past r
 ##@ Checks
 .PHONY: test
 # PYTEST='--durations=30 -x' passes options on (.ci/run: the slowest tests, for docs/benchmarks.md)
-test: $(VENV_STAMP) ## run the test suite (CPU, a few minutes; slow tests: make test-slow)
+# the embedded models first (tiny-local ~1 min, smollm2-135m ~40 s once), so that no test skips for want of one
+test: $(VENV_STAMP) $(TINY_MODEL) $(SMOLLM2_MODEL) ## run the test suite (CPU, a few minutes; slow tests: make test-slow)
 	$(PY) -m pytest -q $(PYTEST)
 
 .PHONY: test-slow
-test-slow: $(VENV_STAMP) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches, the pipeline run locally, data generated through transformers serve
+test-slow: $(VENV_STAMP) $(TINY_MODEL) $(SMOLLM2_MODEL) ## the slow tests only: full-parameter mode, two concurrent runs, the regression suite failing on purpose, three model families and QLoRA end to end, multi-process launches, the pipeline run locally, data generated through transformers serve
 	$(PY) -m pytest -q -m slow $(PYTEST)
 
 .PHONY: test-gpu

@@ -210,3 +210,20 @@ def test_the_table_shows_the_over_refusal_probes_where_the_held_out_set_has_them
     plain = {"model_order": ["base", "sft"], "models": {"base": model(0.1), "sft": model(0.3)}}
     header, rows = study.table({"SFT": plain})
     assert "of which over-refusal probes % ↓" not in header and rows[1][3] == "30.0 [20.0, 40.0]"
+
+
+def test_the_users_set_replaces_the_routes_items_on_the_same_or_an_overlapping_key():
+    route = ["kto.max_steps=30", "eval.safety.max_new_tokens=48", "data.generate.answers.backend=local"]
+    assert study.merge_sets(route, ["kto.max_steps=10", "seed=3"]) == [
+        "eval.safety.max_new_tokens=48",
+        "data.generate.answers.backend=local",
+        "kto.max_steps=10",
+        "seed=3",
+    ]
+    assert study.merge_sets(route, ["kto={beta: 0.2}"]) == route[1:] + ["kto={beta: 0.2}"]  # kto= covers kto.*
+    whole = "eval.safety={max_new_tokens: 32}"
+    assert study.merge_sets(route, [whole]) == [route[0], route[2], whole]
+    # a longer name that starts with the key is another key
+    assert study.merge_sets(route, ["kto.max_steps_x=1"]) == route + ["kto.max_steps_x=1"]
+    items = study.runs("smollm2-135m", ["kto.max_steps=12"], ["kto"])[0][2]
+    assert items.count("kto.max_steps=12") == 1 and not any(x.startswith("kto.max_steps=3") for x in items)
