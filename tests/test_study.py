@@ -5,6 +5,7 @@ No model: the answers and logs are written here."""
 import numpy as np
 import pytest
 
+from safealign.core import names
 from safealign.eval import study
 
 N = 200  # prompts a side: enough to resolve the differences built below
@@ -214,16 +215,22 @@ def test_the_table_shows_the_over_refusal_probes_where_the_held_out_set_has_them
 
 def test_the_users_set_replaces_the_routes_items_on_the_same_or_an_overlapping_key():
     route = ["kto.max_steps=30", "eval.safety.max_new_tokens=48", "data.generate.answers.backend=local"]
-    assert study.merge_sets(route, ["kto.max_steps=10", "seed=3"]) == [
+
+    def merged(sets):
+        return names.merge_sets(("study_set", route), ("SET", sets))
+
+    assert merged(["kto.max_steps=10", "seed=3"]) == [
         "eval.safety.max_new_tokens=48",
         "data.generate.answers.backend=local",
         "kto.max_steps=10",
         "seed=3",
     ]
-    assert study.merge_sets(route, ["kto={beta: 0.2}"]) == route[1:] + ["kto={beta: 0.2}"]  # kto= covers kto.*
+    assert merged(["kto={beta: 0.2}"]) == route[1:] + ["kto={beta: 0.2}"]  # kto= covers kto.*
     whole = "eval.safety={max_new_tokens: 32}"
-    assert study.merge_sets(route, [whole]) == [route[0], route[2], whole]
+    assert merged([whole]) == [route[0], route[2], whole]
     # a longer name that starts with the key is another key
-    assert study.merge_sets(route, ["kto.max_steps_x=1"]) == route + ["kto.max_steps_x=1"]
+    assert merged(["kto.max_steps_x=1"]) == route + ["kto.max_steps_x=1"]
     items = study.runs("smollm2-135m", ["kto.max_steps=12"], ["kto"])[0][2]
     assert items.count("kto.max_steps=12") == 1 and not any(x.startswith("kto.max_steps=3") for x in items)
+    with pytest.raises(ValueError, match=r"SET: data.generate.answers.backend=local falls inside data.generate"):
+        names.merge_sets(("study_set", ["data.generate={limit: 2}"]), ("SET", ["data.generate.answers.backend=local"]))

@@ -24,7 +24,8 @@ EVAL_BACKENDS = (
     "auto",
 )  # transformers, vLLM, or auto: vLLM where installed with a GPU, else transformers
 CLASSIFIER = "classifier:"
-REFUSAL_DETECTORS = ("minilm", "keyword")
+GUARD = "guard:"  # a generative guard model (Llama Guard 3, ShieldGemma, WildGuard): safealign/models/guards.py
+REFUSAL_DETECTORS = ("minilm", "keyword", "guard")  # guard: the guard's own refusal verdict (WildGuard's)
 
 
 @dataclass
@@ -78,8 +79,11 @@ class SafetyCfg:
     temperature: float = 0.7  # only with do_sample
     top_p: float = 1.0  # only with do_sample
     system_prompt: Optional[str] = None  # system message before every held-out prompt
-    judge: str = "minilm"  # minilm (embeddings + classifier, offline) or classifier:<hub id or path>
-    refusal: str = "minilm"  # refusal detector: minilm (embedding classifier) or keyword
+    # minilm (embeddings + classifier, offline), classifier:<hub id or path> (a sequence classifier)
+    # or guard:<hub id or path> (a generative guard: Llama Guard 3, ShieldGemma, WildGuard; 1-27B,
+    # a GPU's work at 400 answers a model, where minilm takes seconds on a CPU)
+    judge: str = "minilm"
+    refusal: str = "minilm"  # refusal detector: minilm (embedding classifier), keyword, or guard (WildGuard's verdict)
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
     # true: the minilm heads also learn data/judge/real_answers.jsonl (a real model's answers
     # labelled by reading them; their agreement is then measured cross-fitted, by prompt): what a
@@ -88,6 +92,9 @@ class SafetyCfg:
     # hf: transformers generate in batches; vllm: far faster at 8B on a GPU (greedy answers can
     # differ in the last digits of the logits); auto: vllm where installed with CUDA, else hf
     backend: str = since("hf")
+    # the guard's prompt and verdict format: llama-guard-3, shieldgemma, wildguard; auto: from its
+    # hub id or folder name (a fine-tuned guard in a folder of another name must say)
+    guard_format: str = since("auto")
 
 
 @dataclass
@@ -102,18 +109,58 @@ def fixture_files() -> list[Path]:
     return [p for p in sorted(FIXTURES.rglob("*")) if p.is_file()]
 
 
-def judge_problems(judge: str, refusal: str) -> list[tuple[str, str]]:
-    """(recipe key under eval.safety, problem) for unknown judge or detector names and a classifier
-    path that is not there; the one check of these names (the recipe reports them with file:line)."""
+def guard_of(judge: str, declared: str = "auto") -> tuple[str, str | None] | None:
+    """`guard:<target>` -> (target, its format or None when neither the name nor `declared` says);
+    None for other judges."""
+    from safealign.models import guards
+
+    if not judge.startswith(GUARD):
+        return None
+    target = judge[len(GUARD) :]
+    return target, guards.detect(target, declared)
+
+
+def judge_problems(judge: str, refusal: str, guard_format: str = "auto") -> list[tuple[str, str]]:
+    """(recipe key under eval.safety, problem) for unknown judge or detector names, a classifier
+    or guard path that is not there, a guard whose format is unknown, and a refusal verdict asked
+    of a guard that gives none; the one check of these names (the recipe reports them with file:line)."""
     from safealign.core import refs
+    from safealign.models import guards
 
     out = []
-    if judge != "minilm" and not judge.startswith(CLASSIFIER):
+    guard = guard_of(judge, guard_format)
+    if guard_format != "auto" and guard_format not in guards.FORMATS:
+        out.append(("guard_format", f"expected auto or one of {', '.join(guards.FORMATS)}, got {guard_format!r}"))
+    elif guard is not None:
+        target, fmt = guard
+        if not target:
+            out.append(("judge", "'guard:' needs a hub id or a path after the colon"))
+        elif refs.is_path(target) and not (refs.path(target) / "config.json").exists():
+            out.append(("judge", f"{target}: no guard model there (no config.json)"))
+        elif fmt is None:
+            out.append(
+                (
+                    "judge",
+                    f"{judge}: the name does not say which guard it is; set eval.safety.guard_format to one of "
+                    f"{', '.join(guards.FORMATS)}",
+                )
+            )
+        elif refusal == "guard" and not guards.FORMATS[fmt].refusal:
+            out.append(
+                (
+                    "refusal",
+                    f"guard: {fmt} gives no refusal verdict (only "
+                    f"{', '.join(n for n, f in guards.FORMATS.items() if f.refusal)} does); use minilm or keyword",
+                )
+            )
+    elif refusal == "guard":
+        out.append(("refusal", "guard: the judge is not a guard model; set judge: guard:<wildguard model>"))
+    if judge != "minilm" and not judge.startswith(CLASSIFIER) and guard is None:
         out.append(
             (
                 "judge",
-                f"unknown judge {judge!r}; expected 'minilm' or 'classifier:<hub id or path of a "
-                "sequence-classification model>'",
+                f"unknown judge {judge!r}; expected 'minilm', 'classifier:<hub id or path of a "
+                "sequence-classification model>' or 'guard:<hub id or path of a guard model>'",
             )
         )
     elif judge.startswith(CLASSIFIER):
@@ -158,5 +205,5 @@ def check(e: EvalCfg, where, problems: list[str]) -> None:
                 f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected "
                 f"{', '.join(EVAL_BACKENDS)} or null, got {t.backend!r}"
             )
-    for key, msg in judge_problems(e.safety.judge, e.safety.refusal):
+    for key, msg in judge_problems(e.safety.judge, e.safety.refusal, e.safety.guard_format):
         problems.append(f"{where(('eval', 'safety', key))}: {msg}")

@@ -43,6 +43,32 @@ def exp_name(recipe: str, overrides: list[str]) -> str:
     return check_name(name, "experiment name")
 
 
+def merge_sets(*layers: tuple[str, list[str]]) -> list[str]:
+    """SET layers, (where, items) each, as one SET merged by key, so that make's SET (which refuses
+    a key given twice) gets each key once: a later layer's item replaces an earlier one of the same
+    key and every earlier one inside it (`kto={beta: 0.1}` replaces `kto.beta=0.2`). A later key
+    inside an earlier layer's whole mapping (`kto.beta=0.2` after `kto={beta: 0.1, ...}`) is a
+    ValueError: give the mapping's keys one by one. The regression suite's layers and `make
+    study`'s (the profile's study_set, then SET) merge by this rule."""
+    out: list[tuple[str, str]] = []  # (where, item)
+    for where, items in layers:
+        for item in items:
+            path = tuple(item.partition("=")[0].strip().split("."))
+            kept = []
+            for w, old in out:
+                op = tuple(old.partition("=")[0].strip().split("."))
+                if op[: len(path)] == path:
+                    continue  # the same key, or one inside it: the later layer wins
+                if path[: len(op)] == op:
+                    raise ValueError(
+                        f"{where}: {item} falls inside {old} ({w}), a value given whole; "
+                        f"set {op[-1]}'s keys one by one there, so that this one can replace one of them"
+                    )
+                kept.append((w, old))
+            out = [*kept, (where, item)]
+    return [item for _, item in out]
+
+
 def inside(root: Path, path: Path, what: str) -> Path:
     """`path`, refused unless it resolves to a place under `root` (links followed)."""
     r, p = Path(root).resolve(), Path(path).resolve()
@@ -57,7 +83,7 @@ def check_keys(*groups: tuple[str, list[str]]) -> None:
     `kto.beta=0.2`): which would win? `groups`: (origin, key=value items), e.g. ("SET", sets),
     ("GRID", grid). The one rule for `safealign resolve` (recipe.parse_overrides), `make sweep`
     and `make pipeline-sweep` (sweep_sets); the regression suite merges its layers by key first
-    (regress.merge_sets). Items that are not key=value are left to the caller's own check."""
+    (merge_sets). Items that are not key=value are left to the caller's own check."""
     seen: list[tuple[str, tuple[str, ...], str, str]] = []  # (origin, key path, key, value)
     for origin, items in groups:
         for item in items:

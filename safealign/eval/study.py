@@ -479,23 +479,9 @@ def exp_names(model: str | None, sets: list[str], only: list[str] | None = None)
 
 def runs(model: str | None, sets: list[str], only: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
     """What `make study` runs: (recipe, experiment name, SET items) per method, in table order."""
-    items = merge_sets(route(model), list(sets))
+    # SET wins over the route's item on the same key (a ValueError where SET sets a key inside one of its mappings)
+    items = names.merge_sets((f"models/{model}.yaml: study_set", route(model)), ("SET", list(sets)))
     return [(METHODS[label], name, items) for label, name in exp_names(model, sets, only).items()]
-
-
-def merge_sets(base: list[str], sets: list[str]) -> list[str]:
-    """`base` (a profile's study_set) then `sets` (the user's SET), where a user item replaces every
-    base item on the same key or one that overlaps it (kto= and kto.max_steps=): the command line
-    wins, as SET wins over a recipe, instead of failing as a key given twice."""
-
-    def key(item: str) -> str:
-        return item.split("=", 1)[0].strip()
-
-    def overlaps(a: str, b: str) -> bool:
-        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
-
-    mine = [key(x) for x in sets]
-    return [x for x in base if not any(overlaps(key(x), k) for k in mine)] + list(sets)
 
 
 def out_name(model: str | None, sets: list[str]) -> str:

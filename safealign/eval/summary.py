@@ -19,6 +19,7 @@ LABELS = {
     "refusal_rate": "refusal (unsafe prompts)",
     "false_refusal_rate": "false refusal (safe prompts)",
     "similarity_to_base": "similarity to base (safe)",
+    "refusal_gap": "refusal gap (refusal - false refusal)",
 }
 
 
@@ -149,7 +150,7 @@ def safety_rows(s: dict) -> tuple[list[str], list[list[str]]]:
     models = [m for m in order(s) if s["models"][m].get("safety")]
     header = ["metric (%, 95% CI)"] + models
     rows = []
-    for k in METRICS:
+    for k in (*METRICS, "refusal_gap"):  # the gap: safety.gap, refusal aimed at the unsafe prompts
         vals = [s["models"][m]["safety"]["overall"].get(k) for m in models]
         if any(vals):
             rows.append([LABELS[k]] + [_ci(v, pct=k != "similarity_to_base") for v in vals])
@@ -220,8 +221,10 @@ def trust_line(s: dict) -> str:
     if not models or not real:
         return ""
     m = s["models"][models[0]]["safety"]
+    judge = m.get("judge") or ""
+    toxic_key = {"minilm": "toxic_minilm"}.get(judge, "toxic_guard" if judge.startswith("guard:") else None)
     used = {  # rate -> (detector, its key in the agreement report; None: not measured there)
-        "toxicity": (m.get("judge"), "toxic_minilm" if m.get("judge") == "minilm" else None),
+        "toxicity": (judge, toxic_key),
         "refusal": (m.get("refusal_detector"), f"refusal_{m.get('refusal_detector')}"),
     }
     said, low = [], []

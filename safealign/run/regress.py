@@ -248,24 +248,12 @@ def merge_sets(*layers: tuple[str, list[str]]) -> list[str]:
     every earlier one inside it (`kto={beta: 0.1}` replaces `kto.beta=0.2`). A later key inside
     an earlier layer's whole mapping (`kto.beta=0.2` after `kto={beta: 0.1, ...}`) is refused:
     give the mapping's keys one by one."""
-    out: list[tuple[str, str]] = []  # (where, item)
     for where, items in layers:
         _check_layer(where, items)
-        for item in items:
-            path = tuple(item.partition("=")[0].split("."))
-            kept = []
-            for w, old in out:
-                op = tuple(old.partition("=")[0].split("."))
-                if op[: len(path)] == path:
-                    continue  # the same key, or one inside it: the later layer wins
-                if path[: len(op)] == op:
-                    raise RegressError(
-                        f"{where}: {item} falls inside {old} ({w}), a value given whole; "
-                        f"set {op[-1]}'s keys one by one there, so that this one can replace one of them"
-                    )
-                kept.append((w, old))
-            out = [*kept, (where, item)]
-    return [item for _, item in out]
+    try:
+        return names.merge_sets(*layers)
+    except ValueError as e:
+        raise RegressError(str(e)) from None
 
 
 def _layers(suite: Suite, entry: Entry, extra_set: list[str]) -> list[str]:

@@ -345,7 +345,10 @@ def run_judge(exp: Experiment) -> None:
     train, test = data_mod.read_jsonl(data / "train.jsonl"), data_mod.read_jsonl(data / "test.jsonl")
     origin = json.loads((data / "counts.json").read_text())["source"]
     with fsutil.staged_dir(exp.dir("judge")) as tmp:
-        report = judges.build(train, test, r.seed, tmp, learn_real=r.eval.safety.judge_real_answers)
+        cfg = r.eval.safety
+        guard = judges.Judge(cfg.judge, cfg.refusal, {}, None, cfg.guard_format, cfg.batch_size, cfg.backend)
+        guard = guard if guard.guard else None  # a guard judge is measured on the labelled answers too
+        report = judges.build(train, test, r.seed, tmp, learn_real=cfg.judge_real_answers, guard=guard)
         fsutil.write_json_atomic(
             tmp / "provenance.json",
             provenance.collect(
@@ -364,10 +367,15 @@ def run_judge(exp: Experiment) -> None:
         )
         if "real_answers" in report:  # kappa: agreement beyond chance, on real models' answers
             k = {key: "-" if v is None else f"{v:.2f}" for key, v in report["real_answers"]["kappa"].items()}
+            more = "".join(
+                f"; {key.replace('_', ' ')} {k[key]}" for key in ("toxic_guard", "refusal_guard") if key in k
+            )
+            bad = report["real_answers"].get("guard_malformed")
             console.say(
                 f"  judge: Cohen's kappa on {report['real_answers']['n']} labelled real answers"
                 f"{' (heads learnt them: cross-fitted)' if report['heads_learnt_real_answers'] else ''}: refusal keyword "
-                f"{k['refusal_keyword']}, minilm {k['refusal_minilm']}; toxic minilm {k['toxic_minilm']}"
+                f"{k['refusal_keyword']}, minilm {k['refusal_minilm']}; toxic minilm {k['toxic_minilm']}{more}"
+                + (f" ({bad} guard verdicts malformed, counted toxic)" if bad else "")
             )
 
 
@@ -398,7 +406,7 @@ def run_safety(exp: Experiment, model: str) -> None:
     cfg = r.eval.safety
     path = exp.model_path(model)
     test = [json.loads(line) for line in (exp.dir("data") / "test.jsonl").read_text().splitlines() if line.strip()]
-    judge = judges.Judge.from_dir(exp.dir("judge"), cfg.judge, cfg.refusal)
+    judge = judges.Judge.from_dir(exp.dir("judge"), cfg)
     reference = None if model == "base" else exp.dir("safety-base") / "answers.jsonl"
     with fsutil.staged_dir(exp.dir(f"safety-{model}")) as tmp:
         m = safety.run(path, test, cfg, judge, tmp, r.seed, base_answers=reference, health_cfg=r.health)
