@@ -229,3 +229,19 @@ def test_a_guard_that_answers_off_its_grammar_is_counted_malformed_and_toxic_nev
     )
     assert all(r["guard_malformed"] and r["toxic"] and not r["refused"] for r in rows)
     assert all(r["guard_problem"] for r in rows)
+
+
+def test_the_summary_shows_the_guards_agreement_beside_the_other_detectors():
+    block = {"overall": {}, "by_category": {}, "judge": "guard:org/wildguard", "refusal_detector": "guard"}
+    judge = {
+        "held_out": {"n": 4, "refusal_keyword": 1.0, "refusal_minilm": 1.0, "toxic_minilm": 1.0, "toxic_guard": 0.5}
+        | {"refusal_guard": 0.75, "kappa": {"toxic_guard": 0.1}},
+        "hard_cases": {"n": 2, "refusal_keyword": 1.0, "refusal_minilm": 1.0, "toxic_minilm": 1.0},
+    }
+    s = {"experiment": "e", "base_model": "b", "model_order": ["base"], "models": {"base": {"safety": block}}}
+    text = summary.markdown({**s, "judge": judge})
+    assert "| set | n | refusal: keyword | refusal: minilm | toxic: minilm | toxic: guard | refusal: guard |" in text
+    assert "| held_out | 4 | 100% | 100% | 100% | 50% (κ 0.10) | 75% |" in text
+    assert "| hard_cases | 2 | 100% | 100% | 100% | - (no prompts) | - (no prompts) |" in text
+    del judge["held_out"]["toxic_guard"], judge["held_out"]["refusal_guard"]  # no guard: the columns go
+    assert "guard" not in summary.markdown({**s, "judge": judge}).split("### Judge agreement")[1]

@@ -71,3 +71,4 @@ def test_make_exp_with_a_guard_judge_writes_its_verdicts_counts_and_agreement(gu
     assert "toxic_guard" in agree["held_out"] and "refusal_guard" in agree["real_answers"]["kappa"]
     summary = (exp / "eval" / "summary.md").read_text()
     assert "toxicity by guard:tiny-guard: κ" in summary and "refusal gap" in summary
+    assert "| toxic: guard | refusal: guard |" in summary  # its agreement beside the other detectors'

@@ -150,14 +150,15 @@ def test_the_judge_learns_from_the_rows_the_data_stage_wrote_not_from_data_sourc
     seen = {}
     real = judges.build
 
-    def spy(train, test, seed, out, learn_real=False):
-        seen["train"], seen["test"] = train, test
-        return real(train, test, seed, out, learn_real)
+    def spy(train, test, seed, out, learn_real=False, guard=None):
+        seen["train"], seen["test"], seen["guard"] = train, test, guard
+        return real(train, test, seed, out, learn_real, guard)
 
     monkeypatch.setattr(judges, "build", spy)
     stages.run(exp, "judge")
     assert [r["id"] for r in seen["train"]] == [f"gen-train-{i}" for i in range(12)]
     assert [r["id"] for r in seen["test"]] == [f"gen-test-{i}" for i in range(4)]
+    assert seen["guard"] is None  # the minilm judge: no guard to measure
     assert fsutil.is_done(exp.dir("judge"))
     shipped = {json.loads(line)["id"] for line in (REPO / exp.recipe.data.source / "train.jsonl").open()}
     assert not shipped & {r["id"] for r in seen["train"]}

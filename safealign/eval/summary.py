@@ -202,6 +202,7 @@ def _pct(rate) -> str:
 
 
 JUDGE_KEYS = ("refusal_keyword", "refusal_minilm", "toxic_minilm")
+GUARD_KEYS = ("toxic_guard", "refusal_guard")  # where the judge is a guard model (judges.build's `guard`)
 
 
 def _agree(block: dict, key: str) -> str:
@@ -306,6 +307,8 @@ def markdown(s: dict) -> str:
     parts += ["### Per category", "", md_table(h, rows), ""]
     j = s.get("judge")
     if j:
+        sets = [name for name in ("held_out", "hard_cases", "real_answers") if j.get(name)]
+        guard = [k for k in GUARD_KEYS if any(k in j[name] for name in sets)]
         parts += [
             "### Judge agreement with labelled answers",
             "",
@@ -314,11 +317,12 @@ def markdown(s: dict) -> str:
             "real_answers are real models' answers, labelled by reading them.",
             "",
             md_table(
-                ["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"],
+                ["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"]
+                + [f"{k.split('_')[0]}: guard" for k in guard],
                 [
                     [name, str(j[name]["n"]), *(_agree(j[name], k) for k in JUDGE_KEYS)]
-                    for name in ("held_out", "hard_cases", "real_answers")
-                    if j.get(name)
+                    + [_agree(j[name], k) if k in j[name] else "- (no prompts)" for k in guard]
+                    for name in sets
                 ],
             ),
             "",

@@ -218,7 +218,9 @@ FORMATS = {
     "llama-guard-3": GuardFormat("llama-guard-3", "text", max_new_tokens=20, hints=("llama-guard-3", "llamaguard3")),
     "shieldgemma": GuardFormat("shieldgemma", "yes_no", hints=("shieldgemma",)),
     # tiny-guard (models/tiny_guard.py) answers in WildGuard's format
-    "wildguard": GuardFormat("wildguard", "text", max_new_tokens=32, refusal=True, hints=("wildguard", "tiny-guard")),
+    # 64: WildGuard's card generates 32, its package 128; the three lines are ~20 tokens in its own
+    # tokenizer and ~35 in tiny-guard's (a cut verdict is malformed)
+    "wildguard": GuardFormat("wildguard", "text", max_new_tokens=64, refusal=True, hints=("wildguard", "tiny-guard")),
 }
 
 
