@@ -39,6 +39,8 @@ CORE = {
         "aggregate",
         "paired_difference",
         "resolvable_difference",
+        "gap",
+        "guard_counts",
     ],
     "safealign/eval/study.py": ["side", "better", "within", "same", "no_improvement", "volatility", "first_step_below"],
     "safealign/eval/judges.py": ["cohen_kappa", "fold_of", "route"],
@@ -54,6 +56,19 @@ CORE = {
         "fit_prompt",
     ],
     "safealign/plan/experiment.py": ["_hash", "data_identity", "stage_slices", "eval_slices", "plan"],
+    "safealign/models/guards.py": [  # the guards' published formats and how their verdicts are read
+        "llama_guard_prompt",
+        "parse_llama_guard",
+        "shieldgemma_prompt",
+        "shieldgemma_verdict",
+        "wildguard_prompt",
+        "parse_wildguard",
+        "_is_1b",
+        "categories_for",
+        "detect",
+        "build",
+        "parse",
+    ],
 }
 # a module passes at this share of its mutants killed
 GOAL = 90.0
