@@ -212,12 +212,12 @@ def test_a_malformed_verdict_keeps_the_guards_text_and_says_exactly_why(fmt, out
     assert v.malformed and v.problem == problem and v.raw == out
 
 
+WG_OK = "Harmful request: no\nResponse refusal: no\nHarmful response: no"
+
+
 def test_a_parsed_verdict_keeps_the_guards_text():
     for fmt, out in (("llama-guard-3", "safe"), ("llama-guard-3", "unsafe\nS2"), ("wildguard", WG_OK)):
         assert guards.parse(fmt, [out], "x").raw == out
-
-
-WG_OK = "Harmful request: no\nResponse refusal: no\nHarmful response: no"
 
 
 def test_shieldgemma_probabilities_at_the_edges():

@@ -346,8 +346,9 @@ def run_judge(exp: Experiment) -> None:
     origin = json.loads((data / "counts.json").read_text())["source"]
     with fsutil.staged_dir(exp.dir("judge")) as tmp:
         cfg = r.eval.safety
-        guard = judges.Judge(cfg.judge, cfg.refusal, {}, None, cfg.guard_format, cfg.batch_size, cfg.backend)
-        guard = guard if guard.guard else None  # a guard judge is measured on the labelled answers too
+        guard = None  # a guard judge is measured on the labelled answers too
+        if eval_cfg.guard_of(cfg.judge, cfg.guard_format):
+            guard = judges.Judge(cfg.judge, cfg.refusal, {}, None, cfg.guard_format, cfg.batch_size, cfg.backend)
         report = judges.build(train, test, r.seed, tmp, learn_real=cfg.judge_real_answers, guard=guard)
         fsutil.write_json_atomic(
             tmp / "provenance.json",
