@@ -296,8 +296,17 @@ $(DIR_safety-$(1))/.done: $(MODEL_DEP_$(1)) $(DIR_judge)/.done $(DIR_data)/.done
 	$$(call queue,safety $(1))
 endef
 $(foreach m,$(EVAL_MODELS),$(eval $(call EVAL_RULE,$(m)))$(if $(LEADERBOARD),$(eval $(call LEADERBOARD_RULE,$(m)))))
+# a public benchmark of eval.safety.sets (SAFETY_SETS): one stage per set and model, its files
+# (SET_DEP_<set>, where local) instead of the data stage's rows
+define SET_RULE
+$(DIR_safety-$(1)-$(2))/.done: $(MODEL_DEP_$(2)) $(DIR_judge)/.done $(SET_DEP_$(1)) $(if $(filter base,$(2)),,$(DIR_safety-$(1)-base)/.done) \
+		$(CODE_safety-$(1)-$(2)) | $(VENV_STAMP)
+	$$(call queue,safety $(2) $(1))
+endef
+$(foreach b,$(SAFETY_SETS),$(foreach m,$(EVAL_MODELS),$(eval $(call SET_RULE,$(b),$(m)))))
 
-EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done))
+EVAL_DONE := $(foreach m,$(EVAL_MODELS),$(DIR_safety-$(m))/.done $(if $(LEADERBOARD),$(DIR_leaderboard-$(m))/.done)) \
+	$(foreach b,$(SAFETY_SETS),$(foreach m,$(EVAL_MODELS),$(DIR_safety-$(b)-$(m))/.done))
 # an interrupted make deletes a target whose mtime moved: here that is another process's stamp
 .PRECIOUS: $(if $(DIR_gen),$(DIR_gen)/.done) $(DIR_data)/.done $(DIR_judge)/.done $(foreach s,$(STAGES),$(DIR_$(s))/.done) $(EVAL_DONE) $(TINY_MODEL) $(REFUSER_MODEL) $(GUARD_MODEL) $(SMOLLM2_MODEL) $(BASE_DEP) $(JUDGE_DEP)
 endif

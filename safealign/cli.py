@@ -59,22 +59,27 @@ def cmd_stage(a) -> int:
     exp = plan.Experiment(Path(a.exp))
     if a.stage in ("leaderboard", "safety") and not a.model:
         raise stages.StageError(f"stage {a.stage} needs --model (base or a stage name)")
+    if a.eval_set and (a.stage != "safety" or a.eval_set not in plan.benchmark_sets(exp.recipe)):
+        raise stages.StageError(
+            f"--eval-set {a.eval_set}: not a benchmark of this experiment's safety stages "
+            f"(eval.safety.sets: {', '.join(exp.recipe.eval.safety.sets)})"
+        )
     if a.queue:  # the evaluation stages Make queued, in this process, before this one
         queued = queue.read(Path(a.queue))
         queue.discard_stale(Path(a.queue).parent, keep=Path(a.queue))
-        for stage, model in queued:
-            _run_stage(exp, stage, model)
+        for stage, model, bench in queued:
+            _run_stage(exp, stage, model, bench)
         Path(a.queue).unlink(missing_ok=True)
-    _run_stage(exp, a.stage, a.model)
+    _run_stage(exp, a.stage, a.model, a.eval_set)
     return 0
 
 
-def _run_stage(exp, stage: str, model: str | None) -> None:
+def _run_stage(exp, stage: str, model: str | None, eval_set: str | None = None) -> None:
     """One stage under its lock, between its start and done lines."""
     from safealign.core import console, timing
 
     t0, imports0 = time.time(), timing.import_seconds()
-    label = f"{stage}-{model}" if model else stage
+    label = "-".join(x for x in (stage, eval_set, model) if x)  # safety-xstest-base
     log = exp.folder / "logs" / f"{label}.log"
     print(f"[{exp.name}] {label}: start (log: {log})", flush=True)
     target = exp.dir(label)
@@ -83,18 +88,20 @@ def _run_stage(exp, stage: str, model: str | None) -> None:
         if built_meanwhile:
             print(f"[{exp.name}] {label}: reusing {target}, which another process built meanwhile", flush=True)
             return
-        _run_logged(exp, stage, model, log, label, imports0)
+        _run_logged(exp, stage, model, log, label, imports0, eval_set)
     print(f"[{exp.name}] {label}: done in {time.time() - t0:.1f}s", flush=True)
 
 
-def _run_logged(exp, stage: str, model: str | None, log: Path, label: str, imports0: float) -> None:
+def _run_logged(
+    exp, stage: str, model: str | None, log: Path, label: str, imports0: float, eval_set: str | None = None
+) -> None:
     """The stage, its output (and its libraries') in its log: safealign/core/console.py."""
     from safealign.core import console, timing
     from safealign.run import stages
 
     with console.Console(log) as con:
         try:
-            stages.run(exp, stage, model)
+            stages.run(exp, stage, model, eval_set)
         except BaseException as e:  # the log ends with the error the terminal is told, whole, next
             con.note(f"{type(e).__name__}: {e}")
             raise
@@ -393,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("stage", choices=["gen", "data", *kinds.NAMES, *kinds.EVALUATION])
     p.add_argument("--exp", required=True)
     p.add_argument("--model", help="leaderboard/safety: base or a stage name")
+    p.add_argument("--eval-set", help="safety: a benchmark of eval.safety.sets (default: the held-out rows)")
     p.add_argument("--queue", help="first run the stages queued in this file (safealign/run/queue.py)")
     p.set_defaults(fn=cmd_stage)
     p = sub.add_parser("join")

@@ -112,13 +112,21 @@ def test_every_harmless_message_has_a_reason_and_a_valid_place():
 
 def test_queue_reads_in_order_once_and_names_a_bad_line(tmp_path):
     q = tmp_path / "123"
-    q.write_text("judge\nsafety base\nleaderboard base\nsafety base\n")
-    assert queue.read(q) == [("judge", None), ("safety", "base"), ("leaderboard", "base")]
+    q.write_text("judge\nsafety base\nleaderboard base\nsafety base\nsafety base xstest\nsafety base xstest\n")
+    assert queue.read(q) == [
+        ("judge", None, None),
+        ("safety", "base", None),
+        ("leaderboard", "base", None),
+        ("safety", "base", "xstest"),
+    ]
     assert queue.read(tmp_path / "none") == []
     q.write_text("judge\nsafety\n")
     with pytest.raises(StageError, match=r"123:2: expected .*got 'safety'"):
         queue.read(q)
     q.write_text("train sft\n")
+    with pytest.raises(StageError, match=r"123:1:"):
+        queue.read(q)
+    q.write_text("leaderboard base xstest\n")  # only a safety stage has a set
     with pytest.raises(StageError, match=r"123:1:"):
         queue.read(q)
 

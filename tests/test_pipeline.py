@@ -99,6 +99,20 @@ def test_generated_data_runs_the_generation_task_before_the_data_task(tmp_path):
     assert "base-op" in {op(ts[d]) for d in ts[gen]["dependentTasks"]}  # base (and tiny-refuser) built first
 
 
+def test_each_benchmark_is_a_safety_task_per_model_after_the_base_models(tmp_path):
+    compile_(tmp_path, "eval.safety.sets=[heldout,xstest,jbb]", "eval.safety.set_source=fixtures", recipe="sft")
+    exp = next(p for p in tmp_path.iterdir() if p.name.startswith("sft"))
+    plan = json.loads((exp / "stages.json").read_text())
+    ts = tasks(spec(exp / "pipeline.yaml"))
+    sets = {(constant(t, "eval_set"), constant(t, "model_name")): n for n, t in ts.items() if op(t) == "safety-set-op"}
+    assert set(sets) == {(b, m) for b in ("xstest", "jbb") for m in ("base", "sft")}
+    for b in ("xstest", "jbb"):
+        assert constant(ts[sets[(b, "sft")]], "identity") == plan[f"safety-{b}-sft"]["dir"]
+        assert sets[(b, "base")] in ts[sets[(b, "sft")]]["dependentTasks"]  # similarity to the base's answers
+    summary = next(t for t in ts.values() if op(t) == "summary-op")
+    assert set(sets.values()) <= set(summary["dependentTasks"])
+
+
 def test_every_task_runs_the_cli_in_the_image_and_installs_nothing(compiled):
     sp = spec(compiled / "sft_kto" / "pipeline.yaml")
     for name, t in tasks(sp).items():

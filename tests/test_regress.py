@@ -66,10 +66,17 @@ def test_cpu_baseline_is_committed_and_covers_the_suite():
     assert {k.split("/")[0] for k in b["metrics"]} == {e.id for e in suite.experiments} | {"reference"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in b["metrics"].values())
     assert {"cpu", "isa", "caches", "threads"} <= set(b["machine"])
-    for other in sorted(regress.baseline_path("cpu", "cpu").parent.glob("cpu-*.json")):  # other machines' own
+    # other machines' own: no experiment the suite dropped; one it added since is `new` there (not a
+    # failure) until that machine accepts a run (cpu.json, above, holds every one)
+    for other in sorted(regress.baseline_path("cpu", "cpu").parent.glob("cpu-*.json")):
         o = regress.read_baseline(other)
-        assert {k.split("/")[0] for k in o["metrics"]} == {e.id for e in suite.experiments} | {"reference"}, other.name
+        ids = {k.split("/")[0] for k in o["metrics"]}
+        assert "sft" in ids and ids <= {e.id for e in suite.experiments} | {"reference"}, other.name
         assert other.name == f"cpu-{regress.machine_tag(o['machine'])}.json"
+    row = regress.compare(
+        suite, {"sft_guard_sets/sft/xstest_refusal_rate": {"value": 0.2}}, {"metrics": {}}, ["sft_guard_sets"], False
+    )
+    assert [r["status"] for r in row] == ["new"]
 
 
 # --- suite files: every mistake named ------------------------------------------------------------

@@ -95,6 +95,17 @@ class SafetyCfg:
     # the guard's prompt and verdict format: llama-guard-3, shieldgemma, wildguard; auto: from its
     # hub id or folder name (a fine-tuned guard in a folder of another name must say)
     guard_format: str = since("auto")
+    # the prompt sets, each its own stage per model: heldout (the data stage's held-out rows, first)
+    # and public benchmarks, never trained on: xstest, orbench, harmbench, jbb, strongreject
+    # (safealign/config/sets.py; docs/evaluation.md lists their sizes and licences)
+    sets: list = since(["heldout"])
+    # hub: each benchmark's published files, downloaded once into the cache (network, first run);
+    # fixtures: data/benchmark_fixtures, a few rows in each set's layout (offline; measures nothing)
+    set_source: str = since("hub")
+    set_paths: dict = since(
+        {}
+    )  # a set's files from elsewhere: {xstest: /data/xstest}, a folder laid out as published, or a URL
+    set_limit: int = since(0)  # > 0: a seeded sample of N harmful and N benign prompts of each benchmark (smoke runs)
 
 
 @dataclass
@@ -207,3 +218,47 @@ def check(e: EvalCfg, where, problems: list[str]) -> None:
             )
     for key, msg in judge_problems(e.safety.judge, e.safety.refusal, e.safety.guard_format):
         problems.append(f"{where(('eval', 'safety', key))}: {msg}")
+    for key, msg in set_problems(e.safety):
+        problems.append(f"{where(('eval', 'safety', key))}: {msg}")
+
+
+def set_problems(s: SafetyCfg, root: Path = REPO) -> list[tuple[str, str]]:
+    """(key under eval.safety, problem) for the prompt sets: names, order, sources, local files."""
+    from safealign.config import sets as benchmarks
+
+    out = []
+    sets = s.sets if isinstance(s.sets, list) else []
+    if not isinstance(s.sets, list) or not all(isinstance(n, str) for n in sets):
+        out.append(("sets", f"expected a list of set names, got {s.sets!r}"))
+    elif bad := [n for n in sets if n not in benchmarks.SET_NAMES]:
+        out.append(("sets", f"unknown set {', '.join(map(repr, bad))}; expected {', '.join(benchmarks.SET_NAMES)}"))
+    elif sets[:1] != [benchmarks.HELDOUT]:
+        out.append(
+            (
+                "sets",
+                f"expected {benchmarks.HELDOUT} first (the summary, the study and the regression suite read it), got {sets!r}",
+            )
+        )
+    elif len(set(sets)) != len(sets):
+        out.append(("sets", f"a set named twice: {sets!r}"))
+    if s.set_source not in ("hub", "fixtures"):
+        out.append(("set_source", f"expected hub or fixtures, got {s.set_source!r}"))
+    paths = s.set_paths if isinstance(s.set_paths, dict) else None
+    if paths is None:
+        out.append(("set_paths", f"expected a mapping of set name to folder or URL, got {s.set_paths!r}"))
+    for name, loc in (paths or {}).items():
+        if name not in benchmarks.BENCHMARKS:
+            out.append(
+                ("set_paths", f"{name!r} is not a benchmark; expected one of {', '.join(benchmarks.BENCHMARKS)}")
+            )
+        elif name not in sets:
+            out.append(("set_paths", f"{name}: not in eval.safety.sets, so never read"))
+        elif not isinstance(loc, str) or not loc:
+            out.append(("set_paths", f"{name}: expected a folder or a URL, got {loc!r}"))
+        elif gone := benchmarks.missing(name, loc, root):
+            out.append(
+                ("set_paths", f"{name}: {', '.join(gone)}: no such file (a folder laid out as {name} publishes it)")
+            )
+    if not isinstance(s.set_limit, int) or s.set_limit < 0:
+        out.append(("set_limit", f"expected 0 (all) or a number of prompts per side, got {s.set_limit!r}"))
+    return out

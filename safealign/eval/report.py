@@ -362,27 +362,46 @@ COLUMNS = (
 )
 
 
-def experiment_row(s: dict, model: str) -> dict[str, float | None]:
+def set_columns(summaries: dict[str, dict]) -> list[tuple[str, str, bool]]:
+    """The public benchmarks' columns (eval.safety.sets) of any of the experiments: refusal of its
+    harmful prompts, false refusal of its benign ones, and the gap between them."""
+    names = []
+    for s in summaries.values():
+        names += [n for n in s.get("sets") or [] if n not in names]
+    return [
+        (f"{n} {label}", f"{n}_{key}", higher)
+        for n in names
+        for label, key, higher in (
+            ("refusal %", "refusal_rate", True),
+            ("false refusal %", "false_refusal_rate", False),
+            ("refusal gap", "refusal_gap", True),
+        )
+    ]
+
+
+def experiment_row(s: dict, model: str, columns=COLUMNS) -> dict[str, float | None]:
     vals = summary.model_metrics(s["models"][model])
     out = {}
-    for label, key, _ in COLUMNS:
+    for label, key, _ in columns:
         v = vals.get(key)
-        out[label] = None if v is None else float(v) * (100 if key.endswith("_rate") else 1)
+        out[label] = None if v is None else float(v) * (100 if key.endswith(("_rate", "_gap")) else 1)
     return out
 
 
 def comparison_table(summaries: dict[str, dict]) -> tuple[list[str], list[list[str]], dict]:
-    """Rows: the shared base model (once), then each experiment's final model; best per column in bold."""
+    """Rows: the shared base model (once), then each experiment's final model; best per column in
+    bold; the public benchmarks' columns after the held-out ones where an experiment has them."""
     rows: dict[str, dict] = {}
+    columns = [*COLUMNS[:4], *set_columns(summaries), *COLUMNS[4:]]
     bases = {s["base_model"] for s in summaries.values()}
     if len(bases) == 1:
         first = next(iter(summaries.values()))
-        rows[f"base ({first['base_model']})"] = experiment_row(first, "base")
+        rows[f"base ({first['base_model']})"] = experiment_row(first, "base", columns)
     for name, s in summaries.items():
         if len(bases) > 1:
-            rows[f"{name} base"] = experiment_row(s, "base")
-        rows[name] = experiment_row(s, summary.order(s)[-1])
-    cols = [c for c in COLUMNS if any(r[c[0]] is not None for r in rows.values())]
+            rows[f"{name} base"] = experiment_row(s, "base", columns)
+        rows[name] = experiment_row(s, summary.order(s)[-1], columns)
+    cols = [c for c in columns if any(r[c[0]] is not None for r in rows.values())]
     best = {}
     for label, _, higher in cols:
         vals = [r[label] for n, r in rows.items() if r[label] is not None and not n.startswith("base")]

@@ -189,13 +189,18 @@ def run(
     seed: int,
     base_answers: Path | None = None,
     health_cfg=None,
+    limit: int | None = None,
+    extra: dict | None = None,
 ) -> dict:
     """Answer, judge and aggregate; `base_answers` (the base model's answers.jsonl) adds similarity.
+    `limit`: the first N rows (default cfg.limit); `extra`: more keys for metrics.json (a
+    benchmark's name, source, import counts and file hashes).
     Raises DegenerateAnswers (after writing answers.jsonl) when health_cfg says the answers are broken."""
     from safealign.eval import health, judges
     from safealign.eval.refusal import is_refusal
 
-    rows = test_rows[: cfg.limit] if cfg.limit > 0 else list(test_rows)
+    limit = cfg.limit if limit is None else limit
+    rows = test_rows[:limit] if limit > 0 else list(test_rows)
     rows, refused = refuse_control(load_tokenizer(model_path), rows)
     if refused:
         named = ", ".join(f"{r['id']} {r['token']!r}" for r in refused[:5])
@@ -241,6 +246,7 @@ def run(
         for j in judged:
             f.write(json.dumps(j, ensure_ascii=False) + "\n")
     metrics = {
+        **(extra or {}),
         "model": model_path,
         "generation": generation_settings(cfg),
         "seed": seed,

@@ -526,6 +526,31 @@ def table(summaries: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     return header, out
 
 
+def set_table(summaries: dict[str, dict], name: str) -> tuple[list[str], list[list[str]]]:
+    """One public benchmark (eval.safety.sets), a row a method: refusal of its harmful prompts,
+    false refusal of its benign ones and the gap, with 95% intervals."""
+    first = next(iter(summaries.values()))
+    rows = [("base", first, "base")] + [(m, s, summary.order(s)[-1]) for m, s in summaries.items()]
+    header = ["method", "refusal % ↑", "false refusal % ↓", "refusal gap ↑", "toxicity % ↓"]
+    out = []
+    for label, s, key in rows:
+        overall = (((s["models"][key].get("sets") or {}).get(name)) or {}).get("overall") or {}
+        keys = ("refusal_rate", "false_refusal_rate", "refusal_gap", "toxicity_rate")
+        out.append([label] + [_cell(overall.get(k)) for k in keys])
+    return header, out
+
+
+def sets_part(summaries: dict[str, dict]) -> list[str]:
+    """The study's table on each public benchmark its recipes evaluate (SET=eval.safety.sets=[...])."""
+    names = next(iter(summaries.values())).get("sets") or []
+    if not names:
+        return []
+    parts = ["## Public benchmarks", "", "The same methods on each set of eval.safety.sets (never trained on).", ""]
+    for name in names:
+        parts += [f"### {name}", "", summary.md_table(*set_table(summaries, name)), ""]
+    return parts
+
+
 FIGURES = (  # (file, methods overlaid, logged key, title): the study's Figs. 3-4 and 8
     ("kto_kl.png", ("KTO", "SFT+KTO"), "kl", "KL estimate z0: KTO vs SFT+KTO"),
     ("kto_rewards_desirable.png", ("KTO", "SFT+KTO"), "rewards/chosen", "Reward on desirable rows: KTO vs SFT+KTO"),
@@ -601,6 +626,7 @@ def write(experiments: Path, model: str | None, sets: list[str], only: list[str]
             "",
             summary.resolvable_line(s0),
             "",
+            *sets_part(summaries),
             "## Findings",
             "",
             f"Verdicts from paired bootstrap intervals of the difference on the same prompts (A − B, points; "

@@ -68,9 +68,21 @@ def build(exp: plan.Experiment) -> dict:
             if met
             else None
         )
+        sets = {}
+        for name in plan.benchmark_sets(recipe):  # the public benchmarks: one stage per set and model
+            d = exp.dir(f"safety-{name}-{m}")
+            entry["stage_dirs"][f"safety-{name}"] = d.name
+            met = _read(d / "metrics.json")
+            sets[name] = {k: met.get(k) for k in SET_KEYS} if met else None
+        if sets:
+            entry["sets"] = sets
         out["models"][m] = entry
+    out["sets"] = plan.benchmark_sets(recipe)
     out["judge"] = _read(exp.dir("judge") / "agreement.json")
     return out
+
+
+SET_KEYS = ("overall", "by_category", "by_subset", "set", "source", "import", "judge", "refusal_detector")
 
 
 # ----------------------------------------------------------------------------- flat metric names
@@ -98,8 +110,12 @@ def leaderboard_metrics(t: dict | None) -> dict[str, float]:
 
 
 def model_metrics(entry: dict) -> dict[str, float]:
-    """One evaluated model of summary.json: its safety rates and leaderboard scores, flat."""
-    return {**safety_metrics(entry.get("safety")), **leaderboard_metrics(entry.get("leaderboard"))}
+    """One evaluated model of summary.json: its safety rates and leaderboard scores, flat; a
+    benchmark's rates as <set>_<rate> (xstest_false_refusal_rate)."""
+    out = {**safety_metrics(entry.get("safety")), **leaderboard_metrics(entry.get("leaderboard"))}
+    for name, m in (entry.get("sets") or {}).items():
+        out.update({f"{name}_{k}": v for k, v in safety_metrics(m).items()})
+    return out
 
 
 def metrics(s: dict) -> dict[str, dict[str, float]]:
@@ -174,6 +190,66 @@ def category_rows(s: dict) -> tuple[list[str], list[list[str]]]:
             cells = [f"- / {b['false_refusal_rate']['value'] * 100:.0f} (safe)" for b in blocks]
         rows.append([c, str(n)] + cells)
     return header, rows
+
+
+SET_RATES = ("refusal_rate", "false_refusal_rate", "refusal_gap", "toxicity_rate", "similarity_to_base")
+
+
+def set_rows(s: dict, name: str) -> tuple[list[str], list[list[str]]]:
+    """A benchmark's rates, one column per model (those whose stage for it has finished)."""
+    models = [m for m in order(s) if (s["models"][m].get("sets") or {}).get(name)]
+    rows = []
+    for k in SET_RATES:
+        vals = [s["models"][m]["sets"][name]["overall"].get(k) for m in models]
+        if any(vals):
+            rows.append([LABELS[k]] + [_ci(v, pct=k != "similarity_to_base") for v in vals])
+    return ["metric (%, 95% CI)"] + models, rows
+
+
+def set_category_rows(s: dict, name: str) -> tuple[list[str], list[list[str]]]:
+    """A benchmark's refusals per category: harmful prompts refused / benign prompts refused."""
+    models = [m for m in order(s) if (s["models"][m].get("sets") or {}).get(name)]
+    cats = sorted({c for m in models for c in s["models"][m]["sets"][name]["by_category"]})
+    rows = []
+    for c in cats:
+        blocks = [s["models"][m]["sets"][name]["by_category"].get(c, {}) for m in models]
+        n = "/".join(str((blocks[0].get(k) or {}).get("n", 0)) for k in ("refusal_rate", "false_refusal_rate"))
+        rows.append([c, n] + [f"{_pct(b.get('refusal_rate'))} / {_pct(b.get('false_refusal_rate'))}" for b in blocks])
+    return ["category", "n harmful/benign"] + [f"{m} refused harmful / benign" for m in models], rows
+
+
+def sets_section(s: dict) -> list[str]:
+    """The public benchmarks (eval.safety.sets), each its rates and its categories."""
+    from safealign.config.sets import BENCHMARKS
+
+    names = [n for n in s.get("sets") or [] if any((e.get("sets") or {}).get(n) for e in s["models"].values())]
+    if not names:
+        return []
+    parts = [
+        "## Safety on public benchmarks",
+        "",
+        "Each set answered and judged as the held-out prompts are (same judge, same settings); never "
+        "trained on. Refusal gap: harmful prompts refused minus benign prompts refused, where a set has both.",
+        "",
+    ]
+    for name in names:
+        first = next(e["sets"][name] for e in s["models"].values() if (e.get("sets") or {}).get(name))
+        b, imp = BENCHMARKS[name], first.get("import") or {}
+        skipped = "; ".join(f"{v} skipped: {k}" for k, v in (imp.get("skipped") or {}).items())
+        fixtures = "data/benchmark_fixtures" in str(first.get("source") or "")
+        parts += [
+            f"### {b.title} (`{name}`, {b.licence})",
+            "",
+            f"Source: `{first.get('source')}`; {imp.get('rows', '?')} prompts of {imp.get('read', '?')} rows read"
+            + (f" ({skipped})" if skipped else "")
+            + (". **Offline fixtures: a path check, not a measurement.**" if fixtures else "."),
+            "",
+            md_table(*set_rows(s, name)),
+            "",
+            md_table(*set_category_rows(s, name)),
+            "",
+        ]
+    return parts
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -305,6 +381,7 @@ def markdown(s: dict) -> str:
         ]
     h, rows = category_rows(s)
     parts += ["### Per category", "", md_table(h, rows), ""]
+    parts += sets_section(s)
     j = s.get("judge")
     if j:
         sets = [name for name in ("held_out", "hard_cases", "real_answers") if j.get(name)]

@@ -28,6 +28,7 @@ RUNNERS = {
     "judge": "run_judge",
     "leaderboard": "run_leaderboard",
     "safety": "run_safety",
+    "safety_set": "run_safety_set",  # a public benchmark's safety stage (eval.safety.sets)
     "summary": "run_summary",
 }
 # config/ is the recipe's schema and the kinds table: a kind's settings are part of its stages'

@@ -28,6 +28,7 @@ from safealign.config import data as data_cfg
 from safealign.config import eval as eval_cfg
 from safealign.config import launch
 from safealign.config import recipe as recipe_mod
+from safealign.config import sets as benchmarks
 from safealign.core import fsutil, names, refs
 from safealign.models import load as models
 from safealign.plan import codedeps
@@ -141,6 +142,7 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
         slices["judge"]["guard"] = {"model": guard[0], "format": guard[1], "refusal": r.eval.safety.refusal == "guard"}
     judge_dir = f"judge-{_hash(slices['judge'])}"
     lb = d["leaderboard"]
+    safety = {k: v for k, v in d["safety"].items() if k not in SET_KEYS}
     for m in eval_models(r):
         if lb["enabled"]:
             slices[f"leaderboard-{m}"] = {
@@ -155,13 +157,39 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
             "kind": "safety",
             "seed": r.seed,
             "model": model_id[m],
-            "config": d["safety"],
+            "config": safety,
             "judge": judge_dir,
             "data": data_id,
             **({"reference": f"safety-{_hash(slices['safety-base'])}"} if m != "base" else {}),
             **_profile(r),
         }
+        for name in benchmark_sets(r):  # a benchmark's stage: its files, not the data stage's rows
+            base = f"safety-{name}-base"
+            slices[f"safety-{name}-{m}"] = {
+                "kind": "safety",
+                "seed": r.seed,
+                "model": model_id[m],
+                "config": {**safety, **({"set_limit": r.eval.safety.set_limit} if r.eval.safety.set_limit else {})},
+                "judge": judge_dir,
+                "set": benchmarks.identity(name, set_location(r, name)),
+                **({"reference": f"safety-{_hash(slices[base])}"} if m != "base" else {}),
+                **_profile(r),
+            }
     return slices
+
+
+# the keys that choose the prompt sets: each set is its own stage, so they are in none's config
+SET_KEYS = ("sets", "set_source", "set_paths", "set_limit")
+
+
+def benchmark_sets(r: recipe_mod.Recipe) -> list[str]:
+    """The public benchmarks the recipe evaluates on (eval.safety.sets less heldout), in its order."""
+    return [n for n in r.eval.safety.sets if n != benchmarks.HELDOUT]
+
+
+def set_location(r: recipe_mod.Recipe, name: str) -> str:
+    """Where benchmark `name`'s files are for this recipe (set_paths, the fixtures or the hub)."""
+    return benchmarks.location(name, r.eval.safety.set_source, r.eval.safety.set_paths)
 
 
 def plan(r: recipe_mod.Recipe) -> dict[str, dict]:
@@ -200,7 +228,8 @@ def offline(r: recipe_mod.Recipe, p: dict) -> bool:
     files = p["data"]["slice"]["files"]
     local_data = "sha256" in files or "gen" in files  # generated: from a local prompt file
     hub_eval = r.eval.leaderboard.enabled and r.eval.leaderboard.source == "hub"
-    return models.is_local(r.base_model) and local_data and not hub_eval
+    hub_sets = any(benchmarks.is_remote(set_location(r, n)) for n in benchmark_sets(r))
+    return models.is_local(r.base_model) and local_data and not hub_eval and not hub_sets
 
 
 def judge_dep(r: recipe_mod.Recipe) -> str:
@@ -261,7 +290,7 @@ def stages_mk(
     for i, s in enumerate(r.stages):
         lines.append(f"INPUT_{s} := {'$(BASE_DEP)' if i == 0 else f'$(DIR_{r.stages[i - 1]})/.done'}")
     for name, entry in p.items():  # the files each stage's result depends on (safealign/plan/codedeps.py)
-        kind = entry["slice"]["kind"]
+        kind = "safety_set" if "set" in entry["slice"] else entry["slice"]["kind"]
         code = codedeps.templates(kind) + codedeps.files(kind)
         if "launch" in entry["slice"]:  # a launched training stage also renders the launch templates
             code += launch.files(r.launch)
@@ -269,6 +298,10 @@ def stages_mk(
     lines.append(f"CODE_summary := {' '.join(codedeps.files('summary'))}")
     models_ = eval_models(r)
     lines.append(f"EVAL_MODELS := {' '.join(models_)}")
+    lines.append(f"SAFETY_SETS := {' '.join(benchmark_sets(r))}")
+    for name in benchmark_sets(r):  # a local benchmark's files: an edit reruns its stages
+        files = benchmarks.local_files(name, set_location(r, name))
+        lines.append(f"SET_DEP_{name} := {' '.join(_rel(f) for f in files)}")
     lines.append(f"LEADERBOARD := {1 if r.eval.leaderboard.enabled else ''}")
     lines.append("MODEL_DEP_base := $(BASE_DEP)")
     for s in r.stages:
@@ -278,6 +311,12 @@ def stages_mk(
     else:
         lines.append("FIXTURE_DEP :=")
     return "\n".join(lines) + "\n"
+
+
+def _rel(path: Path) -> str:
+    """A path for stages.mk: relative to the checkout where it is inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -192,6 +192,12 @@ def build(points: list[Point], image: str, root: str, cache: str, name: str):
                 if m != "base":  # safety compares each answer with the base model's
                     safety.after(done[ident["safety-base"]])
                 evals.append(safety)
+                for b in plan.benchmark_sets(r):  # a public benchmark's stage (eval.safety.sets)
+                    task = stage(ident[f"safety-{b}-{m}"], "safety_set_op", resolve, res, res.eval_gpus, exp_name=e,
+                                 model_name=m, eval_set=b, model=models[m], judge=judge)  # fmt: skip
+                    if m != "base":
+                        task.after(done[ident[f"safety-{b}-base"]])
+                    evals.append(task)
             summary = sized(op["summary_op"](**common, exp_name=e), res, 0).after(*evals)
             summary.set_display_name(f"summary {e}").set_caching_options(False)
             report = sized(op["report_op"](**common, exp_name=e, summary=summary.outputs["summary"]), res, 0)

@@ -73,6 +73,16 @@ def safety_op(root: str, cache: str, hf_home: str, exp_name: str, model_name: st
     rates.metadata.update(meta)
 
 
+def safety_set_op(root: str, cache: str, hf_home: str, exp_name: str, model_name: str, eval_set: str, identity: str,
+                  model: Input[Model], judge: Input[Model], rates: Output[Metrics]):  # fmt: skip
+    from safealign.run import pipeline_steps as pipeline
+
+    meta = pipeline.step_stage(root, cache, hf_home, exp_name, "safety", model_name, identity, eval_set)
+    for k, v in meta.pop("metrics").items():
+        rates.log_metric(k, v)
+    rates.metadata.update(meta)
+
+
 def summary_op(root: str, cache: str, hf_home: str, exp_name: str, summary: Output[Metrics],
                table: Output[Markdown]):  # fmt: skip
     import shutil
@@ -93,4 +103,5 @@ def report_op(root: str, cache: str, hf_home: str, exp_name: str, summary: Input
     shutil.copyfile(pipeline.step_report(root, cache, hf_home, exp_name), report.path)
 
 
-OPS = (resolve_op, base_op, gen_op, data_op, train_op, judge_op, leaderboard_op, safety_op, summary_op, report_op)
+OPS = (resolve_op, base_op, gen_op, data_op, train_op, judge_op, leaderboard_op, safety_op, safety_set_op, summary_op,
+       report_op)  # fmt: skip

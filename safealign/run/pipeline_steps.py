@@ -111,12 +111,14 @@ def step_base(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
     }
 
 
-def step_stage(root: str, cache: str, hf_home: str, exp_name: str, stage: str, model: str, identity: str) -> dict:
+def step_stage(
+    root: str, cache: str, hf_home: str, exp_name: str, stage: str, model: str, identity: str, eval_set: str = ""
+) -> dict:
     """One stage through `safealign stage` (a finished one in the store is reused, as with Make);
-    returns the figures for its artifact's metadata."""
+    returns the figures for its artifact's metadata. `eval_set`: a public benchmark's safety stage."""
     _environment(cache, hf_home)
     exp = experiment_at(root, exp_name)
-    label = f"{stage}-{model}" if model else stage
+    label = "-".join(x for x in (stage, eval_set, model) if x)
     planned = exp.stages.get(label, {}).get("dir")
     if planned != identity:
         raise RuntimeError(
@@ -128,8 +130,15 @@ def step_stage(root: str, cache: str, hf_home: str, exp_name: str, stage: str, m
     if fsutil.is_done(target) and exp.up_to_date(target / ".done"):  # as Make: a finished, current stage is reused
         print(f"[{exp_name}] {label}: reusing {target} (done, and newer than its config and code)", flush=True)
     else:
-        _sa("stage", stage, "--exp", str(exp.folder), *(["--model", model] if model else []))
-    return describe(exp, stage, model)
+        _sa(
+            "stage",
+            stage,
+            "--exp",
+            str(exp.folder),
+            *(["--model", model] if model else []),
+            *(["--eval-set", eval_set] if eval_set else []),
+        )
+    return describe(exp, stage, model, eval_set)
 
 
 def step_summary(root: str, cache: str, hf_home: str, exp_name: str) -> dict:
@@ -154,11 +163,11 @@ def fill(artifact, meta: dict) -> None:
     Path(artifact.path).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def describe(exp, stage: str, model: str = "") -> dict:
+def describe(exp, stage: str, model: str = "", eval_set: str = "") -> dict:
     """A finished stage's figures for its artifact (pure reads of the stage folder)."""
-    label = f"{stage}-{model}" if model else stage
+    label = "-".join(x for x in (stage, eval_set, model) if x)
     folder = exp.dir(label)
-    meta = {"stage": label, "identity": folder.name, "store": str(folder)}
+    meta = {"stage": label, "identity": folder.name, "store": str(folder), **({"set": eval_set} if eval_set else {})}
     if stage == "gen":
         counts = json.loads((folder / "counts.json").read_text())
         meta.update({f"{s}_rows": n for s, n in counts["rows"].items()})

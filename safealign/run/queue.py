@@ -25,21 +25,28 @@ QUEUED = ("judge", "safety", "leaderboard")  # the stages whose rules queue inst
 NEEDS_MODEL = ("safety", "leaderboard")
 
 
-def read(path: Path) -> list[tuple[str, str | None]]:
-    """The queued stages, in order, each once: [(stage, model or None)]; a malformed line is an
-    error naming the file and line."""
-    out: list[tuple[str, str | None]] = []
+def read(path: Path) -> list[tuple[str, str | None, str | None]]:
+    """The queued stages, in order, each once: [(stage, model or None, benchmark or None)]
+    (`safety <model> <set>`: a benchmark's safety stage); a malformed line is an error naming the
+    file and line."""
+    out: list[tuple[str, str | None, str | None]] = []
     if not Path(path).exists():
         return out
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         words = line.split()
         if not words:
             continue
-        stage, model = words[0], (words[1] if len(words) > 1 else None)
-        if stage not in QUEUED or len(words) > 2 or (stage in NEEDS_MODEL) != (model is not None):
-            raise StageError(f"{path}:{n}: expected `judge`, `safety <model>` or `leaderboard <model>`, got {line!r}")
-        if (stage, model) not in out:
-            out.append((stage, model))
+        stage, model, bench = (words + [None, None])[:3]
+        if (
+            stage not in QUEUED
+            or len(words) > (3 if stage == "safety" else 2)
+            or (stage in NEEDS_MODEL) != (model is not None)
+        ):
+            raise StageError(
+                f"{path}:{n}: expected `judge`, `safety <model> [<set>]` or `leaderboard <model>`, got {line!r}"
+            )
+        if (stage, model, bench) not in out:
+            out.append((stage, model, bench))
     return out
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from safealign import REPO
+from safealign.config.sets import BENCHMARKS
 from safealign.core import fsutil, names
 from safealign.eval import summary as eval_summary
 from safealign.eval.leaderboard import TASK_FAMILIES
@@ -59,12 +60,14 @@ SAFETY_METRICS = {
     **{m: f"held-out {LABELS.get(m, m)}" for m in SAFETY_RATES},  # toxicity, refusal, false refusal, similarity
     "safety_seconds": "wall time of the safety stage",
 }
+# a public benchmark's rates (eval.safety.sets), under summary.model_metrics' names: xstest_refusal_rate
+SET_METRICS = {f"{b}_{m}": f"{b}: {LABELS.get(m, m)}" for b in BENCHMARKS for m in (*SAFETY_RATES, "refusal_gap")}
 LEADERBOARD_METRICS = {
     "leaderboard_average": "Open LLM Leaderboard v2 average (normalised)",
     "leaderboard_seconds": "wall time of the leaderboard stage",
     **{f"leaderboard_{f}": f"{fam.title} normalised score" for f, fam in TASK_FAMILIES.items()},
 }
-METRICS = {**TRAIN_METRICS, **SAFETY_METRICS, **LEADERBOARD_METRICS}
+METRICS = {**TRAIN_METRICS, **SAFETY_METRICS, **SET_METRICS, **LEADERBOARD_METRICS}
 FAIL_IF = ("both", "higher", "lower")  # which direction fails: speed is `lower`, time and memory `higher`
 # instruction sets that change which CPU kernels run, hence the low bits of every result
 ISA_FLAGS = (
@@ -362,7 +365,9 @@ def collect(exp: Path) -> dict[str, dict]:
         dirs = entry.get("stage_dirs", {})
         for m, v in eval_summary.model_metrics(entry).items():  # the names every consumer uses
             if m in METRICS:
-                put(model, m, v, dirs.get("leaderboard" if m.startswith("leaderboard_") else "safety", ""))
+                bench = next((b for b in BENCHMARKS if m.startswith(f"{b}_")), None)
+                kind = "leaderboard" if m.startswith("leaderboard_") else f"safety-{bench}" if bench else "safety"
+                put(model, m, v, dirs.get(kind, ""))
         sm = _read(exp / f"safety-{model}" / "metrics.json") or {}
         put(model, "safety_seconds", sm.get("seconds"), dirs.get("safety", ""))
     return out

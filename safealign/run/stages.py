@@ -29,13 +29,14 @@ from safealign import REPO
 from safealign.config import data as data_cfg
 from safealign.config import eval as eval_cfg
 from safealign.config import kinds, launch
+from safealign.config import sets as eval_sets
 from safealign.core import console, fsutil
 from safealign.core.errors import StageError  # noqa: F401  (stages.StageError: what the CLI catches)
 from safealign.data import rows as data_mod
 from safealign.eval import health
 from safealign.models import load as models
 from safealign.plan import provenance
-from safealign.plan.experiment import Experiment, machine_problems
+from safealign.plan.experiment import Experiment, machine_problems, set_location
 from safealign.train import launcher, render
 
 MAX_LISTED = 20  # refused rows named in a stage's summary.json (the count is always whole)
@@ -401,20 +402,47 @@ def run_leaderboard(exp: Experiment, model: str) -> None:
 
 
 def run_safety(exp: Experiment, model: str) -> None:
+    """The held-out rows' safety stage for `model`."""
+    exp.model_path(model)  # a model that cannot be had is the error, before anything is read
+    test = [json.loads(line) for line in (exp.dir("data") / "test.jsonl").read_text().splitlines() if line.strip()]
+    _safety(exp, model, f"safety-{model}", test, {})
+
+
+def run_safety_set(exp: Experiment, model: str, name: str) -> None:
+    """A public benchmark's safety stage for `model` (eval.safety.sets): its files read in their
+    published layout (fetched once where they are remote), sampled by set_limit."""
+    from safealign.data import benchmarks
+
+    r = exp.recipe
+    exp.model_path(model)
+    loc = set_location(r, name)
+    folder = benchmarks.fetch(name, loc)
+    rows, rep = benchmarks.load(name, folder)
+    if not rows:
+        raise StageError(f"{name}: no prompts in {folder} ({rep.as_dict()})")
+    rows = benchmarks.sample(rows, r.eval.safety.set_limit, r.seed)
+    files = eval_sets.identity(name, str(folder))["files"]  # the files read, by hash (a hub copy's too)
+    info = {"set": name, "source": loc, "import": rep.as_dict(), "files": files}
+    _safety(exp, model, f"safety-{name}-{model}", rows, info, limit=0)
+
+
+def _safety(exp: Experiment, model: str, stage: str, rows: list[dict], info: dict, limit: int | None = None) -> None:
     from safealign.eval import judges, safety
 
     r = exp.recipe
     cfg = r.eval.safety
     path = exp.model_path(model)
-    test = [json.loads(line) for line in (exp.dir("data") / "test.jsonl").read_text().splitlines() if line.strip()]
     judge = judges.Judge.from_dir(exp.dir("judge"), cfg)
-    reference = None if model == "base" else exp.dir("safety-base") / "answers.jsonl"
-    with fsutil.staged_dir(exp.dir(f"safety-{model}")) as tmp:
-        m = safety.run(path, test, cfg, judge, tmp, r.seed, base_answers=reference, health_cfg=r.health)
-        fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, "safety", model=path))
+    reference = None if model == "base" else exp.dir(stage.removesuffix(model) + "base") / "answers.jsonl"
+    with fsutil.staged_dir(exp.dir(stage)) as tmp:
+        m = safety.run(
+            path, rows, cfg, judge, tmp, r.seed, base_answers=reference, health_cfg=r.health, limit=limit, extra=info
+        )
+        fsutil.write_json_atomic(tmp / "provenance.json", _provenance(exp, "safety", model=path, **info))
         o = m["overall"]
         console.say(
-            "  safety: " + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items())
+            f"  safety{' (' + info['set'] + ')' if info else ''}: "
+            + ", ".join(f"{k} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in o.items())
         )
 
 
@@ -430,8 +458,9 @@ def run_summary(exp: Experiment) -> None:
         print(text, flush=True)  # the log's copy; `make exp` shows summary.md once, at its end
 
 
-def run(exp: Experiment, stage: str, model: str | None = None) -> None:
-    """Run one stage of `exp` by its kind: data, a training kind, judge, leaderboard, safety, summary."""
+def run(exp: Experiment, stage: str, model: str | None = None, eval_set: str | None = None) -> None:
+    """Run one stage of `exp` by its kind: data, a training kind, judge, leaderboard, safety (of
+    the held-out rows, or of the benchmark `eval_set`), summary."""
     if stage == "gen":
         run_gen(exp)
     elif stage == "data":
@@ -442,6 +471,8 @@ def run(exp: Experiment, stage: str, model: str | None = None) -> None:
         run_judge(exp)
     elif stage == "leaderboard":
         run_leaderboard(exp, model)
+    elif stage == "safety" and eval_set:
+        run_safety_set(exp, model, eval_set)
     elif stage == "safety":
         run_safety(exp, model)
     elif stage == "summary":
