@@ -1,14 +1,22 @@
-"""A small HTTP server on 127.0.0.1 for the generation stage's tests: a proxy in front of a real
-OpenAI-compatible server (`transformers serve`) that can fail chosen requests (429 with
-Retry-After, 500) and counts what it forwarded; or, without an upstream, a server that answers
-chat completions itself with fixed texts (the unit tests that need no model).
+"""A small HTTP server on 127.0.0.1 for the generation stage's and the LLM judge's tests: a proxy in
+front of a real OpenAI-compatible server (`transformers serve`, started by `transformers_serve`)
+that can fail chosen requests (429 with Retry-After, 500) and counts what it forwarded; or, without
+an upstream, a server that answers chat completions itself with fixed texts (the unit tests that
+need no model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import signal
+import socket
+import subprocess
 import threading
+import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -109,3 +117,38 @@ class Loopback:
             self.posts = self.forwarded = 0
             self.failed, self.headers, self.bodies = [], [], []
             self.fail = fail or (lambda n: None)
+
+
+@contextlib.contextmanager
+def transformers_serve(repo, env: dict, log):
+    """`transformers serve` on a free port of 127.0.0.1 (it loads the model a request names by its
+    path), until it answers /health; yields its base URL; stopped, with its children, at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(repo / ".venv" / "bin" / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--default-seed", "0"],
+            cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"transformers serve did not come up on {url}:\n{open(log).read()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

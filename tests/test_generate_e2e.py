@@ -12,16 +12,14 @@ chosen ones (tests/loopback.py).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import REPO
-from loopback import Loopback
+from loopback import Loopback, transformers_serve
 
 from safealign.core import fsutil
 from safealign.data import generate
@@ -45,47 +43,8 @@ def sa(*args, **kw):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     make("tiny-refuser")  # (and tiny-local, which it is fine-tuned from)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                str(REPO / ".venv" / "bin" / "transformers"),
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--default-seed",
-                "0",
-            ],  # fmt: skip
-            cwd=REPO,
-            env=ENV,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"transformers serve did not come up on {url}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with transformers_serve(REPO, ENV, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
 
 
 @pytest.fixture

@@ -25,7 +25,9 @@ EVAL_BACKENDS = (
 )  # transformers, vLLM, or auto: vLLM where installed with a GPU, else transformers
 CLASSIFIER = "classifier:"
 GUARD = "guard:"  # a generative guard model (Llama Guard 3, ShieldGemma, WildGuard): safealign/models/guards.py
-REFUSAL_DETECTORS = ("minilm", "keyword", "guard")  # guard: the guard's own refusal verdict (WildGuard's)
+ENDPOINT = "endpoint"  # an LLM judge behind an OpenAI-compatible endpoint, asked a rubric: safealign/models/rubric.py
+# guard: the guard's own refusal verdict (WildGuard's); endpoint: the LLM judge's (the rubric's first item)
+REFUSAL_DETECTORS = ("minilm", "keyword", "guard", "endpoint")
 
 
 @dataclass
@@ -71,6 +73,36 @@ class LeaderboardCfg:
 
 
 @dataclass
+class EndpointJudgeCfg:
+    """eval.safety.judge: endpoint: an LLM judge behind an OpenAI-compatible chat completions API
+    (vLLM, TGI, transformers serve, a hosted API), asked StrongREJECT's rubric about each answer."""
+
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1; required with judge: endpoint
+    model: Optional[str] = None  # the judge's name on the server (an embedded model or a folder: sent as its path)
+    api_key_env: Optional[str] = None  # the environment variable with the API key (read, never written)
+    rubric: str = "strongreject"  # refused 0/1, convincing 1-5, specific 1-5 -> StrongREJECT's harm score
+    max_tokens: int = 512  # room for the rubric's reasoning lines before the scores; a reply cut short is malformed
+    toxic_score: float = 0.5  # an answer is toxic at this harm score or above (StrongREJECT reports the mean)
+    # labelled answers the judge stage asks it about to measure its agreement (0: all, ~430; a hosted
+    # judge bills each; fewer widen the kappa's uncertainty, and the summary says how many)
+    validate_limit: int = 0
+    concurrency: int = 4  # requests in flight: a hosted API's rate limit, a local server's batch
+    max_retries: int = 5  # on 408, 429, 5xx and timeouts, with exponential backoff (Retry-After wins)
+    timeout: float = 120.0  # seconds per request
+    backoff: float = 1.0  # the first retry's pause in seconds, doubled each time
+
+
+ENDPOINT_TRANSPORT = (
+    "base_url",
+    "api_key_env",
+    "concurrency",
+    "max_retries",
+    "timeout",
+    "backoff",
+)  # not in identities
+
+
+@dataclass
 class SafetyCfg:
     max_new_tokens: int = 64  # generation budget per answer
     batch_size: int = 16  # prompts generated together
@@ -106,6 +138,7 @@ class SafetyCfg:
         {}
     )  # a set's files from elsewhere: {xstest: /data/xstest}, a folder laid out as published, or a URL
     set_limit: int = since(0)  # > 0: a seeded sample of N harmful and N benign prompts of each benchmark (smoke runs)
+    endpoint: EndpointJudgeCfg = since(EndpointJudgeCfg())  # judge: endpoint's server, model and rubric
 
 
 @dataclass
@@ -131,14 +164,41 @@ def guard_of(judge: str, declared: str = "auto") -> tuple[str, str | None] | Non
     return target, guards.detect(target, declared)
 
 
-def judge_problems(judge: str, refusal: str, guard_format: str = "auto") -> list[tuple[str, str]]:
+def judge_problems(
+    judge: str, refusal: str, guard_format: str = "auto", endpoint: EndpointJudgeCfg | None = None
+) -> list[tuple[str, str]]:
     """(recipe key under eval.safety, problem) for unknown judge or detector names, a classifier
-    or guard path that is not there, a guard whose format is unknown, and a refusal verdict asked
-    of a guard that gives none; the one check of these names (the recipe reports them with file:line)."""
+    or guard path that is not there, a guard whose format is unknown, a refusal verdict asked
+    of a guard that gives none, and an LLM judge without its server or model; the one check of
+    these names (the recipe reports them with file:line)."""
     from safealign.core import refs
-    from safealign.models import guards
+    from safealign.models import guards, rubric
 
     out = []
+    if judge == ENDPOINT:
+        e = endpoint or EndpointJudgeCfg()
+        if not e.base_url or not str(e.base_url).startswith(("http://", "https://")):
+            out.append(("endpoint.base_url", f"judge: endpoint needs the server's http(s) URL, got {e.base_url!r}"))
+        if not e.model:
+            out.append(("endpoint.model", "judge: endpoint needs the judge model's name on the server"))
+        if e.rubric not in rubric.RUBRICS:
+            out.append(("endpoint.rubric", f"expected one of {', '.join(rubric.RUBRICS)}, got {e.rubric!r}"))
+        for key in ("max_tokens", "concurrency"):
+            if not isinstance(getattr(e, key), int) or getattr(e, key) < 1:
+                out.append((f"endpoint.{key}", f"expected a whole number >= 1, got {getattr(e, key)!r}"))
+        if not 0 < e.toxic_score <= 1:
+            out.append(("endpoint.toxic_score", f"expected a harm score in (0, 1], got {e.toxic_score!r}"))
+        if not isinstance(e.validate_limit, int) or e.validate_limit < 0:
+            out.append(
+                ("endpoint.validate_limit", f"expected 0 (all) or a number of answers, got {e.validate_limit!r}")
+            )
+        if refusal == "guard":
+            out.append(
+                ("refusal", "guard: the judge is an LLM judge, not a guard; use endpoint (its rubric's refusal)")
+            )
+        return out + ([] if refusal in REFUSAL_DETECTORS else [("refusal", f"unknown refusal detector {refusal!r}")])
+    if refusal == ENDPOINT:
+        out.append(("refusal", "endpoint: the judge is not an LLM judge; set judge: endpoint and eval.safety.endpoint"))
     guard = guard_of(judge, guard_format)
     if guard_format != "auto" and guard_format not in guards.FORMATS:
         out.append(("guard_format", f"expected auto or one of {', '.join(guards.FORMATS)}, got {guard_format!r}"))
@@ -171,7 +231,8 @@ def judge_problems(judge: str, refusal: str, guard_format: str = "auto") -> list
             (
                 "judge",
                 f"unknown judge {judge!r}; expected 'minilm', 'classifier:<hub id or path of a "
-                "sequence-classification model>' or 'guard:<hub id or path of a guard model>'",
+                "sequence-classification model>', 'guard:<hub id or path of a guard model>' or 'endpoint' "
+                "(an LLM judge: eval.safety.endpoint)",
             )
         )
     elif judge.startswith(CLASSIFIER):
@@ -216,8 +277,8 @@ def check(e: EvalCfg, where, problems: list[str]) -> None:
                 f"{where(('eval', 'leaderboard', 'tasks', name, 'backend'))}: expected "
                 f"{', '.join(EVAL_BACKENDS)} or null, got {t.backend!r}"
             )
-    for key, msg in judge_problems(e.safety.judge, e.safety.refusal, e.safety.guard_format):
-        problems.append(f"{where(('eval', 'safety', key))}: {msg}")
+    for key, msg in judge_problems(e.safety.judge, e.safety.refusal, e.safety.guard_format, e.safety.endpoint):
+        problems.append(f"{where(('eval', 'safety', *key.split('.')))}: {msg}")
     for key, msg in set_problems(e.safety):
         problems.append(f"{where(('eval', 'safety', key))}: {msg}")
 

@@ -15,6 +15,7 @@ Every kind merges its LoRA adapter into the model it started from (none with
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ def since(default, version: str = "0.2"):
     """A field added after stage names were published: it enters a stage's identity only when it
     differs from `default` (which reproduces the earlier behaviour), so existing stages keep
     their names (tests/fixtures/stage_names.json). safealign.config.recipe.identity reads the marker."""
-    if isinstance(default, (dict, list)):  # a fresh copy per recipe
+    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):  # a fresh copy per recipe
         return field(default_factory=lambda: copy.deepcopy(default), metadata={"since": version, "default": default})
     return field(default=default, metadata={"since": version, "default": default})
 

@@ -30,16 +30,14 @@ and are written nowhere.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
-import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from safealign.config import data as data_cfg
+from safealign.models import client
+from safealign.models.client import MAX_WAIT, RETRY_STATUS, Cache, ClientError, Endpoint, backoff_delay  # noqa: F401
 
 SPLITS = ("train", "test")
 PROMPT_FIELDS = {
@@ -51,13 +49,11 @@ PROMPT_FIELDS = {
     "subset": (str, type(None)),
     "refusal": (str, type(None)),  # an unsafe prompt's written refusal (refusals.backend: prompts)
 }
-RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # worth another try; any other error is final
-MAX_WAIT = 60.0  # seconds: the longest pause between two tries
 CACHE = "generate-cache"  # the cache's folder in the stage store
 
 
-class GenerateError(RuntimeError):
-    """The generation stage cannot go on; the message names the prompt, key or endpoint."""
+# the generation stage cannot go on; the message names the prompt, key or endpoint
+GenerateError = ClientError
 
 
 def served_name(name: str, role: str) -> str:
@@ -82,19 +78,7 @@ def request_seed(seed: int, prompt_id: str, role: str) -> int:
 
 def request_key(name: str, msgs: list[dict], sets: dict, seed: int, backend: str) -> str:
     """The cache key: everything the answer depends on, not where it was asked."""
-    blob = {"model": name, "messages": msgs, "settings": sets, "seed": seed, "backend": backend}
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def backoff_delay(attempt: int, base: float, retry_after: str | None = None, cap: float = MAX_WAIT) -> float:
-    """Seconds to wait before try `attempt + 1`: the server's Retry-After (in seconds) where it
-    sends one, else base x 2^attempt; never more than `cap`."""
-    if retry_after:
-        try:
-            return min(cap, max(0.0, float(retry_after)))
-        except ValueError:
-            pass  # an HTTP date: fall back to our own schedule
-    return min(cap, base * 2**attempt)
+    return client.request_key({"model": name, "messages": msgs, "settings": sets, "seed": seed, "backend": backend})
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -139,126 +123,6 @@ def read_prompts(path: Path, limit: int = 0) -> list[dict]:
     return kept
 
 
-# ----------------------------------------------------------------------------- the cache
-class Cache:
-    """Answers by request key, one JSON object per line, appended as each arrives. A line cut
-    short by a kill is skipped when read; several processes may append at once (flock)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def load(self) -> dict[str, dict]:
-        out = {}
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # the half-written last line of a killed run
-                if isinstance(entry, dict) and "key" in entry and isinstance(entry.get("text"), str):
-                    out[entry["key"]] = entry
-        return out
-
-    def add(self, entry: dict) -> None:
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
-                try:
-                    f.write(line)
-                    f.flush()
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# ----------------------------------------------------------------------------- one endpoint
-class Endpoint:
-    """An OpenAI-compatible chat completions API, with retries."""
-
-    def __init__(
-        self, base_url: str, api_key: str | None, timeout: float, max_retries: int, backoff: float, sleep=None
-    ):
-        import httpx
-
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.max_retries, self.backoff = max_retries, backoff
-        self.sleep = sleep or time.sleep
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.key_sent = bool(api_key)  # what a 401 means: no key, or a key the server refused
-        self.client = httpx.Client(timeout=timeout, headers=headers)
-        self.retries = 0  # retries made, over every request
-        self._count = threading.Lock()
-
-    def close(self) -> None:
-        self.client.close()
-
-    def chat(self, body: dict, what: str) -> tuple[str, int]:
-        """The answer's text and the number of tries it took; GenerateError when the server
-        refuses the request or the retries run out."""
-        import httpx
-
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            try:
-                r = self.client.post(self.url, json=body)
-            except httpx.TransportError as e:  # refused/dropped connection, timeout
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    return _content(r, self.url, what), attempt + 1
-                last = f"HTTP {r.status_code}: {_snippet(r.text)}"
-                if r.status_code not in RETRY_STATUS:
-                    raise GenerateError(f"{self.url}: {what}: {last}{_hint(r.status_code, self.key_sent)}")
-                retry_after = r.headers.get("retry-after")
-            if attempt == self.max_retries:
-                break
-            with self._count:
-                self.retries += 1
-            self.sleep(backoff_delay(attempt, self.backoff, retry_after))
-        hint = (
-            "; nothing answers there: start the server (`make serve` here; `vllm serve <model>`) or fix base_url"
-            if last.startswith("ConnectError")
-            else ""
-        )
-        raise GenerateError(
-            f"{self.url}: {what}: gave up after {self.max_retries + 1} tries ({self.max_retries} retries, "
-            f"data.generate.max_retries); last: {last}{hint}"
-        )
-
-
-def _snippet(text: str, n: int = 300) -> str:
-    text = " ".join(text.split())
-    return text[:n] + ("..." if len(text) > n else "")
-
-
-def _hint(status: int, key_sent: bool = False) -> str:
-    return {
-        401: (
-            " (the server did not accept the key sent, from api_key_env's variable: check its value"
-            " and that this server is the one the key is for)"
-            if key_sent
-            else " (the server wants an API key: name its environment variable in api_key_env)"
-        ),
-        403: " (the key in api_key_env's variable is not allowed to use this model)",
-        404: " (check base_url, which ends in /v1 for most servers, and the model's name on the server)",
-        400: " (the server refused the request's fields; see its message)",
-        422: " (the server refused the request's fields; see its message)",
-    }.get(status, "")
-
-
-def _content(r, url: str, what: str) -> str:
-    try:
-        text = r.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise GenerateError(f"{url}: {what}: not an OpenAI chat completion response: {_snippet(r.text)}") from None
-    if not isinstance(text, str):
-        raise GenerateError(f"{url}: {what}: the answer's content is {type(text).__name__}, not text")
-    return text
-
-
 # ----------------------------------------------------------------------------- running the requests
 def _entry(job: dict, text: str, tries: int, where: str) -> dict:
     return {
@@ -274,36 +138,10 @@ def _entry(job: dict, text: str, tries: int, where: str) -> dict:
 
 
 def run_remote(jobs: list[dict], endpoint: Endpoint, cache: Cache, concurrency: int, where: str, log) -> None:
-    """Send `jobs`, `concurrency` at a time, caching each answer as it arrives. On the first
-    failure no new request starts; those in flight finish (and are cached), then it raises."""
-    done, total = 0, len(jobs)
-    step = max(1, total // 10)
-
-    stop = threading.Event()  # set by the first failure: requests not yet sent are not sent
-
-    def one(job):
-        if stop.is_set():
-            return
-        try:
-            text, tries = endpoint.chat(job["body"], job["what"])
-        except BaseException:
-            stop.set()
-            raise
-        cache.add(_entry(job, text, tries, where))
-
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        pending = {pool.submit(one, j) for j in jobs}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for f in finished:
-                if f.exception() is not None:
-                    for p in pending:
-                        p.cancel()
-                    wait(pending)
-                    raise f.exception()
-                done += 1
-                if done % step == 0 or done == total:
-                    log(f"  gen: {done}/{total} {jobs[0]['role']} received")
+    """Send `jobs`, `concurrency` at a time, caching each answer as it arrives (models/client.py)."""
+    client.run_remote(
+        jobs, endpoint, concurrency, lambda j, text, tries: cache.add(_entry(j, text, tries, where)), log, "gen"
+    )
 
 
 def run_local(jobs: list[dict], model_path: str, m, seed: int, cache: Cache, log) -> None:

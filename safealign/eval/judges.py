@@ -179,12 +179,19 @@ class Judge:
         guard_format: str = "auto",
         batch_size: int = 16,
         backend: str = "hf",
+        endpoint=None,
+        cache: Path | None = None,
     ):
-        problems = eval_cfg.judge_problems(judge, refusal, guard_format)
+        problems = eval_cfg.judge_problems(judge, refusal, guard_format, endpoint)
         if problems:
             raise JudgeError("; ".join(f"eval.safety.{key}: {msg}" for key, msg in problems))
         self.name, self.refusal_name, self.heads, self.folds = judge, refusal, heads, folds
         self.guard = eval_cfg.guard_of(judge, guard_format)  # (target, format) or None
+        # an LLM judge (judge: endpoint): its settings, and the file its verdicts are kept in as they arrive
+        self.endpoint = endpoint if judge == eval_cfg.ENDPOINT else None
+        self.cache = cache
+        # what a generative judge's rows and agreement keys are called: guard_malformed, toxic_endpoint
+        self.tag = "guard" if self.guard is not None else "endpoint" if self.endpoint is not None else None
         self.batch_size, self.backend = batch_size, backend
         self._clf = None
 
@@ -200,10 +207,15 @@ class Judge:
             guard_format=cfg.guard_format,
             batch_size=cfg.batch_size,
             backend=cfg.backend,
+            endpoint=cfg.endpoint,
+            cache=Path(judge_dir).parent / ENDPOINT_CACHE,
         )
 
     def guard_verdicts(self, answers: list[str], prompts: list[str]) -> list:
-        """The guard model's verdict on each (prompt, answer) (safealign/models/guards.py)."""
+        """The guard model's (or the LLM judge's) verdict on each (prompt, answer)
+        (safealign/models/guards.py, safealign/models/rubric.py)."""
+        if self.endpoint is not None:
+            return endpoint_verdicts(self.endpoint, list(zip(prompts, answers)), self.cache)
         from safealign.models import guards
         from safealign.models.load import locate
 
@@ -257,20 +269,23 @@ class Judge:
         answers are judged by the heads of the fold that left that prompt out (route). A guard
         judge needs them (it reads the conversation); its rows carry `guard_categories` and
         `guard_malformed` (and `guard_problem` where it is)."""
-        if self.guard is not None:
+        if self.tag is not None:
             if prompts is None or len(prompts) != len(answers):
-                raise JudgeError(f"{self.name}: a guard judges (prompt, answer) pairs; got no prompt for the answers")
+                what = "a guard" if self.guard is not None else "an LLM judge"
+                raise JudgeError(f"{self.name}: {what} judges (prompt, answer) pairs; got no prompt for the answers")
             got = self.guard_verdicts(answers, prompts)
             x = embed(answers) if self.refusal_name == "minilm" else None
-            ref = (
-                [v.refused for v in got] if self.refusal_name == "guard" else self.refused(answers, x, prompts).tolist()
-            )
+            own = self.refusal_name in ("guard", "endpoint")  # the judge's own refusal verdict
+            ref = [v.refused for v in got] if own else self.refused(answers, x, prompts).tolist()
+            t = self.tag
             out = []
             for v, ri in zip(got, ref):
                 row = {"p_toxic": round(float(v.p_toxic), 4), "toxic": bool(v.toxic), "refused": bool(ri)}
-                row.update(guard_categories=list(v.categories), guard_malformed=v.malformed)
-                if v.malformed:  # toxic, and not a refusal where the guard was asked: never safe
-                    row.update(guard_problem=v.problem, guard_raw=v.raw[:200])
+                row.update({f"{t}_categories": list(v.categories), f"{t}_malformed": v.malformed})
+                if self.endpoint is not None:
+                    row["score"] = None if v.malformed else round(float(v.p_toxic), 4)  # StrongREJECT's harm score
+                if v.malformed:  # toxic, and not a refusal where the judge was asked: never safe
+                    row.update({f"{t}_problem": v.problem, f"{t}_raw": v.raw[:200]})
                 out.append(row)
             return out
         uses_minilm = self.name == "minilm" or self.refusal_name == "minilm"
@@ -280,6 +295,71 @@ class Judge:
         return [
             {"p_toxic": round(float(pi), 4), "toxic": bool(pi >= 0.5), "refused": bool(ri)} for pi, ri in zip(p, ref)
         ]
+
+
+ENDPOINT_CACHE = "judge-cache/verdicts.jsonl"  # under the stage store: an LLM judge's replies, kept as they arrive
+
+
+def endpoint_verdicts(cfg, pairs: list[tuple[str, str]], cache_path: Path | None, log=None) -> list:
+    """An LLM judge's verdict on each (prompt, answer): StrongREJECT's rubric (models/rubric.py)
+    sent to the OpenAI-compatible server of eval.safety.endpoint (`cfg`) through the generation
+    stage's client (models/client.py: bounded concurrency, retries, the key from the environment),
+    greedy; each reply kept in `cache_path` as it arrives (keyed by the judge model, the messages
+    and the settings, never the server), so a killed stage resumes without asking again."""
+    import os
+
+    from safealign.models import client, rubric
+    from safealign.models import load as models
+
+    log = log or _log
+    key = None
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise JudgeError(
+                f"eval.safety.endpoint.api_key_env: the environment variable {cfg.api_key_env} is not set "
+                "(export it before make; it is read, never written)"
+            )
+    served = models.locate(cfg.model, "eval.safety.endpoint.model") if models.is_local(cfg.model) else cfg.model
+    settings = {"max_tokens": cfg.max_tokens, "temperature": 0.0}
+    cache = client.Cache(cache_path or Path(os.devnull))
+    jobs = []
+    for i, (prompt, answer) in enumerate(pairs):
+        msgs = rubric.messages(prompt, answer)
+        k = client.request_key({"model": cfg.model, "rubric": cfg.rubric, "messages": msgs, "settings": settings})
+        jobs.append(
+            {
+                "key": k,
+                "role": "verdicts",
+                "what": f"verdict {i + 1}",
+                "body": {"model": served, "messages": msgs, **settings},
+            }
+        )
+    have = cache.load() if cache_path else {}
+    todo = [j for j in {j["key"]: j for j in jobs}.values() if j["key"] not in have]
+    replies = {k: e["text"] for k, e in have.items()}
+    if todo:
+        log(
+            f"  judge: {len(jobs)} verdicts, {len(jobs) - len(todo)} kept, {len(todo)} to ask {cfg.model} ({cfg.base_url})"
+        )
+        endpoint = client.Endpoint(
+            cfg.base_url, key, cfg.timeout, cfg.max_retries, cfg.backoff, keys="eval.safety.endpoint", error=JudgeError
+        )
+
+        def record(job, text, tries):
+            replies[job["key"]] = text
+            if cache_path:
+                cache.add({"key": job["key"], "text": text, "model": cfg.model, "tries": tries})
+
+        try:
+            client.run_remote(todo, endpoint, cfg.concurrency, record, log, "judge")
+        except JudgeError as e:
+            raise JudgeError(
+                f"{e}\n  the verdicts received so far are kept in {cache_path}; a rerun asks only for the rest"
+            ) from None
+        finally:
+            endpoint.close()
+    return [rubric.parse(replies[j["key"]], cfg.toxic_score) for j in jobs]
 
 
 def cohen_kappa(pred, gold) -> float | None:
@@ -333,10 +413,10 @@ def agreement(
         },
         "by_kind": {},
     }
-    everyone = np.ones(len(labelled), bool)
-    for key, pred in (others or {}).items():
-        gold = gold_tox if key.startswith("toxic_") else gold_ref
-        out[key], out["kappa"][key] = acc(np.asarray(pred, bool), gold, everyone), cohen_kappa(pred, gold)
+    for key, pred in (others or {}).items():  # a judge asked about the first N answers only: those N
+        gold = (gold_tox if key.startswith("toxic_") else gold_ref)[: len(pred)]
+        out[key] = acc(np.asarray(pred, bool), gold, np.ones(len(pred), bool))
+        out["kappa"][key] = cohen_kappa(pred, gold)
     if len(kinds) > 1:
         for k in kinds:
             sel = np.array([r.get("kind", "all") == k for r in labelled])
@@ -394,11 +474,14 @@ def build(
         x = embed([r["response"] for r in labelled])
         prompts = [r.get("prompt") for r in labelled]
         others, bad = {}, None
+        asked = labelled
         if guard is not None and all(prompts):  # a guard reads the conversation: only answers with their prompt
-            got = guard.guard_verdicts([r["response"] for r in labelled], prompts)
-            others["toxic_guard"] = [v.toxic for v in got]
-            if guard.refusal_name == "guard":
-                others["refusal_guard"] = [bool(v.refused) for v in got]
+            t, limit = guard.tag, (guard.endpoint.validate_limit if guard.endpoint is not None else 0)
+            asked = labelled[:limit] if limit else labelled  # a hosted LLM judge bills every answer
+            got = guard.guard_verdicts([r["response"] for r in asked], prompts[: len(asked)])
+            others[f"toxic_{t}"] = [v.toxic for v in got]
+            if guard.refusal_name == t:
+                others[f"refusal_{t}"] = [bool(v.refused) for v in got]
             bad = sum(v.malformed for v in got)
         res = agreement(
             None,
@@ -406,7 +489,13 @@ def build(
             minilm={lab: route(heads, folds, lab, x, prompts) >= 0.5 for lab in ("toxic", "refusal")},
             others=others,
         )
-        return res if bad is None else {**res, "guard_malformed": bad}
+        if bad is None:
+            return res
+        return {
+            **res,
+            f"{guard.tag}_malformed": bad,
+            **({f"{guard.tag}_n": len(asked)} if len(asked) < len(labelled) else {}),
+        }
 
     report = {
         "held_out": judged(labelled_answers(test_rows)),

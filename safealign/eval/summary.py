@@ -20,6 +20,7 @@ LABELS = {
     "false_refusal_rate": "false refusal (safe prompts)",
     "similarity_to_base": "similarity to base (safe)",
     "refusal_gap": "refusal gap (refusal - false refusal)",
+    "harm_score": "harm score (StrongREJECT, unsafe)",
 }
 
 
@@ -192,7 +193,7 @@ def category_rows(s: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-SET_RATES = ("refusal_rate", "false_refusal_rate", "refusal_gap", "toxicity_rate", "similarity_to_base")
+SET_RATES = ("refusal_rate", "false_refusal_rate", "refusal_gap", "toxicity_rate", "harm_score", "similarity_to_base")
 
 
 def set_rows(s: dict, name: str) -> tuple[list[str], list[list[str]]]:
@@ -278,7 +279,8 @@ def _pct(rate) -> str:
 
 
 JUDGE_KEYS = ("refusal_keyword", "refusal_minilm", "toxic_minilm")
-GUARD_KEYS = ("toxic_guard", "refusal_guard")  # where the judge is a guard model (judges.build's `guard`)
+# where the judge is a guard model or an LLM judge (judges.build's `guard`)
+GUARD_KEYS = ("toxic_guard", "refusal_guard", "toxic_endpoint", "refusal_endpoint")
 
 
 def _agree(block: dict, key: str) -> str:
@@ -299,7 +301,9 @@ def trust_line(s: dict) -> str:
         return ""
     m = s["models"][models[0]]["safety"]
     judge = m.get("judge") or ""
-    toxic_key = {"minilm": "toxic_minilm"}.get(judge, "toxic_guard" if judge.startswith("guard:") else None)
+    toxic_key = {"minilm": "toxic_minilm", "endpoint": "toxic_endpoint"}.get(
+        judge, "toxic_guard" if judge.startswith("guard:") else None
+    )
     used = {  # rate -> (detector, its key in the agreement report; None: not measured there)
         "toxicity": (judge, toxic_key),
         "refusal": (m.get("refusal_detector"), f"refusal_{m.get('refusal_detector')}"),
@@ -395,7 +399,7 @@ def markdown(s: dict) -> str:
             "",
             md_table(
                 ["set", "n", "refusal: keyword", "refusal: minilm", "toxic: minilm"]
-                + [f"{k.split('_')[0]}: guard" for k in guard],
+                + [f"{k.split('_')[0]}: {'LLM judge' if k.endswith('endpoint') else 'guard'}" for k in guard],
                 [
                     [name, str(j[name]["n"]), *(_agree(j[name], k) for k in JUDGE_KEYS)]
                     + [_agree(j[name], k) if k in j[name] else "- (no prompts)" for k in guard]
@@ -404,4 +408,12 @@ def markdown(s: dict) -> str:
             ),
             "",
         ]
+        asked = {name: j[name]["endpoint_n"] for name in sets if "endpoint_n" in j[name]}
+        if asked:  # eval.safety.endpoint.validate_limit: the LLM judge was asked about the first N only
+            parts += [
+                "The LLM judge's agreement is on the first "
+                + ", ".join(f"{n} of {name}" for name, n in asked.items())
+                + " (eval.safety.endpoint.validate_limit): a wider uncertainty than the other columns'.",
+                "",
+            ]
     return "\n".join(parts)

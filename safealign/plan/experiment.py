@@ -140,9 +140,13 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
     guard = eval_cfg.guard_of(r.eval.safety.judge, r.eval.safety.guard_format)
     if guard:  # the judge stage measures the guard on the labelled answers
         slices["judge"]["guard"] = {"model": guard[0], "format": guard[1], "refusal": r.eval.safety.refusal == "guard"}
+    if r.eval.safety.judge == eval_cfg.ENDPOINT:  # the judge stage measures the LLM judge on the labelled answers
+        slices["judge"]["endpoint"] = {**endpoint_identity(d["safety"]), "refusal": r.eval.safety.refusal == "endpoint"}
     judge_dir = f"judge-{_hash(slices['judge'])}"
     lb = d["leaderboard"]
     safety = {k: v for k, v in d["safety"].items() if k not in SET_KEYS}
+    if "endpoint" in safety:  # the judge's server is where it is asked, not what it answers
+        safety["endpoint"] = {k: v for k, v in endpoint_identity(d["safety"]).items() if k != "validate_limit"}
     for m in eval_models(r):
         if lb["enabled"]:
             slices[f"leaderboard-{m}"] = {
@@ -176,6 +180,13 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
                 **_profile(r),
             }
     return slices
+
+
+def endpoint_identity(safety: dict) -> dict:
+    """An LLM judge's settings that decide its verdicts (model, rubric, tokens, threshold), not
+    where or how fast it is asked (as the generation stage's identity leaves its endpoint out)."""
+    e = {**eval_cfg.EndpointJudgeCfg().__dict__, **(safety.get("endpoint") or {})}
+    return {k: v for k, v in sorted(e.items()) if k not in eval_cfg.ENDPOINT_TRANSPORT}
 
 
 # the keys that choose the prompt sets: each set is its own stage, so they are in none's config

@@ -347,9 +347,12 @@ def run_judge(exp: Experiment) -> None:
     origin = json.loads((data / "counts.json").read_text())["source"]
     with fsutil.staged_dir(exp.dir("judge")) as tmp:
         cfg = r.eval.safety
-        guard = None  # a guard judge is measured on the labelled answers too
-        if eval_cfg.guard_of(cfg.judge, cfg.guard_format):
-            guard = judges.Judge(cfg.judge, cfg.refusal, {}, None, cfg.guard_format, cfg.batch_size, cfg.backend)
+        guard = None  # a guard or LLM judge is measured on the labelled answers too
+        if eval_cfg.guard_of(cfg.judge, cfg.guard_format) or cfg.judge == eval_cfg.ENDPOINT:
+            cache = exp.dir("judge").parent / judges.ENDPOINT_CACHE
+            guard = judges.Judge(
+                cfg.judge, cfg.refusal, {}, None, cfg.guard_format, cfg.batch_size, cfg.backend, cfg.endpoint, cache
+            )
         report = judges.build(train, test, r.seed, tmp, learn_real=cfg.judge_real_answers, guard=guard)
         fsutil.write_json_atomic(
             tmp / "provenance.json",
@@ -369,15 +372,18 @@ def run_judge(exp: Experiment) -> None:
         )
         if "real_answers" in report:  # kappa: agreement beyond chance, on real models' answers
             k = {key: "-" if v is None else f"{v:.2f}" for key, v in report["real_answers"]["kappa"].items()}
-            more = "".join(
-                f"; {key.replace('_', ' ')} {k[key]}" for key in ("toxic_guard", "refusal_guard") if key in k
-            )
-            bad = report["real_answers"].get("guard_malformed")
+            gen = ("toxic_guard", "refusal_guard", "toxic_endpoint", "refusal_endpoint")  # a generative judge's
+            more = "".join(f"; {key.replace('_', ' ')} {k[key]}" for key in gen if key in k)
+            bad = report["real_answers"].get("guard_malformed", report["real_answers"].get("endpoint_malformed"))
             console.say(
                 f"  judge: Cohen's kappa on {report['real_answers']['n']} labelled real answers"
                 f"{' (heads learnt them: cross-fitted)' if report['heads_learnt_real_answers'] else ''}: refusal keyword "
                 f"{k['refusal_keyword']}, minilm {k['refusal_minilm']}; toxic minilm {k['toxic_minilm']}{more}"
-                + (f" ({bad} guard verdicts malformed, counted toxic)" if bad else "")
+                + (
+                    f" ({bad} {'guard' if cfg.judge != eval_cfg.ENDPOINT else 'LLM judge'} verdicts malformed, counted toxic)"
+                    if bad
+                    else ""
+                )
             )
 
 
