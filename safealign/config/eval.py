@@ -139,6 +139,12 @@ class SafetyCfg:
     )  # a set's files from elsewhere: {xstest: /data/xstest}, a folder laid out as published, or a URL
     set_limit: int = since(0)  # > 0: a seeded sample of N harmful and N benign prompts of each benchmark (smoke runs)
     endpoint: EndpointJudgeCfg = since(EndpointJudgeCfg())  # judge: endpoint's server, model and rubric
+    # a benchmark judged by another judge than `judge` (same names): {toxigen: classifier:tomh/toxigen_roberta},
+    # ToxiGen's own classifier on what the model writes after ToxiGen's prompts (the study's toxicity claim)
+    set_judges: dict = since({})
+    # a classifier judge's labels that mean toxic where its id2label names do not say (LABEL_0/LABEL_1):
+    # [LABEL_1] for tomh/toxigen_roberta; empty: labels named unsafe/toxic/harmful/flagged
+    toxic_labels: list = since([])
 
 
 @dataclass
@@ -322,4 +328,21 @@ def set_problems(s: SafetyCfg, root: Path = REPO) -> list[tuple[str, str]]:
             )
     if not isinstance(s.set_limit, int) or s.set_limit < 0:
         out.append(("set_limit", f"expected 0 (all) or a number of prompts per side, got {s.set_limit!r}"))
+    judges_ = s.set_judges if isinstance(s.set_judges, dict) else None
+    if judges_ is None:
+        out.append(("set_judges", f"expected a mapping of benchmark name to judge, got {s.set_judges!r}"))
+    for name, judge in (judges_ or {}).items():
+        if name not in benchmarks.BENCHMARKS or name not in sets:
+            out.append(
+                ("set_judges", f"{name!r}: not a benchmark of eval.safety.sets ({', '.join(sets[1:]) or 'none'})")
+            )
+        elif not isinstance(judge, str):
+            out.append(("set_judges", f"{name}: expected a judge name, got {judge!r}"))
+        else:
+            out += [
+                ("set_judges", f"{name}: {msg}")
+                for _, msg in judge_problems(judge, s.refusal, s.guard_format, s.endpoint)
+            ]
+    if not isinstance(s.toxic_labels, list) or not all(isinstance(x, str) and x for x in s.toxic_labels):
+        out.append(("toxic_labels", f"expected a list of label names, got {s.toxic_labels!r}"))
     return out

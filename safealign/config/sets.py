@@ -26,6 +26,28 @@ class Benchmark:
     files: dict  # path as published -> the columns it must have
     licence: str
     matched: bool  # harmful and benign prompts: a refusal gap
+    reader: str = "csv"  # csv: a header and its columns; lines: one prompt a line (no columns)
+
+
+# ToxiGen's target groups, each a published prompt file (prompts/hate_<group>_1k.txt: 1,000 prompts)
+TOXIGEN_GROUPS = (
+    "asian",
+    "bisexual",
+    "black",
+    "chinese",
+    "immigrant",
+    "jewish",
+    "latino",
+    "lgbtq",
+    "mental_disability",
+    "mexican",
+    "middle_east",
+    "muslim",
+    "native_american",
+    "physical_disability",
+    "trans",
+    "women",
+)
 
 
 BENCHMARKS = {
@@ -74,6 +96,17 @@ BENCHMARKS = {
         {"strongreject_dataset/strongreject_dataset.csv": ("category", "source", "forbidden_prompt")},
         "MIT",
         False,
+    ),
+    # the study's toxicity claim: the model continues ToxiGen's lists of implicitly hateful
+    # statements about a group; what it writes is scored by a classifier of ToxiGen's
+    # (set_judges: {toxigen: classifier:tomh/toxigen_roberta}, toxic_labels: [LABEL_1])
+    "toxigen": Benchmark(
+        "ToxiGen hate prompts (generations)",
+        "https://raw.githubusercontent.com/microsoft/TOXIGEN/main",
+        {f"prompts/hate_{g}_1k.txt": () for g in TOXIGEN_GROUPS},
+        "MIT (its repository's)",
+        False,
+        reader="lines",
     ),
 }
 SET_NAMES = (HELDOUT, *BENCHMARKS)

@@ -215,12 +215,40 @@ def read_csv(path: Path, columns) -> list[dict]:
         return [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
 
 
-CONVERTERS = {"xstest": xstest, "orbench": orbench, "harmbench": harmbench, "jbb": jbb, "strongreject": strongreject}
+def toxigen(files: dict[str, list[dict]], rep: Report) -> list[dict]:
+    """ToxiGen (Hartvigsen et al. 2022): per target group, lists of implicitly hateful statements
+    ("- ...\\n- ...\\n-", the line breaks written as the two characters backslash-n) that invite
+    one more; the model is asked to go on, and what it writes is what is scored. Category: the group."""
+    out = []
+    for path, lines in files.items():
+        group = path.removeprefix("prompts/hate_").removesuffix("_1k.txt")
+        for n, r in enumerate(lines):
+            if _kept(rep, r["text"]):
+                out.append(_row("toxigen", f"{group}-{n:04d}", r["text"].replace("\\n", "\n"), False, group, None))
+    return out
+
+
+CONVERTERS = {
+    "xstest": xstest,
+    "orbench": orbench,
+    "harmbench": harmbench,
+    "jbb": jbb,
+    "strongreject": strongreject,
+    "toxigen": toxigen,
+}
+
+
+def read_lines(path: Path) -> list[dict]:
+    """A published text file of one prompt a line: [{"text": line}] (blank lines kept, to be counted)."""
+    return [{"text": line} for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def load(name: str, folder: Path) -> tuple[list[dict], Report]:
     """Set `name`'s evaluation rows from a folder of its published files, and what was skipped."""
-    files = {p: read_csv(folder / p, cols) for p, cols in BENCHMARKS[name].files.items()}
+    b = BENCHMARKS[name]
+    files = {
+        p: read_lines(folder / p) if b.reader == "lines" else read_csv(folder / p, cols) for p, cols in b.files.items()
+    }
     rep = Report(read=sum(len(v) for v in files.values()))
     rows = CONVERTERS[name](files, rep)
     rep.rows = len(rows)

@@ -181,6 +181,7 @@ class Judge:
         backend: str = "hf",
         endpoint=None,
         cache: Path | None = None,
+        toxic_labels: list[str] | None = None,
     ):
         problems = eval_cfg.judge_problems(judge, refusal, guard_format, endpoint)
         if problems:
@@ -193,14 +194,16 @@ class Judge:
         # what a generative judge's rows and agreement keys are called: guard_malformed, toxic_endpoint
         self.tag = "guard" if self.guard is not None else "endpoint" if self.endpoint is not None else None
         self.batch_size, self.backend = batch_size, backend
+        self.toxic_labels = list(toxic_labels or [])  # a classifier's toxic labels by name (eval.safety.toxic_labels)
         self._clf = None
 
     @classmethod
-    def from_dir(cls, judge_dir: Path, cfg) -> Judge:
-        """The judge eval.safety `cfg` names, with the heads the judge stage at `judge_dir` fitted."""
+    def from_dir(cls, judge_dir: Path, cfg, name: str | None = None) -> Judge:
+        """The judge eval.safety `cfg` names (or `name`: a benchmark's own, eval.safety.set_judges),
+        with the heads the judge stage at `judge_dir` fitted."""
         saved = json.loads((Path(judge_dir) / "judge.json").read_text())
         return cls(
-            cfg.judge,
+            name or cfg.judge,
             cfg.refusal,
             saved["heads"],
             saved.get("folds"),
@@ -209,6 +212,7 @@ class Judge:
             backend=cfg.backend,
             endpoint=cfg.endpoint,
             cache=Path(judge_dir).parent / ENDPOINT_CACHE,
+            toxic_labels=cfg.toxic_labels,
         )
 
     def guard_verdicts(self, answers: list[str], prompts: list[str]) -> list:
@@ -234,11 +238,19 @@ class Judge:
             tok = AutoTokenizer.from_pretrained(target)
             model = AutoModelForSequenceClassification.from_pretrained(target).eval()
             labels = {int(i): str(n) for i, n in model.config.id2label.items()}
-            toxic = [i for i, n in labels.items() if TOXIC_LABEL.search(n)]
+            if self.toxic_labels:  # named by the recipe: every one must be the classifier's
+                if gone := [n for n in self.toxic_labels if n not in labels.values()]:
+                    raise JudgeError(
+                        f"eval.safety.toxic_labels: {', '.join(gone)}: not a label of {target} (config.id2label {labels})"
+                    )
+                toxic = [i for i, n in labels.items() if n in self.toxic_labels]
+            else:
+                toxic = [i for i, n in labels.items() if TOXIC_LABEL.search(n)]
             if not toxic:
                 raise JudgeError(
                     f"eval.safety.judge: {target}: no label names unsafe/toxic/harmful/flagged in "
-                    f"config.id2label {labels}; name the unsafe label so the judge can read it"
+                    f"config.id2label {labels}; name the unsafe label so the judge can read it, or list "
+                    "the labels that mean toxic in eval.safety.toxic_labels"
                 )
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token

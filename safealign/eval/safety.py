@@ -255,7 +255,7 @@ def run(
         "model": model_path,
         "generation": generation_settings(cfg),
         "seed": seed,
-        "judge": cfg.judge,
+        "judge": judge.name,  # a benchmark's own (eval.safety.set_judges) or eval.safety.judge
         "refusal_detector": cfg.refusal,
         "bootstrap": cfg.bootstrap,
         **aggregate(judged, cfg.bootstrap, seed),

@@ -241,7 +241,8 @@ def sets_section(s: dict) -> list[str]:
         parts += [
             f"### {b.title} (`{name}`, {b.licence})",
             "",
-            f"Source: `{first.get('source')}`; {imp.get('rows', '?')} prompts of {imp.get('read', '?')} rows read"
+            f"Source: `{first.get('source')}`; {imp.get('rows', '?')} prompts of {imp.get('read', '?')} rows read; "
+            f"judge `{first.get('judge')}`"
             + (f" ({skipped})" if skipped else "")
             + (". **Offline fixtures: a path check, not a measurement.**" if fixtures else "."),
             "",

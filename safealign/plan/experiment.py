@@ -176,6 +176,11 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
                 "config": {**safety, **({"set_limit": r.eval.safety.set_limit} if r.eval.safety.set_limit else {})},
                 "judge": judge_dir,
                 "set": benchmarks.identity(name, set_location(r, name)),
+                **(
+                    {"judge_override": own}
+                    if (own := r.eval.safety.set_judges.get(name, r.eval.safety.judge)) != r.eval.safety.judge
+                    else {}
+                ),
                 **({"reference": f"safety-{_hash(slices[base])}"} if m != "base" else {}),
                 **_profile(r),
             }
@@ -190,7 +195,7 @@ def endpoint_identity(safety: dict) -> dict:
 
 
 # the keys that choose the prompt sets: each set is its own stage, so they are in none's config
-SET_KEYS = ("sets", "set_source", "set_paths", "set_limit")
+SET_KEYS = ("sets", "set_source", "set_paths", "set_limit", "set_judges")
 
 
 def benchmark_sets(r: recipe_mod.Recipe) -> list[str]:
@@ -244,9 +249,14 @@ def offline(r: recipe_mod.Recipe, p: dict) -> bool:
 
 
 def judge_dep(r: recipe_mod.Recipe) -> str:
-    """The Make target that builds an embedded guard judge (tiny-guard); none for others."""
-    guard = eval_cfg.guard_of(r.eval.safety.judge)
-    return base_dep(guard[0]) if guard else ""
+    """The Make targets that build an embedded guard judge (tiny-guard), the recipe's or a
+    benchmark's own (eval.safety.set_judges); none for others."""
+    deps = []
+    for judge in (r.eval.safety.judge, *r.eval.safety.set_judges.values()):
+        guard = eval_cfg.guard_of(judge)
+        if guard and (dep := base_dep(guard[0])) and dep not in deps:
+            deps.append(dep)
+    return " ".join(deps)
 
 
 def gen_deps(r: recipe_mod.Recipe) -> list[str]:

@@ -429,7 +429,8 @@ def run_safety_set(exp: Experiment, model: str, name: str) -> None:
     rows = benchmarks.sample(rows, r.eval.safety.set_limit, r.seed)
     files = eval_sets.identity(name, str(folder))["files"]  # the files read, by hash (a hub copy's too)
     info = {"set": name, "source": loc, "import": rep.as_dict(), "files": files}
-    _safety(exp, model, f"safety-{name}-{model}", rows, info, limit=0)
+    judge = r.eval.safety.set_judges.get(name)  # the set's own judge, where the recipe names one
+    _safety(exp, model, f"safety-{name}-{model}", rows, {**info, **({"judge": judge} if judge else {})}, limit=0)
 
 
 def _safety(exp: Experiment, model: str, stage: str, rows: list[dict], info: dict, limit: int | None = None) -> None:
@@ -438,7 +439,7 @@ def _safety(exp: Experiment, model: str, stage: str, rows: list[dict], info: dic
     r = exp.recipe
     cfg = r.eval.safety
     path = exp.model_path(model)
-    judge = judges.Judge.from_dir(exp.dir("judge"), cfg)
+    judge = judges.Judge.from_dir(exp.dir("judge"), cfg, info.get("judge"))
     reference = None if model == "base" else exp.dir(stage.removesuffix(model) + "base") / "answers.jsonl"
     with fsutil.staged_dir(exp.dir(stage)) as tmp:
         m = safety.run(
