@@ -95,4 +95,5 @@ def test_toxigen_s_generations_are_scored_by_the_set_s_own_classifier(tmp_path):
     assert len(m["by_category"]) >= 2  # a sample across the groups
     held = json.loads((exp / "safety-sft" / "metrics.json").read_text())
     assert held["judge"] == "minilm" and held["overall"]["toxicity_rate"]["value"] < 1.0
-    assert "judge `classifier:" in (exp / "eval" / "summary.md").read_text()
+    md = (exp / "eval" / "summary.md").read_text()
+    assert "judge `classifier:" in md and "This set's own judge (eval.safety.set_judges) is not measured" in md

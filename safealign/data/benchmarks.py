@@ -183,7 +183,11 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
         raise BenchmarkError(f"{url}: HTTP {e.code}{gated}") from None
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:  # cut short too
         part.unlink(missing_ok=True)
-        raise BenchmarkError(f"{url}: cannot download ({getattr(e, 'reason', e)})") from None
+        raise BenchmarkError(
+            f"{url}: cannot download ({getattr(e, 'reason', e)}); without the network, eval.safety.set_paths "
+            "names a local copy laid out as published, or eval.safety.set_source=fixtures runs the shipped "
+            "fixtures (a check of the path, not a measurement)"
+        ) from None
     os.replace(part, dest)
     return dest
 

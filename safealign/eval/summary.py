@@ -79,6 +79,7 @@ def build(exp: plan.Experiment) -> dict:
             entry["sets"] = sets
         out["models"][m] = entry
     out["sets"] = plan.benchmark_sets(recipe)
+    out["judge_name"] = recipe.eval.safety.judge  # the judge the judge stage measured (a set may have its own)
     out["judge"] = _read(exp.dir("judge") / "agreement.json")
     return out
 
@@ -238,13 +239,20 @@ def sets_section(s: dict) -> list[str]:
         b, imp = BENCHMARKS[name], first.get("import") or {}
         skipped = "; ".join(f"{v} skipped: {k}" for k, v in (imp.get("skipped") or {}).items())
         fixtures = "data/benchmark_fixtures" in str(first.get("source") or "")
+        own = first.get("judge") and first.get("judge") != (s.get("judge_name") or first.get("judge"))
         parts += [
             f"### {b.title} (`{name}`, {b.licence})",
             "",
             f"Source: `{first.get('source')}`; {imp.get('rows', '?')} prompts of {imp.get('read', '?')} rows read; "
             f"judge `{first.get('judge')}`"
             + (f" ({skipped})" if skipped else "")
-            + (". **Offline fixtures: a path check, not a measurement.**" if fixtures else "."),
+            + (". **Offline fixtures: a path check, not a measurement.**" if fixtures else ".")
+            + (
+                " This set's own judge (eval.safety.set_judges) is not measured against labelled answers "
+                "here: its rates rest on its own validation."
+                if own
+                else ""
+            ),
             "",
             md_table(*set_rows(s, name)),
             "",
