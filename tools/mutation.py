@@ -69,6 +69,21 @@ CORE = {
         "build",
         "parse",
     ],
+    "safealign/models/rubric.py": ["messages", "score", "parse"],  # StrongREJECT's rubric, the LLM judge's
+    "safealign/data/benchmarks.py": [  # the public benchmarks' published layouts read into prompts
+        "_row",
+        "_kept",
+        "xstest",
+        "orbench",
+        "harmbench",
+        "jbb",
+        "strongreject",
+        "toxigen",
+        "read_lines",
+        "read_csv",
+        "load",
+        "sample",
+    ],
 }
 # a module passes at this share of its mutants killed
 GOAL = 90.0
