@@ -30,30 +30,17 @@ import os
 import random
 import urllib.error
 import urllib.request
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from safealign import REPO
 from safealign.config.sets import BENCHMARKS, HUB, is_remote, local_folder, missing, url_of
 from safealign.core import caches
 from safealign.core.errors import StageError
+from safealign.data.importers import Report  # what a set's import read, kept and skipped (by reason)
 
 
 class BenchmarkError(StageError):
     """A set's files cannot be had or do not have its published layout."""
-
-
-@dataclass
-class Report:
-    """What one set's import read, kept and skipped (by reason)."""
-
-    read: int = 0
-    rows: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-    def as_dict(self) -> dict:
-        return {"read": self.read, "rows": self.rows, "skipped": dict(sorted(self.skipped.items()))}
 
 
 def _row(bench: str, key: str, prompt: str, safe: bool, category: str, subset: str | None) -> dict:

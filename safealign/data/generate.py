@@ -257,7 +257,6 @@ def _jobs(role: str, m, name: str, prompts: list[dict], seed: int) -> list[dict]
 def run(cfg, base_model: str, seed: int, prompts_path: Path, out: Path, cache_path: Path, log=print) -> dict:
     """The stage: answers and refusals (from the cache, else asked), filtered into canonical
     train.jsonl / test.jsonl in `out`, dropped.jsonl, and the summary it returns."""
-    import os
 
     from safealign.models import load as models
 
@@ -289,14 +288,7 @@ def run(cfg, base_model: str, seed: int, prompts_path: Path, out: Path, cache_pa
         log(f"  gen: {role}: {len(jobs)} prompts, {len(jobs) - len(todo)} cached, {len(todo)} to ask {name} ({where})")
         t1, retries = time.time(), 0
         if todo and m.backend == "openai":
-            key = None
-            if m.api_key_env:
-                key = os.environ.get(m.api_key_env)
-                if not key:
-                    raise GenerateError(
-                        f"data.generate.{role}.api_key_env: the environment variable {m.api_key_env} is not set "
-                        "(export it before make; it is read, never written)"
-                    )
+            key = client.api_key(m.api_key_env, f"data.generate.{role}.api_key_env")
             endpoint = Endpoint(m.base_url, key, cfg.timeout, cfg.max_retries, cfg.backoff)
             try:
                 run_remote(todo, endpoint, cache, cfg.concurrency, where, log)

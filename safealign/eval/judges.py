@@ -324,14 +324,7 @@ def endpoint_verdicts(cfg, pairs: list[tuple[str, str]], cache_path: Path | None
     from safealign.models import load as models
 
     log = log or _log
-    key = None
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise JudgeError(
-                f"eval.safety.endpoint.api_key_env: the environment variable {cfg.api_key_env} is not set "
-                "(export it before make; it is read, never written)"
-            )
+    key = client.api_key(cfg.api_key_env, "eval.safety.endpoint.api_key_env", JudgeError)
     served = models.locate(cfg.model, "eval.safety.endpoint.model") if models.is_local(cfg.model) else cfg.model
     settings = {"max_tokens": cfg.max_tokens, "temperature": 0.0}
     cache = client.Cache(cache_path or Path(os.devnull))

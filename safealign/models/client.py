@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -31,6 +32,19 @@ class ClientError(RuntimeError):
 def request_key(blob: dict) -> str:
     """A cache key: the hash of everything an answer depends on (never where it was asked)."""
     return hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def api_key(env: str | None, key: str, error=ClientError) -> str | None:
+    """The API key from the environment variable the recipe names at `key` (None when it names
+    none); a named variable that is not set is an error. Read, never written."""
+    if not env:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise error(
+            f"{key}: the environment variable {env} is not set (export it before make; it is read, never written)"
+        )
+    return value
 
 
 def backoff_delay(attempt: int, base: float, retry_after: str | None = None, cap: float = MAX_WAIT) -> float:
