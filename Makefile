@@ -268,9 +268,10 @@ $(DIR_gen)/.done: $(GEN_DEP) $(CODE_gen) | $(VENV_STAMP)
 	@$(SA) stage gen --exp $(EXP)
 endif
 
-# One rule per training stage (a kind of safealign/config/kinds.py); CODE_<stage> lists its templates and code.
+# One rule per training stage (a kind of safealign/config/kinds.py); CODE_<stage> lists its templates and code,
+# TRAIN_DEP_<stage> what an online kind's judge needs (it builds the judge stage first).
 define TRAIN_RULE
-$(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(CODE_$(1)) | $(VENV_STAMP)
+$(DIR_$(1))/.done: $(DIR_data)/.done $(INPUT_$(1)) $(CODE_$(1)) $(TRAIN_DEP_$(1)) | $(VENV_STAMP)
 	@$(SA) stage $(1) --exp $(EXP)
 endef
 $(foreach s,$(STAGES),$(eval $(call TRAIN_RULE,$(s))))

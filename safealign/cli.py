@@ -68,6 +68,12 @@ def cmd_stage(a) -> int:
         queued = queue.read(Path(a.queue))
         queue.discard_stale(Path(a.queue).parent, keep=Path(a.queue))
         for stage, model, bench in queued:
+            if (
+                stage == "judge"
+                and fsutil.is_done(exp.dir("judge"))
+                and exp.up_to_date(exp.dir("judge") / fsutil.STAMP)
+            ):
+                continue  # an online training stage built it after Make queued it
             _run_stage(exp, stage, model, bench)
         Path(a.queue).unlink(missing_ok=True)
     _run_stage(exp, a.stage, a.model, a.eval_set)

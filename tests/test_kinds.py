@@ -30,14 +30,16 @@ def test_shipped_recipes_keep_their_stage_folders(name):
 
 @pytest.mark.parametrize("name", [k for k, v in kinds.KINDS.items() if v.tool == "trl"])
 def test_every_trl_kind_renders_a_script_and_a_config_its_trainer_accepts(name, tmp_path):
+    """An online kind's rounds render its offline kind's files with the online kind's settings."""
     kind = kinds.get(name)
     cfg = getattr(SHIPPED, name)
+    kind = kinds.get(kind.online) if kind.online else kind
     ctx = render.trl_context(kind, cfg, recipe_path="recipes/x.yaml", model="/m", seed=3, warmup=4, tracker="none")
     script = render.render("trl/train.py.j2", **ctx)
     compile(script, f"train_{name}.py", "exec")
     module, cls = kind.trainer.split(":")
     assert f"from {module} import" in script and cls in script
-    rendered = yaml.safe_load(render.render(f"trl/{name}.yaml.j2", **ctx))
+    rendered = yaml.safe_load(render.render(f"trl/{kind.name}.yaml.j2", **ctx))
     assert rendered["train_file"] == "train.jsonl" and rendered["trl"]["seed"] == 3
     assert rendered["trl"]["warmup_steps"] == 4 and rendered["lora"]["r"] == cfg.lora_r
     module, cls = kind.trl_config.split(":")
@@ -59,7 +61,13 @@ def test_every_kind_is_in_the_recipe_schema_and_the_plan(name):
     files = codedeps.templates(name) + codedeps.files(name)
     assert all((REPO / f).exists() for f in files) and "safealign/run/stages.py" in files
     assert all(t in files for t in (f"templates/{t}" for t in kinds.get(name).templates()))
-    assert ("safealign/train/losses.py" in files) == (name == "kto"), "KTO's own loss code reruns KTO only"
+    assert ("safealign/train/losses.py" in files) == (name in ("kto", "kto_iter")), (
+        "KTO's own loss code reruns KTO only"
+    )
+    assert ("safealign/train/online.py" in files) == kinds.get(name).judged, (
+        "the online code reruns the online kinds only"
+    )
+    assert ("safealign/eval/judges.py" in files) == kinds.get(name).judged
 
 
 def test_unknown_kind_is_refused_with_the_table():

@@ -10,6 +10,11 @@ kind. Adding a method (docs/adding_a_method.md) is an entry and a config here, a
 
 Every kind merges its LoRA adapter into the model it started from (none with
 `full_finetune: true`), and the merged model is the next stage's input and its reference.
+
+Online kinds (docs/online.md) learn from the model's own answers, labelled by the experiment's
+safety judge: kto_iter and dpo_iter run `rounds` of sample -> judge -> one KTO (DPO) round, each
+round its own store stage (`online`: the offline kind a round trains); grpo is trl's GRPOTrainer
+with rewards built from the judge (`rewards`).
 """
 
 from __future__ import annotations
@@ -147,6 +152,67 @@ class BcoCfg(TrainCfg):
     precompute_ref_log_probs: bool = False
 
 
+# ----------------------------------------------------------------------------- online kinds
+@dataclass
+class OnlineCfg:
+    """What an iterative (online) kind adds to the offline kind each of its rounds trains."""
+
+    rounds: int = (
+        2  # sample -> judge -> train rounds; each round is its own stage (a longer run reuses the earlier ones)
+    )
+    prompts_per_round: int = 64  # training prompts answered per round (0: all), drawn per round by the seed
+    samples_per_prompt: int = (
+        4  # answers sampled per prompt: more gives more contrast per prompt, costs generation time
+    )
+    temperature: float = 1.0  # sampling temperature: lower samples fewer, more typical answers (less to contrast)
+    top_p: float = 1.0  # nucleus sampling
+    max_new_tokens: int = 64  # answer budget per sample (real model: 256)
+    probe_prompts: int = 32  # safe training prompts kept out of sampling, answered greedily after each round
+    # stop the run when a round raises the probe's false-refusal rate by more than this (0.2 = 20
+    # points) over the model it started from: the reward-hacking guard (earlier rounds are kept)
+    max_false_refusal_jump: float = 0.2
+
+
+# what only an online stage's driver reads, not its rounds: out of the rounds' identities
+DRIVER_ONLY = ("rounds", "max_false_refusal_jump")
+
+
+@dataclass
+class KtoIterCfg(KtoCfg, OnlineCfg):
+    """Iterative KTO: each round, every sampled answer labelled by the judge is an unpaired KTO row."""
+
+
+@dataclass
+class DpoIterCfg(DpoCfg, OnlineCfg):
+    """Iterative DPO: each round, per prompt, the best desirable vs the worst undesirable sample."""
+
+    # a prompt whose samples are all undesirable is paired with the data's own preferred answer
+    # (its refusal or helpful answer) as the chosen one; false: such prompts give no pair
+    reference_fallback: bool = True
+
+
+# The judge-derived rewards GRPO sums (their weights in the recipe; each is logged apart by trl as
+# rewards/<name>/mean). safealign/train/online.py defines them.
+REWARDS = ("refusal", "helpful", "similarity", "degenerate")
+
+
+@dataclass
+class GrpoCfg(TrainCfg):
+    learning_rate: float = 1e-5
+    beta: float = 0.04  # KL penalty to the reference (the input model); 0 drops the reference entirely
+    num_generations: int = 4  # answers sampled per prompt (the group its advantages are computed in)
+    max_completion_length: int = 64  # answer budget per sample (real model: 256-512)
+    temperature: float = 1.0  # sampling temperature of the answers the policy learns from
+    prompts: int = 0  # training prompts used (0: all), drawn by the seed; unsafe and safe alike
+    # reward weights: refusal on unsafe prompts (1 refused - P(toxic)), a non-refusal on safe ones
+    # (1 - P(toxic), 0 if refused), MiniLM similarity to the base model's answer on safe ones, and
+    # -1 for a degenerate answer (empty, one word repeated) on any prompt
+    reward_weights: dict = field(
+        default_factory=lambda: {"refusal": 1.0, "helpful": 1.0, "similarity": 0.5, "degenerate": 1.0}
+    )
+    use_vllm: Union[bool, str] = AUTO  # auto: vLLM's colocated generation where installed with a GPU
+
+
 # ----------------------------------------------------------------------------- per-kind checks
 def _check_kto(cfg: KtoCfg, where: Callable, problems: list[str]) -> None:
     if cfg.micro_batch_size < 2:
@@ -211,6 +277,73 @@ def _kto_advice(cfg: KtoCfg, rows: list[dict]) -> list[str]:
     return [advice] if advice else []
 
 
+def _check_online(cfg: OnlineCfg, where: Callable, problems: list[str]) -> None:
+    for key in ("rounds", "samples_per_prompt", "max_new_tokens"):
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(f"{where((key,))}: expected a whole number >= 1, got {v!r}")
+    for key in ("prompts_per_round", "probe_prompts"):
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            problems.append(
+                f"{where((key,))}: expected a whole number >= 0 (0: {'all' if key == 'prompts_per_round' else 'no probe'}), got {v!r}"
+            )
+    if not 0.0 <= cfg.max_false_refusal_jump <= 1.0:
+        problems.append(
+            f"{where(('max_false_refusal_jump',))}: a rise of the probe's false-refusal rate in [0, 1] "
+            f"(0.2 = 20 points), got {cfg.max_false_refusal_jump!r}"
+        )
+    if not cfg.temperature > 0 or not 0.0 < cfg.top_p <= 1.0:
+        problems.append(
+            f"{where(('temperature',))}: online rounds sample: temperature > 0 and top_p in (0, 1], "
+            f"got {cfg.temperature!r} and {cfg.top_p!r}"
+        )
+
+
+def _check_kto_iter(cfg: KtoIterCfg, where: Callable, problems: list[str]) -> None:
+    _check_kto(cfg, where, problems)
+    _check_online(cfg, where, problems)
+
+
+def _check_dpo_iter(cfg: DpoIterCfg, where: Callable, problems: list[str]) -> None:
+    _check_dpo(cfg, where, problems)
+    _check_online(cfg, where, problems)
+    if cfg.samples_per_prompt < 2 and not cfg.reference_fallback:
+        problems.append(
+            f"{where(('samples_per_prompt',))}: DPO pairs two samples of one prompt; 1 sample needs "
+            "reference_fallback: true"
+        )
+
+
+def _check_grpo(cfg: GrpoCfg, where: Callable, problems: list[str]) -> None:
+    if isinstance(cfg.num_generations, bool) or not isinstance(cfg.num_generations, int) or cfg.num_generations < 2:
+        problems.append(
+            f"{where(('num_generations',))}: GRPO's advantages compare answers within a group: >= 2, got {cfg.num_generations!r}"
+        )
+    elif (cfg.micro_batch_size * cfg.gradient_accumulation_steps) % cfg.num_generations:
+        problems.append(
+            f"{where(('micro_batch_size',))}: trl generates num_generations answers per prompt within a batch: "
+            f"micro_batch_size x gradient_accumulation_steps ({cfg.micro_batch_size} x {cfg.gradient_accumulation_steps}) "
+            f"must be a multiple of num_generations {cfg.num_generations}"
+        )
+    if not isinstance(cfg.reward_weights, dict) or not cfg.reward_weights:
+        problems.append(
+            f"{where(('reward_weights',))}: a mapping of {', '.join(REWARDS)} to weights, got {cfg.reward_weights!r}"
+        )
+        return
+    for name, w in cfg.reward_weights.items():
+        if name not in REWARDS:
+            close = difflib.get_close_matches(str(name), REWARDS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"rewards: {', '.join(REWARDS)}"
+            problems.append(f"{where(('reward_weights', name))}: not a reward ({hint})")
+        elif isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            problems.append(f"{where(('reward_weights', name))}: a weight >= 0, got {w!r}")
+    if not any(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in cfg.reward_weights.values()):
+        problems.append(f"{where(('reward_weights',))}: every weight is 0: nothing to learn from")
+    if cfg.use_vllm not in (True, False, AUTO):
+        problems.append(f"{where(('use_vllm',))}: expected true, false or 'auto', got {cfg.use_vllm!r}")
+
+
 def _check_bco(cfg: BcoCfg, where: Callable, problems: list[str]) -> None:
     if cfg.micro_batch_size < 2:
         problems.append(
@@ -237,8 +370,18 @@ class Kind:
     report_keys: tuple = ("learning_rate", "max_steps")  # recipe keys in the report's recipe table
     check: Optional[Callable] = None  # kind-specific recipe checks: check(cfg, where, problems)
     advice: Optional[Callable] = None  # warnings before training: advice(cfg, rows) -> [str]
+    online: str = ""  # an iterative kind: the offline kind each of its rounds trains (its templates and trainer)
+    rewards: str = ""  # "module:function" that builds a reward-trained kind's reward functions (GRPO)
+    runner: str = "run_training"  # its runner in safealign/run/stages.py (plan/codedeps.py reads it)
+
+    @property
+    def judged(self) -> bool:
+        """Whether it learns from the safety judge's verdicts (so the judge stage comes first)."""
+        return bool(self.online or self.rewards)
 
     def data_file(self, cfg) -> str:
+        if self.data == "prompts":  # the data stage's canonical rows: prompts with their safe flag
+            return "train.jsonl"
         if self.data == "kto" and getattr(cfg, "paired_only", False):
             return "kto_paired.jsonl"  # "symmetric" KTO: unsafe prompts only
         return f"{self.data}.jsonl"
@@ -249,6 +392,8 @@ class Kind:
 
     def templates(self) -> list[str]:
         """Template files (under templates/) that render this kind's stage folder."""
+        if self.online:  # each round renders the offline kind's files
+            return KINDS[self.online].templates()
         if self.tool == "axolotl":
             return [f"axolotl/{self.name}.yaml.j2"]
         return [
@@ -355,6 +500,75 @@ KINDS = {
             check=_check_bco,
             report_keys=("beta", "learning_rate", "max_steps"),
             curves={"delta": ("reward shift delta (running mean of rewards)", "nats")},
+        ),
+        Kind(
+            "kto_iter",
+            "iterative KTO",
+            KtoIterCfg,
+            "trl",
+            data="prompts",
+            needs="prompts",
+            reference=True,
+            trainer="trl:KTOTrainer",
+            trl_config="trl:KTOConfig",
+            variant="safealign.train.kto:SafeKTOTrainer",
+            plots=(*PREFERENCE_PLOTS, "kl"),
+            check=_check_kto_iter,
+            online="kto",
+            runner="run_online",
+            report_keys=(
+                "rounds",
+                "prompts_per_round",
+                "samples_per_prompt",
+                "temperature",
+                "beta",
+                "learning_rate",
+                "max_steps",
+            ),
+        ),
+        Kind(
+            "dpo_iter",
+            "iterative DPO",
+            DpoIterCfg,
+            "trl",
+            data="prompts",
+            needs="prompts",
+            reference=True,
+            trainer="trl:DPOTrainer",
+            trl_config="trl:DPOConfig",
+            plots=PREFERENCE_PLOTS,
+            check=_check_dpo_iter,
+            online="dpo",
+            runner="run_online",
+            report_keys=(
+                "rounds",
+                "prompts_per_round",
+                "samples_per_prompt",
+                "temperature",
+                "beta",
+                "learning_rate",
+                "max_steps",
+            ),
+        ),
+        Kind(
+            "grpo",
+            "GRPO",
+            GrpoCfg,
+            "trl",
+            data="prompts",
+            needs="prompts",
+            reference=True,
+            trainer="trl:GRPOTrainer",
+            trl_config="trl:GRPOConfig",
+            rewards="safealign.train.online:judge_rewards",
+            runner="run_grpo",
+            plots=("loss", "reward", *(f"rewards/{n}/mean" for n in REWARDS), "kl"),
+            check=_check_grpo,
+            report_keys=("num_generations", "beta", "learning_rate", "max_steps", "reward_weights"),
+            curves={
+                "reward": ("mean reward (weighted sum)", "reward"),
+                **{f"rewards/{n}/mean": (f"{n} reward", "reward") for n in REWARDS},
+            },
         ),
     )
 }

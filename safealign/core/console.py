@@ -110,6 +110,15 @@ HARMLESS: list[tuple[str, str, str]] = [
         "max_gen_toks is the recipe's own setting (eval.leaderboard.tasks.<family>.max_gen_toks)",
     ),
     (
+        "trl.trainer.kto_trainer",
+        r"You have different amounts of desirable/positive and undesirable/negative examples but the "
+        r"weights on the desirable and undesirable losses don't seem to be in an ideal range\. Based on "
+        r"your data, we recommend EITHER desirable_weight in \[[\d.]+, [\d.]+\] or undesirable_weight in "
+        r"\[[\d.]+, [\d.]+\] \(but NOT BOTH\)\. See the documentation on how to optimally set these weights\.",
+        "the same advice, with the same figures, is this project's own warning before each KTO stage or "
+        "round (config/kinds.py kto_weight_advice)",
+    ),
+    (
         "lm_eval.evaluator",
         r"Chat template formatting change affects loglikelihood and multiple-choice tasks\. See "
         r"docs/chat-template-readme\.md for details\.",

@@ -310,6 +310,14 @@ def unmet_needs(recipe, c: dict) -> list[str]:
     for stage in recipe.stages:
         kind = kinds.get(stage)
         f = kind.data_file(getattr(recipe, stage))
+        if kind.needs == "prompts":  # an online kind samples answers to unsafe and safe training prompts
+            unsafe, safe = c["train"]["unsafe"], c["train"]["rows"] - c["train"]["unsafe"]
+            if not unsafe or not safe:
+                out.append(
+                    f"{stage}: {f} has {unsafe} unsafe and {safe} safe prompts; {kind.title} samples answers "
+                    "to both (refusals learnt on unsafe prompts, helpful answers on safe ones)"
+                )
+            continue
         n = c["stages"][f.removesuffix(".jsonl")]
         if kind.needs == "rows" and not n["rows"]:
             out.append(f"{stage}: {f} has no rows")

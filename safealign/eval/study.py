@@ -1,7 +1,7 @@
 """The study: the seed paper's grid on one base model, and its findings with verdicts.
 
     make study [MODEL=smollm2-135m] [METHODS="sft kto sft_kto"] [SET=...]
-      -> one `make exp` per method below (one store: SFT trains once, the base is evaluated once)
+      -> one `make exp` per method below (the seed's grid, then the online methods) (one store: SFT trains once, the base is evaluated once)
       -> experiments/study-<model>/study.md  the table (rates with intervals, similarity to base,
                                               leaderboard families), the training figures, a
                                               verdict per finding F1-F10, the judge's agreement
@@ -37,7 +37,7 @@ from safealign.eval.leaderboard import TASK_FAMILIES
 from safealign.eval.safety import METRICS, paired_difference, resolvable_difference
 
 # The study's grid, one place: label -> recipe (recipes/<recipe>.yaml). Order = the table's rows.
-METHODS = {
+GRID = {
     "SFT": "sft",
     "KTO": "kto",
     "SFT+KTO": "sft_kto",
@@ -49,6 +49,14 @@ METHODS = {
     "SFT+KTO NLL": "sft_kto_nll",
     "SFT+KTO length-normalised": "sft_kto_lennorm",
 }
+# The question the study leaves open (docs/online.md): the same SFT, then online rounds on the
+# model's own answers labelled by the judge, or GRPO on its verdicts; compared with SFT+KTO and SFT+DPO
+ONLINE = {
+    "SFT+KTO online": "sft_kto_iter",
+    "SFT+DPO online": "sft_dpo_iter",
+    "SFT+GRPO": "sft_grpo",
+}
+METHODS = {**GRID, **ONLINE}
 RATES = ("toxicity_rate", "refusal_rate", "false_refusal_rate")
 PROBES = "over_refusal"  # the held-out subset of safe prompts worded like unsafe ones (tools/make_sg_safety.py)
 # "behaves like", "similar": a paired 95% interval inside +-MARGIN counts as the same. 10 points:
@@ -239,7 +247,7 @@ def f3(ev: Evidence) -> Finding:
     claim = "KTO alone stays most similar to the base on safe prompts"
     if f := _need(ev, "F3", claim, "KTO"):
         return f
-    others = [m for m in METHODS if m not in ("KTO", "KTO-S") and ev.has(m)]  # KTO-S: KTO alone too
+    others = [m for m in GRID if m not in ("KTO", "KTO-S") and ev.has(m)]  # KTO-S: KTO alone too
     if not others:
         return Finding("F3", claim, NOT_RUN, "needs another method")
     d = {m: ev.diff("KTO", m, "similarity_to_base") for m in others}
@@ -425,7 +433,84 @@ def f10(ev: Evidence) -> Finding:
     return Finding("F10", claim, verdict, text)
 
 
-FINDINGS = (f1, f2, f3, f4, f5, f6, f7, f8, f9, f10)
+def online_verdict(d_false: dict | None, d_tox: dict | None) -> str:
+    """Online A against offline B: "fewer false refusals at equal toxicity". Reproduced when A's
+    false refusal is resolved lower and the toxicity difference lies inside +-MARGIN; contradicted
+    when A's false refusal or toxicity is resolved higher; else not resolvable."""
+    if side(d_false, -1) == "against" or side(d_tox, -1) == "against":
+        return CONTRADICTED
+    return REPRODUCED if side(d_false, -1) == "for" and within(d_tox) else UNRESOLVED
+
+
+def _online(fid: str, online: str, offline: str):
+    def finding(ev: Evidence) -> Finding:
+        claim = f"{online} refuses fewer safe prompts than {offline} at equal toxicity (the study's open question)"
+        if f := _need(ev, fid, claim, online, offline):
+            return f
+        d_false, d_tox = ev.diff(online, offline, "false_refusal_rate"), ev.diff(online, offline, "toxicity_rate")
+        return Finding(fid, claim, online_verdict(d_false, d_tox), ev.text(online, offline), RATES)
+
+    finding.__name__ = fid.lower()
+    return finding
+
+
+FINDINGS = (
+    f1,
+    f2,
+    f3,
+    f4,
+    f5,
+    f6,
+    f7,
+    f8,
+    f9,
+    f10,
+    _online("O1", "SFT+KTO online", "SFT+KTO"),
+    _online("O2", "SFT+DPO online", "SFT+DPO"),
+    _online("O3", "SFT+GRPO", "SFT+KTO"),
+)
+
+
+def rounds_table(exps: dict[str, Path]) -> tuple[list[str], list[list[str]]] | None:
+    """Each online method's rounds (its stage's rounds.json): samples judged desirable, degenerate
+    answers, the answer given most often across prompts, the probe's false refusal after it."""
+    from safealign.config import kinds
+    from safealign.plan import experiment as plan
+
+    rows = []
+    for m, e in exps.items():
+        ex = plan.Experiment(e)
+        for s in ex.recipe.stages:
+            f = ex.dir(s) / "rounds.json"
+            if not kinds.get(s).online or not f.exists():
+                continue
+            for rec in json.loads(f.read_text()):
+                lab, deg, probe = rec["labels"], rec["degenerate"], rec["probe"]
+                rows.append(
+                    [
+                        m,
+                        str(rec["round"]),
+                        f"{lab['desirable']}/{lab['samples']}",
+                        f"{lab['unsafe']['desirable']}/{lab['unsafe']['samples']}",
+                        f"{lab['safe']['desirable']}/{lab['safe']['samples']}",
+                        str(deg["degenerate"]),
+                        f"{deg['same_answer_prompts'] * 100:.0f}%",
+                        "-" if not probe else f"{probe['before'] * 100:.0f}% -> {probe['after'] * 100:.0f}%",
+                    ]
+                )
+    if not rows:
+        return None
+    header = [
+        "method",
+        "round",
+        "desirable",
+        "unsafe: refused",
+        "safe: answered",
+        "degenerate",
+        "same answer to",
+        "probe false refusal",
+    ]
+    return header, rows
 
 
 def kappas(judge_report: dict | None, detectors: dict[str, str]) -> dict[str, float | None]:
@@ -636,6 +721,7 @@ def write(experiments: Path, model: str | None, sets: list[str], only: list[str]
             "",
             summary.md_table(["", "claim (the study)", "verdict here", "evidence"], [f.row() for f in findings]),
             "",
+            *online_part(exps),
             "## The judge on real answers",
             "",
             judge_section(s0.get("judge")),
@@ -667,6 +753,23 @@ def write(experiments: Path, model: str | None, sets: list[str], only: list[str]
         )
         (tmp / "study.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
     return out / "study.md"
+
+
+def online_part(exps: dict[str, Path]) -> list[str]:
+    """The online methods' rounds, where the study ran any."""
+    t = rounds_table(exps)
+    if t is None:
+        return []
+    return [
+        "## Online rounds",
+        "",
+        "Per round of each online method: its samples the judge found desirable (all, unsafe prompts "
+        "refused, safe prompts answered), degenerate samples, the share of prompts given the most common "
+        "answer (the same refusal to everything), and the probe's false-refusal rate before -> after.",
+        "",
+        summary.md_table(*t),
+        "",
+    ]
 
 
 def judge_section(judge: dict | None) -> str:

@@ -115,6 +115,11 @@ def fit_rows(tok, rows: list[dict], layout: str, max_length: int) -> tuple[list[
     return out, {**counts, "tokens": tokens, "refused": refused}
 
 
+def prompt_length(tok, messages: list[dict]) -> int:
+    """Tokens of a generation prompt: the chat template with its generation prompt."""
+    return _n(tok, messages, generation_prompt=True)
+
+
 def fit_prompt(tok, messages: list[dict], max_tokens: int) -> tuple[list[dict], bool]:
     """A generation prompt cut from the left to `max_tokens` (chat template and generation prompt included)."""
     n = _n(tok, messages, generation_prompt=True)

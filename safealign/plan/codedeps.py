@@ -138,7 +138,7 @@ def _template_modules(kind: str) -> set[str]:
         for base, names, dotted in _TEMPLATE_REF.findall((REPO / t).read_text(encoding="utf-8")):
             out |= _resolve(base, [x.strip() for x in names.split(",")]) if base else _dotted(dotted)
     k = kinds.KINDS.get(kind)
-    for ref in (k.trainer, k.trl_config, k.variant) if k else ():  # classes the kind's script imports
+    for ref in (k.trainer, k.trl_config, k.variant, k.rewards) if k else ():  # what the kind's script imports
         if ref.startswith("safealign."):
             out |= _dotted(ref.split(":")[0].partition(".")[2])
     return out
@@ -149,7 +149,7 @@ def files(kind: str) -> list[str]:
     from safealign.config import kinds
 
     mods = {RUNNERS_MODULE}  # its own file, but its imports only as far as this kind's runner uses them
-    runner = "run_training" if kind in kinds.KINDS else RUNNERS[kind]
+    runner = kinds.KINDS[kind].runner if kind in kinds.KINDS else RUNNERS[kind]
     for m in _runner_modules(runner) | _template_modules(kind):
         mods |= closure(m)
     return sorted(str(file_of(m).relative_to(REPO)) for m in mods if not _not_result(m))

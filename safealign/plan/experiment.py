@@ -29,6 +29,7 @@ from safealign.config import eval as eval_cfg
 from safealign.config import launch
 from safealign.config import recipe as recipe_mod
 from safealign.config import sets as benchmarks
+from safealign.config.kinds import DRIVER_ONLY, KINDS
 from safealign.core import fsutil, names, refs
 from safealign.models import load as models
 from safealign.plan import codedeps
@@ -95,11 +96,43 @@ def stage_slices(r: recipe_mod.Recipe) -> dict[str, dict]:
             "input": upstream,
             "data": data_id,
             "config": cfg,
+            **({"judged_by": judged_by(r, f"data-{data_id}")} if KINDS[s].judged else {}),
             **_profile(r),
             **launch.identity(r.launch),
         }
         upstream = {"stage": f"{s}-{_hash(slices[s])}"}
     return slices
+
+
+def judged_by(r: recipe_mod.Recipe, data_id: str) -> dict:
+    """What an online kind's labels or rewards depend on: the judge stage (its heads) and the
+    eval.safety keys that decide a verdict (which judge, which refusal detector, an LLM judge's
+    model and rubric; not where it is asked)."""
+    s = r.eval.safety
+    out = {
+        "judge_stage": f"judge-{_hash(judge_slice(r, data_id))}",
+        "judge": s.judge,
+        "refusal": s.refusal,
+        "guard_format": s.guard_format,
+        "toxic_labels": list(s.toxic_labels),
+    }
+    if s.judge == eval_cfg.ENDPOINT:
+        out["endpoint"] = endpoint_identity(recipe_mod.identity(r.eval)["safety"])
+    return out
+
+
+def round_slices(r: recipe_mod.Recipe, stage: str, stage_slice: dict) -> list[dict]:
+    """An online stage's rounds, each its own store stage: round k's identity is the stage's minus
+    what only the driver reads (the number of rounds, the probe's bound), its round number and
+    round k-1 as its input (round 1: the stage's input). So `rounds: 3` reuses the two rounds of
+    `rounds: 2`, and a run killed in round 3 resumes there."""
+    out, upstream = [], stage_slice["input"]
+    config = {k: v for k, v in stage_slice["config"].items() if k not in DRIVER_ONLY}
+    for k in range(1, getattr(r, stage).rounds + 1):
+        sl = {**stage_slice, "kind": f"{stage}-round", "round": k, "input": upstream, "config": config}
+        out.append({"dir": f"{stage}-round{k}-{_hash(sl)}", "slice": sl})
+        upstream = {"stage": out[-1]["dir"]}
+    return out
 
 
 def _profile(r: recipe_mod.Recipe) -> dict:
@@ -118,6 +151,23 @@ def fixtures_identity() -> dict:
     return {str(p.relative_to(eval_cfg.FIXTURES)): fsutil.sha256_file(p) for p in eval_cfg.fixture_files()}
 
 
+def judge_slice(r: recipe_mod.Recipe, data_id: str) -> dict:
+    """The judge stage: the data stage's rows, the hard cases and the labelled real answers, and
+    the guard or LLM judge it measures on them."""
+    d = recipe_mod.identity(r.eval)
+    out = {"kind": "judge", "seed": r.seed, "data": data_id, "hard_cases": fsutil.sha256_file(eval_cfg.HARD_CASES)}
+    if eval_cfg.REAL_ANSWERS.exists():  # the labelled real answers, where shipped
+        out["real_answers"] = fsutil.sha256_file(eval_cfg.REAL_ANSWERS)
+        if r.eval.safety.judge_real_answers:  # the heads learn them too
+            out["learn_real_answers"] = True
+    guard = eval_cfg.guard_of(r.eval.safety.judge, r.eval.safety.guard_format)
+    if guard:  # the judge stage measures the guard on the labelled answers
+        out["guard"] = {"model": guard[0], "format": guard[1], "refusal": r.eval.safety.refusal == "guard"}
+    if r.eval.safety.judge == eval_cfg.ENDPOINT:  # the judge stage measures the LLM judge on the labelled answers
+        out["endpoint"] = {**endpoint_identity(d["safety"]), "refusal": r.eval.safety.refusal == "endpoint"}
+    return out
+
+
 def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]:
     """Evaluation stages, also content-addressed: a model evaluated with the same settings is
     evaluated once, whichever experiment asks (the base model above all)."""
@@ -125,23 +175,7 @@ def eval_slices(r: recipe_mod.Recipe, train: dict[str, dict]) -> dict[str, dict]
     d = recipe_mod.identity(r.eval)
     data_id = train["data"]["dir"]
     model_id = {"base": {"base_model": r.base_model}, **{s: {"stage": train[s]["dir"]} for s in r.stages}}
-    slices = {
-        "judge": {
-            "kind": "judge",
-            "seed": r.seed,
-            "data": data_id,
-            "hard_cases": fsutil.sha256_file(eval_cfg.HARD_CASES),
-        }
-    }
-    if eval_cfg.REAL_ANSWERS.exists():  # the labelled real answers, where shipped
-        slices["judge"]["real_answers"] = fsutil.sha256_file(eval_cfg.REAL_ANSWERS)
-        if r.eval.safety.judge_real_answers:  # the heads learn them too
-            slices["judge"]["learn_real_answers"] = True
-    guard = eval_cfg.guard_of(r.eval.safety.judge, r.eval.safety.guard_format)
-    if guard:  # the judge stage measures the guard on the labelled answers
-        slices["judge"]["guard"] = {"model": guard[0], "format": guard[1], "refusal": r.eval.safety.refusal == "guard"}
-    if r.eval.safety.judge == eval_cfg.ENDPOINT:  # the judge stage measures the LLM judge on the labelled answers
-        slices["judge"]["endpoint"] = {**endpoint_identity(d["safety"]), "refusal": r.eval.safety.refusal == "endpoint"}
+    slices = {"judge": judge_slice(r, data_id)}
     judge_dir = f"judge-{_hash(slices['judge'])}"
     lb = d["leaderboard"]
     safety = {k: v for k, v in d["safety"].items() if k not in SET_KEYS}
@@ -310,6 +344,9 @@ def stages_mk(
         lines.append(f"DIR_{name} := $(STORE)/{entry['dir']}")
     for i, s in enumerate(r.stages):
         lines.append(f"INPUT_{s} := {'$(BASE_DEP)' if i == 0 else f'$(DIR_{r.stages[i - 1]})/.done'}")
+        # an online kind labels with the judge, which it builds first: the judge's own inputs
+        judged = "$(JUDGE_DEP) data/judge/hard_cases.jsonl $(wildcard data/judge/real_answers.jsonl)"
+        lines.append(f"TRAIN_DEP_{s} := {judged if KINDS[s].judged else ''}")
     for name, entry in p.items():  # the files each stage's result depends on (safealign/plan/codedeps.py)
         kind = "safety_set" if "set" in entry["slice"] else entry["slice"]["kind"]
         code = codedeps.templates(kind) + codedeps.files(kind)
@@ -507,6 +544,11 @@ class Experiment:
         if model == "base":
             return models.locate(self.recipe.base_model)
         return str((self.dir(model) / "merged").resolve())
+
+    def rounds(self, stage: str) -> list[dict]:
+        """An online stage's rounds: [{"dir": store folder name, "slice": identity}] (round_slices)."""
+        stage_slice = json.loads((self.folder / "config" / f"{stage}.json").read_text())
+        return round_slices(self.recipe, stage, stage_slice)
 
     def input_model(self, stage: str) -> str:
         """The model a training stage starts from: the base model, or the previous stage's merged model."""

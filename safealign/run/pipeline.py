@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safealign import REPO
+from safealign.config.kinds import KINDS
 from safealign.config.resources import ResourcesCfg
 
 PIPELINE_FILE = "pipeline.yaml"
@@ -177,11 +178,14 @@ def build(points: list[Point], image: str, root: str, cache: str, name: str):
                                  base=models["base"]))  # fmt: skip
             dataset = data.outputs["dataset"]
             prev = models["base"]
+            judge_task = stage(ident["judge"], "judge_op", resolve, res, 0, exp_name=e, dataset=dataset)
+            judge = judge_task.outputs["judge"]
             for s in r.stages:
                 train = stage(ident[s], "train_op", resolve, res, r.launch.processes, exp_name=e, stage=s,
                               dataset=dataset, base=prev)  # fmt: skip
+                if KINDS[s].judged:  # an online kind labels its samples with the judge
+                    train.after(judge_task)
                 models[s] = prev = train.outputs["model"]
-            judge = stage(ident["judge"], "judge_op", resolve, res, 0, exp_name=e, dataset=dataset).outputs["judge"]
             evals = []
             for m in plan.eval_models(r):
                 if f"leaderboard-{m}" in ident:

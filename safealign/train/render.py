@@ -114,6 +114,7 @@ def render_stage(
     eot: str | None = None,
     eos: str | None = None,
     launch_cfg: launch.LaunchCfg | None = None,
+    judge: dict | None = None,
 ) -> list[str]:
     """Write a training stage's rendered files into `folder` (Axolotl: axolotl.yaml; trl:
     train_<kind>.py and <kind>.yaml; with a `launch_cfg` of more than one plain process also
@@ -148,6 +149,7 @@ def render_stage(
             tracker=tracker,
             rt=rt,
             launch_cfg=launch_cfg,
+            judge=judge,
         )
         (folder / f"train_{kind.name}.py").write_text(render("trl/train.py.j2", **ctx))
         (folder / f"{kind.name}.yaml").write_text(render(f"trl/{kind.name}.yaml.j2", **ctx))
@@ -217,9 +219,12 @@ def trl_context(
     tracker: str,
     rt: dict | None = None,
     launch_cfg: launch.LaunchCfg | None = None,
+    judge: dict | None = None,
 ) -> dict:
     """What templates/trl/train.py.j2 and <kind>.yaml.j2 render from; `rt`: models.runtime
-    (this machine's unless given); `launch_cfg`: the recipe's launch section (default: one process)."""
+    (this machine's unless given); `launch_cfg`: the recipe's launch section (default: one process);
+    `judge`: for a kind trained on the judge's rewards (GRPO), {"dir": the judge stage's folder,
+    "settings": eval.safety's judge keys} (rewards_context)."""
     rt = rt or models.runtime(cfg, kind.name)
 
     def split(ref: str) -> tuple[str, str]:
@@ -241,4 +246,38 @@ def trl_context(
         trainer=split(kind.trainer),
         config_class=split(kind.trl_config),
         variant=split(kind.variant) if kind.variant else None,
+        rewards=split(kind.rewards) if kind.rewards else None,
+        **(rewards_context(cfg, judge, rt) if kind.rewards else {}),
+    )
+
+
+# the eval.safety keys the judge reads (safealign/eval/judges.py Judge.from_dir)
+JUDGE_KEYS = ("judge", "refusal", "guard_format", "batch_size", "backend", "endpoint", "toxic_labels")
+
+
+def judge_settings(safety) -> dict:
+    """eval.safety's judge keys as plain values, for a rendered config (the endpoint as a mapping)."""
+    import dataclasses
+
+    out = {k: getattr(safety, k) for k in JUDGE_KEYS}
+    if out["endpoint"] is not None and dataclasses.is_dataclass(out["endpoint"]):
+        out["endpoint"] = dataclasses.asdict(out["endpoint"])
+    return out
+
+
+def rewards_context(cfg, judge: dict | None, rt: dict) -> dict:
+    """GRPO's template variables: the rewards used (weight > 0) in order, the judge, vLLM."""
+    import importlib.util
+
+    from safealign.config import eval as eval_cfg
+
+    used = [(n, float(w)) for n, w in cfg.reward_weights.items() if w > 0]
+    vllm = cfg.use_vllm if cfg.use_vllm != "auto" else bool(rt["cuda"] and importlib.util.find_spec("vllm"))
+    judge = judge or {"dir": "<the judge stage's folder>", "settings": judge_settings(eval_cfg.SafetyCfg())}
+    return dict(
+        reward_names=[n for n, _ in used],
+        reward_weights=[w for _, w in used],
+        judge_dir=str(judge["dir"]),
+        judge_settings=judge["settings"],
+        use_vllm=vllm,
     )

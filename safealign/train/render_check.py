@@ -284,6 +284,15 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
     model = r.base_model
     for stage in r.stages:
         kind, cfg = kinds.get(stage), getattr(r, stage)
+        # an online kind's rounds render its offline kind's files; their rows are the round's samples
+        rows = (
+            cfg.prompts_per_round * cfg.samples_per_prompt
+            if kind.online
+            else stage_rows.get(kind.data_file(cfg).removesuffix(".jsonl"), stage_rows.get("sft", 0))
+        )
+        if kind.rewards:  # GRPO's batches hold num_generations answers a prompt
+            rows *= cfg.num_generations
+        kind = kinds.get(kind.online) if kind.online else kind
         rt = models.runtime(cfg, stage, gpu=True)
         d = tmp / stage
         d.mkdir()
@@ -298,7 +307,7 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
                 tracker=r.tracker,
                 tracker_project=r.tracker_project,
                 rt=rt,
-                warmup=render.warmup_steps(cfg, stage_rows[kind.data_file(cfg).removesuffix(".jsonl")]),
+                warmup=render.warmup_steps(cfg, rows),
                 eot=turn_end if turn_end != eos else None,
                 eos=eos,
                 launch_cfg=r.launch,
@@ -307,7 +316,7 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
                 with contextlib.chdir(d):  # its deepspeed: file is relative to the stage folder
                     checked = {"axolotl": check_axolotl((d / "axolotl.yaml").read_text(), base_config)}
             else:
-                checked = {"trl": check_trl(kind, yaml.safe_load((d / f"{stage}.yaml").read_text()), d / "out")}
+                checked = {"trl": check_trl(kind, yaml.safe_load((d / f"{kind.name}.yaml").read_text()), d / "out")}
             checked["model"] = adapter_size(base_config, cfg, stage)  # every stage trains the same architecture
             if (d / "accelerate.yaml").exists():
                 checked["launch"] = check_launch(d, r.launch)
