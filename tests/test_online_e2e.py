@@ -80,7 +80,7 @@ def test_iterative_kto_rounds_are_stages_a_longer_run_reuses_and_the_guard_stops
 
     # the guard: a third round whose probe jumps past the bound stops the run, rounds 1-3 stay done
     from safealign.plan import experiment as plan
-    from safealign.run import stages
+    from safealign.run import rounds, stages
 
     exp3 = root / "iter3"
     plan.resolve(
@@ -89,7 +89,7 @@ def test_iterative_kto_rounds_are_stages_a_longer_run_reuses_and_the_guard_stops
         [*QUICK.split(), "kto_iter.rounds=3", "kto_iter.max_steps=6", "kto_iter.max_false_refusal_jump=0.25"],
     )
     e3 = plan.Experiment(exp3)
-    monkeypatch.setattr(stages, "online_probe", lambda *a, **k: 0.5)  # round 3's probe after training
+    monkeypatch.setattr(rounds, "online_probe", lambda *a, **k: 0.5)  # round 3's probe after training
     with pytest.raises(stages.StageError) as err:
         stages.run_online(e3, "kto_iter")
     before = r2["probe"]["after"]
