@@ -320,3 +320,22 @@ def test_the_studys_open_question_fewer_false_refusals_at_equal_toxicity():
     assert all((REPO / "recipes" / f"{r}.yaml").exists() for r in study.METHODS.values())
     ids = [f.__name__ for f in study.FINDINGS]
     assert ids[-3:] == ["o1", "o2", "o3"]
+
+
+def test_an_experiment_resolved_before_the_online_kinds_names_them_once(tmp_path, capsys):
+    """Re-resolving an experiment whose recipe.yaml predates a stage kind: the new section is named
+    once ("new sections with their defaults"), not key by key; a real change still is."""
+    import yaml
+
+    exp = tmp_path / "experiments" / "sft_kto"
+    plan.resolve(str(REPO / "recipes" / "sft_kto.yaml"), exp)
+    saved = yaml.safe_load((exp / plan.RESOLVED).read_text())
+    for kind in ("kto_iter", "dpo_iter", "grpo"):
+        saved.pop(kind)
+    saved["kto"]["beta"] = 0.3
+    (exp / plan.RESOLVED).write_text(yaml.safe_dump(saved, sort_keys=False))
+    capsys.readouterr()
+    plan.resolve(str(REPO / "recipes" / "sft_kto.yaml"), exp)
+    err = capsys.readouterr().err
+    assert "kto.beta: 0.3 -> 0.1" in err and "new sections with their defaults: dpo_iter, grpo, kto_iter" in err
+    assert "kto_iter.beta" not in err

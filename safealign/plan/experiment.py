@@ -462,12 +462,17 @@ def resolve(recipe_file: str, exp: Path, overrides: list[str] | None = None) -> 
     if path.exists() and path.read_text() != text:
         old, new = _flatten(yaml.safe_load(path.read_text()) or {}), _flatten(resolved)
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        # sections the schema gained since (a new stage kind's defaults): named once, not key by key
+        sections = {k.split(".")[0] for k in old}
+        added = sorted({k.split(".")[0] for k in changed if k not in old and k.split(".")[0] not in sections})
+        changed = [k for k in changed if k.split(".")[0] not in added]
         hist = exp / "history" / f"recipe.{time.strftime('%Y%m%d-%H%M%S')}.yaml"
         hist.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, hist)
+        what = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+        what += [f"new sections with their defaults: {', '.join(added)}"] if added else []
         print(
-            f"{exp}: recipe changed ({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed)}); "
-            f"the previous resolved recipe is kept as {hist}",
+            f"{exp}: recipe changed ({'; '.join(what)}); the previous resolved recipe is kept as {hist}",
             file=sys.stderr,
         )
     exp.mkdir(parents=True, exist_ok=True)
