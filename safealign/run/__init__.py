@@ -1,4 +1,5 @@
-"""Orchestration: the stage dispatcher Make calls (stages), the Kubeflow compiler (pipeline),
+"""Orchestration: the stage dispatcher Make calls (stages), a training stage's work in its
+folder (training), the online kinds' rounds (rounds), the Kubeflow compiler (pipeline),
 its components and the steps they run in their containers (pipeline_ops, pipeline_steps), and
 the regression suite (regress).
 

@@ -7,7 +7,8 @@
                  training as any kind (its reward functions run inside trl's process)
 
 The labels, pairs, counts and guard are pure functions of safealign/train/online.py; the
-training of each round is stages.train_as, as any stage's.
+training of each round is run/training.py's train_as, as any stage's. The runners in
+safealign/run/stages.py build the judge stage first (ensure_judge).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from safealign.data import rows as data_mod
 from safealign.eval import health
 from safealign.models import load as models
 from safealign.plan.experiment import Experiment
-from safealign.run import stages
+from safealign.run import training
 from safealign.train import render
 
 
@@ -33,22 +34,9 @@ def grpo(exp: Experiment, stage: str) -> None:
     process: safealign/train/online.py judge_rewards)."""
     kind = kinds.get(stage)
     base = exp.input_model(stage)
-    ensure_judge(exp)
     judge = {"dir": str(exp.dir("judge").resolve()), "settings": render.judge_settings(exp.recipe.eval.safety)}
     with fsutil.staged_dir(exp.dir(stage)) as tmp:
-        stages.train_as(exp, stage, kind, tmp, base, lambda: grpo_rows(exp, stage, tmp, base), judge=judge)
-
-
-def ensure_judge(exp: Experiment) -> None:
-    """Build the judge stage now when it is not done: an online kind labels with it before the
-    evaluation stages run (the queued judge is then found done; cli.cmd_stage)."""
-    folder = exp.dir("judge")
-    if fsutil.is_done(folder) and exp.up_to_date(folder / fsutil.STAMP):  # as Make judges it (code included)
-        return
-    with fsutil.stage_lock(folder, f"[{exp.name}] judge") as built_meanwhile:
-        if not built_meanwhile:
-            console.say(f"  judge: built first: {exp.name}'s online stages label with it")
-            stages.run_judge(exp)
+        training.train_as(exp, stage, kind, tmp, base, lambda: grpo_rows(exp, stage, tmp, base), judge=judge)
 
 
 def grpo_rows(exp: Experiment, stage: str, tmp: Path, base: str) -> dict:
@@ -115,7 +103,6 @@ def run(exp: Experiment, stage: str) -> None:
     from safealign.train import online
 
     kind, cfg, r = kinds.get(stage), getattr(exp.recipe, stage), exp.recipe
-    ensure_judge(exp)
     judge = judges.Judge.from_dir(exp.dir("judge"), r.eval.safety)
     rows = data_mod.read_jsonl(exp.dir("data") / "train.jsonl")
     probe, pool = online.split_probe(rows, cfg.probe_prompts, r.seed)
@@ -206,13 +193,13 @@ def one_round(exp, stage, k, kind, model, pool, probe, judge, tmp) -> None:
         f"(unsafe {counts['unsafe']['desirable']}/{counts['unsafe']['samples']}, safe {counts['safe']['desirable']}/"
         f"{counts['safe']['samples']})" + (f"; {pairs['pairs']} pairs" if pairs else "")
     )
-    stages.train_as(
+    training.train_as(
         exp,
         stage,
         offline,
         tmp,
         model,
-        lambda: stages.train_rows(exp, stage, tmp, model, tmp / "round_rows.jsonl", offline.data),
+        lambda: training.train_rows(exp, stage, tmp, model, tmp / "round_rows.jsonl", offline.data),
     )
     after = online_probe(exp, str(tmp / "merged"), probe, judge, settings) if probe else None
     if before is None and probe:  # rounds after the first start from the previous round's probe
@@ -303,7 +290,7 @@ def finish(exp, stage: str, tmp: Path, records: list[dict], t0: float) -> None:
     fsutil.write_json_atomic(tmp / "summary.json", summary)
     fsutil.write_json_atomic(
         tmp / "provenance.json",
-        stages.provenance_of(
+        training.provenance_of(
             exp,
             stage,
             input_model=summary["input_model"],
