@@ -339,3 +339,18 @@ def test_an_experiment_resolved_before_the_online_kinds_names_them_once(tmp_path
     err = capsys.readouterr().err
     assert "kto.beta: 0.3 -> 0.1" in err and "new sections with their defaults: dpo_iter, grpo, kto_iter" in err
     assert "kto_iter.beta" not in err
+
+
+def test_an_online_rounds_loss_need_not_fall_but_divergence_still_fails():
+    from types import SimpleNamespace
+
+    from safealign.eval import health
+
+    cfg = SimpleNamespace(window=3, min_loss_drop=0.0, zero_grad_steps=3)
+    flat = [{"step": i, "loss": 0.5 + 0.001 * i, "grad_norm": 0.3} for i in range(1, 9)]
+    assert "loss did not fall" in health.check_training(flat, cfg)[0]
+    assert health.check_training(flat, cfg, fall=False) == []
+    diverged = flat[:4] + [{"step": 5, "loss": float("nan"), "grad_norm": 0.3}]
+    assert "not finite" in health.check_training(diverged, cfg, fall=False)[0]
+    dead = [{**r, "grad_norm": 0.0} for r in flat]
+    assert "grad_norm is 0" in health.check_training(dead, cfg, fall=False)[0]

@@ -37,7 +37,8 @@ def test_make_study_runs_part_of_the_grid_in_one_store_and_writes_its_verdicts(t
     assert "| SFT+KTO |" in page and "| base |" in page and "## Findings" in page
     assert len([p for p in (root / ".stages").glob("sft-*") if p.is_dir()]) == 1  # SFT trained once, shared
     got = {f["id"]: f for f in json.loads((out / "study.json").read_text())["findings"]}
-    assert list(got) == [f"F{i}" for i in range(1, 11)]
+    assert list(got) == [f"F{i}" for i in range(1, 11)] + ["O1", "O2", "O3"]  # the online questions, not run here
     assert got["F4"]["verdict"] == study.NOT_RUN and got["F1"]["verdict"] != study.NOT_RUN
+    assert all(got[o]["verdict"] == study.NOT_RUN for o in ("O1", "O2", "O3"))
     assert got["F1"]["verdict"] in (study.REPRODUCED, study.CONTRADICTED, study.UNRESOLVED)
     assert (out / "kto_kl.png").stat().st_size > 0 and "![KL estimate z0: KTO vs SFT+KTO](kto_kl.png)" in page

@@ -27,8 +27,9 @@ def number(v) -> float:
     return float(v)
 
 
-def check_training(log: list[dict], cfg) -> list[str]:
-    """Problems with a training log (rows with step, loss, grad_norm, ...); [] when healthy."""
+def check_training(log: list[dict], cfg, fall: bool = True) -> list[str]:
+    """Problems with a training log (rows with step, loss, grad_norm, ...); [] when healthy.
+    `fall`: whether the loss must fall (an online round's need not: docs/online.md)."""
     steps = [r for r in log if "loss" in r]
     if not steps:
         return ["logged no loss at all"]
@@ -41,7 +42,7 @@ def check_training(log: list[dict], cfg) -> list[str]:
         return problems
     losses = [number(r["loss"]) for r in steps]
     w = min(cfg.window, len(losses) // 2)
-    if w >= 1:
+    if w >= 1 and fall:
         first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
         if not last < first * (1 - cfg.min_loss_drop):
             need = f" by more than {cfg.min_loss_drop:.0%}" if cfg.min_loss_drop else ""
