@@ -405,6 +405,16 @@ class Kind:
         ]
 
 
+# an iterative kind's recipe keys in the report (its rounds' settings, then the offline kind's)
+ONLINE_REPORT_KEYS = (
+    "rounds",
+    "prompts_per_round",
+    "samples_per_prompt",
+    "temperature",
+    "beta",
+    "learning_rate",
+    "max_steps",
+)
 PREFERENCE_PLOTS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
 KINDS = {
     k.name: k
@@ -516,15 +526,7 @@ KINDS = {
             check=_check_kto_iter,
             online="kto",
             runner="run_online",
-            report_keys=(
-                "rounds",
-                "prompts_per_round",
-                "samples_per_prompt",
-                "temperature",
-                "beta",
-                "learning_rate",
-                "max_steps",
-            ),
+            report_keys=ONLINE_REPORT_KEYS,
         ),
         Kind(
             "dpo_iter",
@@ -540,15 +542,7 @@ KINDS = {
             check=_check_dpo_iter,
             online="dpo",
             runner="run_online",
-            report_keys=(
-                "rounds",
-                "prompts_per_round",
-                "samples_per_prompt",
-                "temperature",
-                "beta",
-                "learning_rate",
-                "max_steps",
-            ),
+            report_keys=ONLINE_REPORT_KEYS,
         ),
         Kind(
             "grpo",
