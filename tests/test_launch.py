@@ -367,3 +367,12 @@ def test_your_own_deepspeed_file(tmp_path):
         "launch.processes=2", "launch.strategy=deepspeed", f"launch.deepspeed_config={tmp_path / 'none.json'}"
     )
     assert any("no such file" in p for p in found), found
+
+
+def test_a_failed_stage_shows_its_error_not_nanobinds_leak_report():
+    log = ["Traceback (most recent call last):\n", "ValueError: the real reason\n", "nanobind: leaked 5 instances!\n"]
+    log += [' - leaked instance 0x1 of type "triton._C.x"\n'] * 40 + [" - ... skipped remainder\n"]
+    log += ["nanobind: this is likely caused by a reference counting issue in the binding code.\n"]
+    log += ["See https://nanobind.readthedocs.io/en/latest/refleaks.html\n"]
+    assert launcher.failure_tail(log) == log[:2]
+    assert launcher.failure_tail([f"{i}\n" for i in range(30)]) == [f"{i}\n" for i in range(5, 30)]

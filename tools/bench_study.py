@@ -22,13 +22,23 @@ REPO = Path(__file__).resolve().parent.parent
 DONE = re.compile(r"^\[(?P<exp>[^\]]+)\] (?P<stage>[\w-]+): done in (?P<s>[0-9.]+)s")
 
 
-def stage_seconds(log: str) -> dict[str, list[float]]:
+def online_kinds() -> set[str]:
+    """The stage kinds that sample from the model as they train (safealign/config/kinds.py)."""
+    sys.path.insert(0, str(REPO))
+    from safealign.config import kinds
+
+    return {k.name for k in kinds.KINDS.values() if k.online or k.rewards}
+
+
+def stage_seconds(log: str, online_only: bool = False) -> dict[str, list[float]]:
     """Stage kind -> the seconds of each stage that ran (a stage the store already held prints no
-    'done in' line, so shared stages count once)."""
+    'done in' line, so shared stages count once); `online_only`: the online kinds' stages and their
+    safety stages only."""
     out = defaultdict(list)
+    online = online_kinds() if online_only else set()
     for line in log.splitlines():
         m = DONE.match(line.strip())
-        if m:
+        if m and (not online_only or m["stage"].removeprefix("safety-") in online):
             kind = m["stage"].split("-")[0]  # safety-kto -> safety
             out[kind].append(float(m["s"]))
     return dict(out)
@@ -46,6 +56,13 @@ def report(log: str, wall: float | None) -> str:
         lines.append(f"  {kind:8s} {sum(secs):7.0f} s  ({len(secs)} x: {each})")
     if wall is not None:
         lines.append(f"  {'wrapper':8s} {wall - total:7.0f} s  (resolve, Make, summaries, the study page)")
+    online = sum(sum(v) for k, v in stage_seconds(log, online_only=True).items())
+    if online:  # issue #27's budget was set for the seed's grid; issue #29's online methods came after
+        lines.append(
+            f"online methods' stages (training and their safety stages): {online:.0f} s; "
+            f"the seed's grid: {total - online:.0f} s of stages"
+            + (f", {(wall - online) / 60:.1f} min of the wall" if wall is not None else "")
+        )
     return "\n".join(lines)
 
 

@@ -62,6 +62,13 @@ HARMLESS: list[tuple[str, str, str]] = [
         "offline it uses its own built-in one, and only QLoRA on a CPU calls either",
     ),
     (
+        "axolotl.utils.schemas.config",
+        r"bf16 requested, but AMP is not supported on this GPU\. Requires Ampere series or above\. Training "
+        r"will fail, but other operations \(such as merging\) are still functional\.",
+        "said wherever no CUDA GPU is found; without one the stage trains under CPU autocast "
+        "(safealign/train/axolotl_plugin.py passes use_cpu), which does not fail",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU\. If you have GPU or other accelerator, we were unable to detect it\.",
         "a CPU machine has no accelerator to detect",

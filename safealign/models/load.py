@@ -133,6 +133,18 @@ def use_bf16(setting) -> bool:
     return bool(setting)
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there bf16 training under
+    CPU autocast takes about half an fp32 step (smollm2-135m, LoRA, 8 x 128 tokens: 2.8 s vs 5-7 s);
+    elsewhere torch emulates bf16 and it is slower than fp32. False where /proc/cpuinfo is absent."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def pick_dtype(setting):
     import torch
 

@@ -167,6 +167,12 @@ def train_as(exp: Experiment, stage: str, kind, tmp: Path, base: str, prepare, j
     problems = machine_problems(r)
     if problems:
         raise StageError(f"{stage}: " + "; ".join(problems))
+    if rt["bf16"] and not rt["cuda"] and not models.cpu_bf16():
+        print(
+            f"  warning: {stage}.bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and "
+            "slower than fp32 here (bf16: false or auto)",
+            flush=True,
+        )
     env = launcher.child_env(tmp, r.tracker, r.tracker_project)
     # the child starts now: its imports run beside this process's tokenizer and rows
     with launcher.preloaded(launcher.preload_names(kind), r.launch, tmp, env) as child:

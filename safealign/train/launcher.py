@@ -276,6 +276,16 @@ def preloaded(names: list[str], cfg: LaunchCfg, cwd: Path, env: dict):
             proc.stdout.close()
 
 
+# what a process that imported Triton prints as it exits after an exception: nanobind's reference
+# leak report (hundreds of lines, none about the failure), which would fill a failed stage's tail
+_LEAK_REPORT = ("nanobind: ", " - leaked ", " - ... skipped remainder", "See https://nanobind.readthedocs.io")
+
+
+def failure_tail(lines: list[str], n: int = 25) -> list[str]:
+    """The last `n` lines of a failed child's log that say something: without nanobind's leak report."""
+    return [line for line in lines if not line.startswith(_LEAK_REPORT)][-n:]
+
+
 def run_logged(
     cmd: list[str],
     cwd: Path,
@@ -340,5 +350,5 @@ def run_logged(
     if begun.exists():  # for `make bench`: the child's start-up (imports, model, data) before its first step
         print(f"timing: child start-up {begun.stat().st_mtime - launched:.1f} s", flush=True)
     if rc != 0:
-        tail = "".join(open(log_path, encoding="utf-8").readlines()[-25:])
+        tail = "".join(failure_tail(open(log_path, encoding="utf-8").readlines()))
         raise StageError(f"{cmd[0]} exited with {rc}; full log: {log_path}\n{tail}")
