@@ -442,3 +442,21 @@ def test_the_data_card_says_whose_answers_the_rows_hold():
     assert "Refuse." not in text and "every held-out prompt is kept" in text
     text = "\n".join(card._generation(gen, {"refusals": {"backend": "openai", "system_prompt": "Refuse."}}))
     assert "is the refusal model's" in text and "> Refuse." in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_model_answers_in_the_dtype_it_was_saved_in_where_this_machine_runs_it(tmp_path, monkeypatch, native):
+    """A merged bf16 stage answers in bf16 (not upcast to fp32: twice the memory, slower), where the
+    CPU computes bf16 natively; fp32 weights (tiny-local) stay fp32, and fp16 ones on a CPU too."""
+    import torch
+    from transformers import LlamaConfig
+
+    from safealign.models import load
+
+    monkeypatch.setattr(load, "cpu_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    want = {"bfloat16": torch.bfloat16 if native else torch.float32, "float32": torch.float32, "float16": torch.float32}
+    for saved, dtype in want.items():
+        folder = tmp_path / saved
+        LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, dtype=saved).save_pretrained(folder)
+        assert load.inference_dtype(str(folder)) == dtype, saved

@@ -145,6 +145,25 @@ def cpu_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def inference_dtype(name_or_path: str):
+    """The dtype a model answers in (the safety stage, data generation, online rounds' samples):
+    the one its weights were saved in, so a merged bf16 stage or a hub model published in bf16 is
+    not doubled to fp32 (half the memory and ~1.35x faster greedy answers on an AVX512-BF16 CPU);
+    fp32 where it was saved so (tiny-local), and on a CPU fp32 for fp16 weights and for bf16 ones
+    without AVX512-BF16 or AMX (cpu_bf16), where torch emulates them."""
+    import torch
+    from transformers import AutoConfig
+
+    saved = getattr(AutoConfig.from_pretrained(name_or_path), "dtype", None)
+    if isinstance(saved, str):
+        saved = getattr(torch, saved, None)
+    if saved not in (torch.float16, torch.bfloat16):
+        return torch.float32
+    if torch.cuda.is_available():
+        return saved if saved == torch.float16 or torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if saved == torch.bfloat16 and cpu_bf16() else torch.float32
+
+
 def pick_dtype(setting):
     import torch
 
