@@ -189,25 +189,33 @@ def test_recipe_strings_cannot_inject_config_keys():
     assert kto["trl"]["optim"] == evil and kto["trl"]["learning_rate"] == r.kto.learning_rate
 
 
-def test_bf16_on_a_cpu_trains_under_autocast_instead_of_refusing():
+def test_bf16_on_a_cpu_trains_under_autocast_instead_of_refusing(monkeypatch):
     """transformers refuses bf16 without a GPU unless told the CPU is meant (use_cpu): the trl
     config says so where this machine has no CUDA, Axolotl's through safealign's plugin; on a GPU
     neither does."""
+    import torch
     from transformers import TrainingArguments
     from trl import KTOConfig
 
     from safealign.train.axolotl_plugin import SafealignPlugin
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the plugin's view; a GPU machine too
+
     r = recipe.load(REPO / "recipes" / "sft_kto.yaml", overrides=["kto.bf16=true", "sft.bf16=true"])
     cpu = {**models.runtime(r.kto, "kto", gpu=False), "bf16": True, "cuda": False}
     cfg = yaml.safe_load(render.render("trl/kto.yaml.j2", **{**kto_ctx(r), "rt": cpu, "bf16": True}))
     assert cfg["trl"]["bf16"] is True and cfg["trl"]["use_cpu"] is True
-    with pytest.raises(ValueError, match="use_cpu"):  # what the key prevents
-        TrainingArguments(output_dir="x", bf16=True)
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    if not is_torch_bf16_gpu_available():  # what the key prevents (a bf16 GPU accepts bf16 as it is)
+        with pytest.raises(ValueError, match="use_cpu"):
+            TrainingArguments(output_dir="x", bf16=True)
     args = KTOConfig(**cfg["trl"])
     assert args.bf16 and args.use_cpu
     gpu = {**cpu, "cuda": True}
     assert "use_cpu" not in yaml.safe_load(render.render("trl/kto.yaml.j2", **{**kto_ctx(r), "rt": gpu}))["trl"]
+    ds = {**kto_ctx(r), "rt": cpu, "bf16": True, "deepspeed": True}  # DeepSpeed sets up its own processes and device
+    assert "use_cpu" not in yaml.safe_load(render.render("trl/kto.yaml.j2", **ds))["trl"]
     plugin = SafealignPlugin()
 
     class Cfg(dict):

@@ -38,7 +38,9 @@ def stage_seconds(log: str, online_only: bool = False) -> dict[str, list[float]]
     online = online_kinds() if online_only else set()
     for line in log.splitlines():
         m = DONE.match(line.strip())
-        if m and (not online_only or m["stage"].removeprefix("safety-") in online):
+        if m and (
+            not online_only or online & set(m["stage"].split("-"))
+        ):  # kto_iter, safety-kto_iter, safety-xstest-grpo
             kind = m["stage"].split("-")[0]  # safety-kto -> safety
             out[kind].append(float(m["s"]))
     return dict(out)

@@ -28,7 +28,7 @@ from safealign.config import eval as eval_cfg
 from safealign.config import launch, resources
 from safealign.config.data import DataCfg
 from safealign.config.eval import EvalCfg
-from safealign.config.kinds import ADAPTERS, ATTENTION, AUTO, KINDS, TrainCfg  # the kinds' sections live there
+from safealign.config.kinds import ADAPTERS, ATTENTION, AUTO, KINDS, NATIVE, TrainCfg  # the kinds' sections live there
 from safealign.config.launch import LaunchCfg  # processes, nodes, strategy: safealign/config/launch.py
 from safealign.config.resources import ResourcesCfg  # what each pipeline task asks for: safealign/config/resources.py
 from safealign.core.names import check_keys
@@ -304,8 +304,8 @@ def _check_ranges(node, path: tuple, where, problems: list[str]) -> None:
 
 def _check_training(name: str, cfg, where, problems: list[str]) -> None:
     """The settings every training kind shares (kinds.TrainCfg)."""
-    if cfg.bf16 not in (True, False, AUTO):
-        problems.append(f"{where((name, 'bf16'))}: expected true, false or 'auto', got {cfg.bf16!r}")
+    if cfg.bf16 not in (True, False, AUTO, NATIVE):
+        problems.append(f"{where((name, 'bf16'))}: expected true, false, 'auto' or 'native', got {cfg.bf16!r}")
     if cfg.adapter not in ADAPTERS:
         problems.append(f"{where((name, 'adapter'))}: expected one of {', '.join(ADAPTERS)}, got {cfg.adapter!r}")
     elif cfg.adapter == "qlora" and cfg.full_finetune:

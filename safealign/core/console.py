@@ -65,8 +65,8 @@ HARMLESS: list[tuple[str, str, str]] = [
         "axolotl.utils.schemas.config",
         r"bf16 requested, but AMP is not supported on this GPU\. Requires Ampere series or above\. Training "
         r"will fail, but other operations \(such as merging\) are still functional\.",
-        "said wherever no CUDA GPU is found; without one the stage trains under CPU autocast "
-        "(safealign/train/axolotl_plugin.py passes use_cpu), which does not fail",
+        "said wherever no CUDA GPU is found; safealign's rendered SFT config always names its plugin, "
+        "which passes use_cpu there (safealign/train/axolotl_plugin.py): the stage trains under CPU autocast",
     ),
     (
         "DeepSpeed",

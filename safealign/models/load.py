@@ -125,17 +125,20 @@ def has_cuda() -> bool:
 
 
 def use_bf16(setting) -> bool:
-    """`bf16: auto` -> True where the GPU supports bfloat16, False on CPU."""
-    if setting == "auto":
+    """`bf16: auto` -> True where the GPU supports bfloat16, False on CPU; `native` -> the same, and
+    True on a CPU that computes bf16 natively (cpu_bf16)."""
+    if setting in ("auto", "native"):
         import torch
 
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if torch.cuda.is_available():
+            return bool(torch.cuda.is_bf16_supported())
+        return setting == "native" and cpu_bf16()
     return bool(setting)
 
 
 def cpu_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there bf16 training under
-    CPU autocast takes about half an fp32 step (smollm2-135m, LoRA, 8 x 128 tokens: 2.8 s vs 5-7 s);
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there a bf16 training
+    stage runs 1.2-1.4x faster than fp32 (smollm2-135m's SFT and KTO, docs/benchmarks.md);
     elsewhere torch emulates bf16 and it is slower than fp32. False where /proc/cpuinfo is absent."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -152,16 +155,35 @@ def inference_dtype(name_or_path: str):
     fp32 where it was saved so (tiny-local), and on a CPU fp32 for fp16 weights and for bf16 ones
     without AVX512-BF16 or AMX (cpu_bf16), where torch emulates them."""
     import torch
+
+    saved = saved_dtype(name_or_path)
+    if saved == torch.float32:
+        return saved
+    if torch.cuda.is_available():  # emulated bf16 (a T4, a V100) is not worth it: fp32
+        ok = saved == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False)
+        return saved if ok else torch.float32
+    return torch.bfloat16 if saved == torch.bfloat16 and cpu_bf16() else torch.float32
+
+
+def saved_dtype(name_or_path: str):
+    """The dtype a model's weights were saved in (its config's), fp32 where it names none."""
+    import torch
     from transformers import AutoConfig
 
     saved = getattr(AutoConfig.from_pretrained(name_or_path), "dtype", None)
     if isinstance(saved, str):
         saved = getattr(torch, saved, None)
-    if saved not in (torch.float16, torch.bfloat16):
-        return torch.float32
-    if torch.cuda.is_available():
-        return saved if saved == torch.float16 or torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if saved == torch.bfloat16 and cpu_bf16() else torch.float32
+    return saved if saved in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def merge_dtype(base: str, setting):
+    """What a LoRA adapter is merged in: the wider of the training dtype (`bf16` setting) and the
+    dtype the base was saved in. A bf16 run from an fp32 base (smollm2-135m) merges in fp32, where a
+    LoRA update below half a bf16 step (~0.2% of a weight) is not rounded away; a bf16 hub model
+    trained in bf16 merges in bf16 as before."""
+    import torch
+
+    return torch.float32 if pick_dtype(setting) == torch.float32 else saved_dtype(base)
 
 
 def pick_dtype(setting):
@@ -195,7 +217,7 @@ def runtime(cfg, stage: str, gpu: bool | None = None) -> dict:
     what that machine has installed): bf16, the attention implementation (None: the model's
     default), Liger kernels, 4-bit loading."""
     cuda = has_cuda() if gpu is None else gpu
-    bf16 = (cfg.bf16 == "auto" and gpu) or use_bf16(cfg.bf16)
+    bf16 = (cfg.bf16 in ("auto", "native") and gpu) or use_bf16(cfg.bf16)
     flash = _installed("flash_attn")
     attn = cfg.attn_implementation
     if attn == "auto":
@@ -282,7 +304,7 @@ def load_model(
 
 def merge_lora(base: str, adapter_dir: Path, out_dir: Path, dtype=None) -> None:
     """Fold a LoRA adapter into its base weights and save a plain model plus tokenizer. The base
-    is always reloaded unquantised in `dtype` (bf16 on a GPU): a QLoRA adapter trained against
+    is always reloaded unquantised in `dtype` (merge_dtype): a QLoRA adapter trained against
     4-bit weights merges into full-precision ones, never into the 4-bit copy (which would round
     the merged weights to NF4)."""
     from peft import PeftModel

@@ -115,11 +115,11 @@ def finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float
     losses = [health.number(r["loss"]) for r in log if "loss" in r]
     merge = None
     if not cfg.full_finetune:
-        dtype = models.pick_dtype(cfg.bf16)
+        dtype = models.merge_dtype(base, cfg.bf16)
         print(f"  merging {stage} adapter into {base} (reloaded unquantised, {dtype})", flush=True)
         models.merge_lora(base, tmp / "adapter", tmp / "merged", dtype=dtype)
         merge = {
-            "adapter_trained_on": "4-bit NF4 base (QLoRA)" if rt["qlora"] else f"{dtype} base",
+            "adapter_trained_on": "4-bit NF4 base (QLoRA)" if rt["qlora"] else f"{models.pick_dtype(cfg.bf16)} base",
             "merged_into": f"{base} reloaded in {dtype}, unquantised",
         }
     else:

@@ -7,7 +7,7 @@
 - Adds safealign's callbacks (train_log.jsonl).
 - bf16 without CUDA: tells transformers the CPU is meant (`use_cpu`), which Axolotl 0.19 never
   passes, so the Trainer runs under CPU autocast instead of refusing ("Your setup doesn't support
-  bf16/gpu"). On a CPU with AVX512-BF16 or AMX that halves a step (models/load.py, cpu_bf16).
+  bf16/gpu"). On a CPU with AVX512-BF16 or AMX a step takes 1.2-1.4x less (docs/benchmarks.md).
 - Freezes what is imported by then (gc.freeze) before the model loads: Axolotl and accelerate
   call gc.collect() five times around loading and training, ~0.4 s each on 2 cores, walking the
   same long-lived library objects every time. Numerics are untouched.
