@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from safealign.config import recipe
+from safealign.config import kinds, recipe
 from safealign.plan import experiment as plan
 from safealign.train import online
 
@@ -339,6 +339,17 @@ def test_an_experiment_resolved_before_the_online_kinds_names_them_once(tmp_path
     err = capsys.readouterr().err
     assert "kto.beta: 0.3 -> 0.1" in err and "new sections with their defaults: dpo_iter, grpo, kto_iter" in err
     assert "kto_iter.beta" not in err
+
+
+def test_only_the_offline_kinds_must_see_their_loss_fall():
+    # GRPO's loss is beta x KL, rising from 0 as the policy moves: the smollm2 study's GRPO at 1e-4
+    # (0.030 -> 0.044 over 30 steps) was refused as "loss did not fall" while it read online=""
+    assert (
+        not kinds.get("grpo").loss_falls
+        and not kinds.get("kto_iter").loss_falls
+        and not kinds.get("dpo_iter").loss_falls
+    )
+    assert kinds.get("kto").loss_falls and kinds.get("dpo").loss_falls and kinds.get("sft").loss_falls
 
 
 def test_an_online_rounds_loss_need_not_fall_but_divergence_still_fails():

@@ -378,6 +378,14 @@ class Kind:
     runner: str = "run_training"  # its runner in safealign/run/stages.py (plan/codedeps.py reads it)
 
     @property
+    def loss_falls(self) -> bool:
+        """Whether a healthy run's loss falls (eval/health.py). Not for a kind that learns from its
+        own samples: an online round starts at its reference on the model's own answers (KTO's loss
+        0.5, DPO's log 2), and GRPO's loss is mostly beta x KL to the reference, 0 at the start and
+        growing as the policy moves (1e-4 on smollm2: 0.03 -> 0.04 over 30 steps)."""
+        return not (self.online or self.rewards)
+
+    @property
     def judged(self) -> bool:
         """Whether it learns from the safety judge's verdicts (so the judge stage comes first)."""
         return bool(self.online or self.rewards)

@@ -100,9 +100,8 @@ def finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float
     except launcher.LaunchMismatch as e:
         raise StageError(f"{stage}: {e}") from None
     log = [json.loads(line) for line in (tmp / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    # an online round starts at its reference (KTO's loss 0.5, DPO's log 2) on the model's own
-    # answers: its loss need not fall in a few steps; divergence and dead gradients still fail it
-    problems = health.check_training(log, exp.recipe.health, fall=not kinds.get(stage).online)
+    # an online round's or GRPO's loss need not fall (Kind.loss_falls); divergence and dead gradients still fail it
+    problems = health.check_training(log, exp.recipe.health, fall=kinds.get(stage).loss_falls)
     if problems and (exp.recipe.health.enabled or not any("loss" in r for r in log)):
         raise StageError(
             f"{stage}: the run failed its health check, so the stage is not done:\n  - "
