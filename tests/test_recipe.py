@@ -55,7 +55,7 @@ def test_unknown_top_level_key():
         ("kto:\n  micro_batch_size: 1\n", "r.yaml:2: kto.micro_batch_size: KTO estimates its KL reference point"),
         ("sft:\n  learning_rate: -1.0\n", "r.yaml:2: sft.learning_rate: must be > 0, got -1.0"),
         ("kto:\n  warmup_ratio: 1.5\n", "r.yaml:2: kto.warmup_ratio: must be in [0, 1), got 1.5"),
-        ("sft:\n  bf16: maybe\n", "r.yaml:2: sft.bf16: expected true, false or 'auto', got 'maybe'"),
+        ("sft:\n  bf16: maybe\n", "r.yaml:2: sft.bf16: expected true, false, 'auto' or 'native', got 'maybe'"),
         ("dpo:\n  loss_type: [sigmoid, sft]\n  loss_weights: [1.0]\n", "dpo.loss_weights: 1 weights for 2 loss types"),
         ("seed: [1\n", "r.yaml:2: not valid YAML"),
         (
