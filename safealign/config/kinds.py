@@ -84,9 +84,8 @@ class TrainCfg(LoraCfg):
     weight_decay: float = 0.0
     optimizer: str = "adamw_torch"
     gradient_checkpointing: bool = False  # saves activation memory for ~30% more compute
-    bf16: Union[bool, str] = (
-        AUTO  # auto: bf16 where the GPU supports it, fp32 on CPU; native: also on a CPU with AVX512-BF16/AMX
-    )
+    # auto: bf16 where the GPU supports it, fp32 on CPU; native: also bf16 on a CPU with AVX512-BF16/AMX
+    bf16: Union[bool, str] = AUTO
     full_finetune: bool = False  # True: train all weights instead of a LoRA adapter (no merge step)
     # qlora: the frozen base loads in 4-bit NF4 (bitsandbytes, CUDA) and the adapter trains in bf16:
     # an 8B model fits a 24 GB card, ~30% slower than lora; the merge reloads the base in bf16

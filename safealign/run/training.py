@@ -169,7 +169,7 @@ def train_as(exp: Experiment, stage: str, kind, tmp: Path, base: str, prepare, j
     if rt["bf16"] and not rt["cuda"] and not models.cpu_bf16():
         print(
             f"  warning: {stage}.bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and "
-            "slower than fp32 here (bf16: false or auto)",
+            "slower than fp32 here (bf16: native trains in fp32 on such a CPU)",
             flush=True,
         )
     env = launcher.child_env(tmp, r.tracker, r.tracker_project)
