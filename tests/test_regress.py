@@ -103,6 +103,11 @@ def test_cpu_baseline_is_committed_and_covers_the_suite():
         ),
         ("experiments: [{recipe: sft}]\nmetrics: {lastloss: {abs: 0}}", "metrics.lastloss: matches no metric"),
         (
+            "experiments: [{recipe: sft}]\nmetrics: {sft_kto/last_loss: {abs: 0}}",
+            "metrics.sft_kto/last_loss: 'sft_kto' matches none of this suite's experiments (sft)",
+        ),
+        ("experiments: [{recipe: sft}]\nmetrics: {sft/lastloss: {abs: 0}}", "metrics.sft/lastloss: matches no metric"),
+        (
             "experiments: [{recipe: sft}]\nmetrics: {last_loss: {abs: -1}}",
             "metrics.last_loss.abs: expected a number >= 0",
         ),
@@ -172,6 +177,22 @@ def test_first_matching_pattern_wins(tmp_path):
     assert suite.check_for("safety_seconds").tolerance.fail_if == "higher"
     assert suite.check_for("first_loss") is None  # not listed: not checked
     assert suite.check_for("last_loss").other_machine == Tolerance(rel=0.5)  # other_machine inherits fail_if
+
+
+def test_an_experiment_pattern_bounds_that_experiment_only(tmp_path):
+    text = SUITE.replace("metrics:\n", 'metrics:\n  "sft_k*/*_rate": {abs: 0.0, other_machine: {abs: 1.0}}\n')
+    suite = write_suite(tmp_path, text)
+    assert suite.check_for("refusal_rate", "sft_kto").other_machine == Tolerance(abs=1.0)
+    assert suite.check_for("refusal_rate", "sft").tolerance == Tolerance(abs=0.05)  # the general rule
+    assert suite.check_for("refusal_rate").tolerance == Tolerance(abs=0.05)
+    rows = regress.compare(
+        suite,
+        {"sft/sft/refusal_rate": {"value": 0.5}, "sft_kto/kto/refusal_rate": {"value": 0.5}},
+        {"metrics": {"sft/sft/refusal_rate": 0.0, "sft_kto/kto/refusal_rate": 0.0}},
+        ["sft", "sft_kto"],
+        False,
+    )
+    assert {r["metric"]: r["status"] for r in rows} == {"sft/sft/refusal_rate": "FAIL", "sft_kto/kto/refusal_rate": "pass"}
 
 
 # --- comparison ------------------------------------------------------------------------------

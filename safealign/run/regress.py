@@ -136,9 +136,17 @@ class Suite:
     # ones, by name) with these overrides; None: only the listed experiments
     every_recipe: tuple[str, ...] | None = None
 
-    def check_for(self, metric: str) -> Check | None:
-        """The first check whose pattern matches the metric name (fnmatch)."""
-        return next((c for c in self.checks if fnmatch.fnmatchcase(metric, c.pattern)), None)
+    def check_for(self, metric: str, exp_id: str = "") -> Check | None:
+        """The first check whose pattern matches the metric name (fnmatch), or, for a pattern
+        `<experiment>/<metric>`, experiment `exp_id`'s metric (one experiment's own bound)."""
+        return next((c for c in self.checks if _matches(c.pattern, metric, exp_id)), None)
+
+
+def _matches(pattern: str, metric: str, exp_id: str) -> bool:
+    exp_pattern, _, metric_pattern = pattern.rpartition("/")
+    return fnmatch.fnmatchcase(metric, metric_pattern) and (
+        not exp_pattern or fnmatch.fnmatchcase(exp_id, exp_pattern)
+    )
 
 
 # --- suite files -----------------------------------------------------------------------------
@@ -212,8 +220,13 @@ def load_suite(name: str, root: Path = SUITES) -> Suite:
     checks = []
     for pattern, spec in metrics.items():
         where = f"{path}: metrics.{pattern}"
-        if not any(fnmatch.fnmatchcase(m, str(pattern)) for m in METRICS):
+        exp_pattern, _, metric_pattern = str(pattern).rpartition("/")
+        if not any(fnmatch.fnmatchcase(m, metric_pattern) for m in METRICS):
             raise RegressError(f"{where}: matches no metric (known: {', '.join(METRICS)})")
+        if exp_pattern and not any(fnmatch.fnmatchcase(e.id, exp_pattern) for e in entries):
+            raise RegressError(
+                f"{where}: {exp_pattern!r} matches none of this suite's experiments ({', '.join(e.id for e in entries)})"
+            )
         tol = _tolerance(spec, where)
         other = (
             _tolerance(spec["other_machine"], f"{where}.other_machine", tol.fail_if) if "other_machine" in spec else tol
@@ -422,7 +435,7 @@ def compare(
         if key.split("/")[0] == references.EXP:  # the same on any machine: the exact bound everywhere
             tol, bounds = REFERENCE_TOLERANCE, "any machine"
         else:
-            check = suite.check_for(metric)
+            check = suite.check_for(metric, key.split("/")[0])
             if check is None:
                 continue
             same = same_machine.get(key.split("/")[0], False) if isinstance(same_machine, dict) else same_machine
