@@ -192,7 +192,10 @@ def test_an_experiment_pattern_bounds_that_experiment_only(tmp_path):
         ["sft", "sft_kto"],
         False,
     )
-    assert {r["metric"]: r["status"] for r in rows} == {"sft/sft/refusal_rate": "FAIL", "sft_kto/kto/refusal_rate": "pass"}
+    assert {r["metric"]: r["status"] for r in rows} == {
+        "sft/sft/refusal_rate": "FAIL",
+        "sft_kto/kto/refusal_rate": "pass",
+    }
 
 
 # --- comparison ------------------------------------------------------------------------------

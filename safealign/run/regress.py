@@ -144,9 +144,7 @@ class Suite:
 
 def _matches(pattern: str, metric: str, exp_id: str) -> bool:
     exp_pattern, _, metric_pattern = pattern.rpartition("/")
-    return fnmatch.fnmatchcase(metric, metric_pattern) and (
-        not exp_pattern or fnmatch.fnmatchcase(exp_id, exp_pattern)
-    )
+    return fnmatch.fnmatchcase(metric, metric_pattern) and (not exp_pattern or fnmatch.fnmatchcase(exp_id, exp_pattern))
 
 
 # --- suite files -----------------------------------------------------------------------------
