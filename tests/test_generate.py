@@ -460,3 +460,23 @@ def test_a_model_answers_in_the_dtype_it_was_saved_in_where_this_machine_runs_it
         folder = tmp_path / saved
         LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, dtype=saved).save_pretrained(folder)
         assert load.inference_dtype(str(folder)) == dtype, saved
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_eval_safety_dtype_native_answers_in_bf16_where_the_machine_computes_it(tmp_path, monkeypatch, native):
+    """eval.safety.dtype: native answers in bf16 on a native-bf16 machine even from fp32 weights
+    (smollm2's fp32 merges); elsewhere as saved. The recipe refuses any other value at its key."""
+    import torch
+    from transformers import LlamaConfig
+
+    from safealign.config import recipe as recipe_mod
+    from safealign.models import load
+
+    monkeypatch.setattr(load, "cpu_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = tmp_path / "fp32"
+    LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, dtype="float32").save_pretrained(folder)
+    assert load.inference_dtype(str(folder), "native") == (torch.bfloat16 if native else torch.float32)
+    assert load.inference_dtype(str(folder)) == torch.float32  # saved: the default
+    with pytest.raises(recipe_mod.RecipeError, match=r"eval\.safety\.dtype.*expected one of saved, native, got 'bf16'"):
+        recipe_mod.load(REPO / "recipes" / "sft_kto.yaml", ["eval.safety.dtype=bf16"])

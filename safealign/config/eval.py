@@ -23,6 +23,7 @@ EVAL_BACKENDS = (
     "vllm",
     "auto",
 )  # transformers, vLLM, or auto: vLLM where installed with a GPU, else transformers
+ANSWER_DTYPES = ("saved", "native")  # eval.safety.dtype, read by safealign/models/load.py's inference_dtype
 CLASSIFIER = "classifier:"
 GUARD = "guard:"  # a generative guard model (Llama Guard 3, ShieldGemma, WildGuard): safealign/models/guards.py
 ENDPOINT = "endpoint"  # an LLM judge behind an OpenAI-compatible endpoint, asked a rubric: safealign/models/rubric.py
@@ -145,6 +146,10 @@ class SafetyCfg:
     # a classifier judge's labels that mean toxic where its id2label names do not say (LABEL_0/LABEL_1):
     # [LABEL_1] for tomh/toxigen_roberta; empty: labels named unsafe/toxic/harmful/flagged
     toxic_labels: list = since([])
+    # the dtype the model answers in: saved (the weights' own: fp32 for smollm2's fp32 merges) or
+    # native (bf16 where the machine computes it natively, a bf16 GPU or an AVX512-BF16/AMX CPU:
+    # ~1.3x faster greedy answers on such a CPU, answers differing from fp32's in their low bits)
+    dtype: str = since("saved")
 
 
 @dataclass
@@ -259,6 +264,7 @@ def check(e: EvalCfg, where, problems: list[str]) -> None:
         ("eval", "leaderboard", "source"): (e.leaderboard.source, ("hub", "fixtures")),
         ("eval", "leaderboard", "backend"): (e.leaderboard.backend, EVAL_BACKENDS),
         ("eval", "safety", "backend"): (e.safety.backend, EVAL_BACKENDS),
+        ("eval", "safety", "dtype"): (e.safety.dtype, ANSWER_DTYPES),
         ("eval", "leaderboard", "dtype"): (e.leaderboard.dtype, ("auto", "bfloat16", "float16", "float32")),
     }
     for path, (value, allowed) in choices.items():

@@ -165,6 +165,8 @@ def generation_settings(cfg) -> dict:
     }
     if cfg.do_sample:
         s.update({"temperature": cfg.temperature, "top_p": cfg.top_p})
+    if cfg.dtype != "saved":  # native: bf16 where the machine computes it (models/load.py inference_dtype)
+        s["dtype"] = cfg.dtype
     return s
 
 

@@ -4,8 +4,8 @@ stage) and data generation (`data.generate` with `backend: local`) share.
 Each prompt becomes a chat (an optional system prompt, the user turn cut from the left to fit the
 context beside the answer budget: safealign/models/truncate.py) and is answered through the
 model's own chat template, greedy unless the settings sample: transformers `generate` in batches
-with left padding, in the dtype the weights were saved in (load.inference_dtype), or vLLM where
-installed with a GPU. Imports models only.
+with left padding, in the dtype the weights were saved in or natively in bf16
+(load.inference_dtype), or vLLM where installed with a GPU. Imports models only.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def generate(
 
     torch.manual_seed(seed)
     tok.padding_side = "left"
-    model = load_model(model_path, dtype=inference_dtype(model_path)).eval()  # as saved: a bf16 merge stays bf16
+    # as saved (a bf16 merge stays bf16), or bf16 where native if the settings say so (eval.safety.dtype)
+    model = load_model(model_path, dtype=inference_dtype(model_path, getattr(cfg, "dtype", "saved"))).eval()
     extra = (
         {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
         if cfg.do_sample

@@ -148,14 +148,17 @@ def cpu_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def inference_dtype(name_or_path: str):
+def inference_dtype(name_or_path: str, setting: str = "saved"):
     """The dtype a model answers in (the safety stage, data generation, online rounds' samples):
     the one its weights were saved in, so a merged bf16 stage or a hub model published in bf16 is
     not doubled to fp32 (half the memory and ~1.35x faster greedy answers on an AVX512-BF16 CPU);
     fp32 where it was saved so (tiny-local), and on a CPU fp32 for fp16 weights and for bf16 ones
-    without AVX512-BF16 or AMX (cpu_bf16), where torch emulates them."""
+    without AVX512-BF16 or AMX (cpu_bf16), where torch emulates them. `setting` native
+    (eval.safety.dtype): bf16 wherever the machine computes it natively, fp32 weights included."""
     import torch
 
+    if setting == "native" and use_bf16("native"):
+        return torch.bfloat16
     saved = saved_dtype(name_or_path)
     if saved == torch.float32:
         return saved
