@@ -399,7 +399,7 @@ compare: | $(VENV_STAMP) ## one table + overlaid curves across experiments: make
 # base model's own answers); its experiments are then <recipe>+model-<model>+data-study.
 METHODS ?=
 .PHONY: study
-study: | $(VENV_STAMP) ## the study's grid, then experiments/study-<model>/study.md: make study [MODEL=smollm2-135m] [METHODS="sft kto sft_kto"] [SET=...]
+study: | $(VENV_STAMP) ## the study's grid, then experiments/study-<model>/study.md: make study [MODEL=smollm2-135m] [METHODS="sft kto sft_kto" | grid | online] [SET=...]
 	@runs=$$($(SA) study runs --model '$(MODEL)' --set '$(strip $(SET))' --only '$(strip $(METHODS))') || exit 2; failed=""; \
 	while read -r r name sets; do \
 		$(MAKE) --no-print-directory exp NAME=$$r EXP_NAME=$$name MODEL=$(MODEL) SET="$$sets" </dev/null || failed="$$failed $$r"; \
@@ -475,8 +475,8 @@ bench: $(VENV_STAMP) $(if $(MODEL),$(if $(filter smollm2-135m%,$(MODEL)),$(SMOLL
 	$(PY) tools/bench_exp.py --name sft_kto --model '$(MODEL)'
 
 .PHONY: bench-study
-bench-study: $(VENV_STAMP) ## time `make study` (MODEL=smollm2-135m by default) from an empty store: wall and seconds per stage kind (~65 min on 2 cores)
-	$(PY) tools/bench_study.py --model '$(or $(MODEL),smollm2-135m)'
+bench-study: $(VENV_STAMP) ## time `make study` (MODEL=smollm2-135m by default; METHODS=grid: the seed's ten) from an empty store: wall and seconds per stage kind
+	$(PY) tools/bench_study.py --model '$(or $(MODEL),smollm2-135m)' --methods '$(strip $(METHODS))' --set '$(strip $(SET))'
 
 .PHONY: bench-reuse
 bench-reuse: $(VENV_STAMP) $(TINY_MODEL) ## sft_dpo after sft_kto vs from empty (ratio); SFT trainings in a 4-point sweep

@@ -153,12 +153,10 @@ def cmd_compare(a) -> int:
 def cmd_study(a) -> int:
     from safealign.eval import study
 
-    only = a.only.split() if a.only else None
-    unknown = [m for m in only or [] if m not in study.METHODS.values() and m not in study.METHODS]
-    if unknown:
-        raise names.InvalidName(
-            f"METHODS: {', '.join(unknown)}: not in the study (one of {' '.join(study.METHODS.values())})"
-        )
+    try:
+        only = study.select(a.only.split() if a.only else None)
+    except ValueError as e:
+        raise names.InvalidName(str(e)) from None
     sets = a.set.split() if a.set else []
     if a.action == "recipes":
         print("\n".join(r for label, r in study.METHODS.items() if not only or r in only or label in only))
@@ -430,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiments", default="experiments")
     p.add_argument("--model", default="", help="a model profile (models/<name>.yaml); empty: the recipes' own")
     p.add_argument("--set", default="", help="SET overrides every method gets, space-separated")
-    p.add_argument("--only", default="", help="METHODS: recipes (or labels) of the grid to run, space-separated")
+    p.add_argument(
+        "--only", default="", help="METHODS: recipes, labels or groups (grid, online) to run, space-separated"
+    )
     p.set_defaults(fn=cmd_study)
     p = sub.add_parser("tiny-model")
     p.add_argument("--out", required=True)

@@ -3,6 +3,7 @@ tool's own validation, with the architecture's config.json read from a local cop
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -87,6 +88,15 @@ def test_the_llama3_lora_adapter_has_the_known_size(tmp_path):
     m = res["stages"]["sft"]["model"]
     per_layer = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 14336) * 2 + (14336 + 4096))
     assert m["trainable"] == 32 * per_layer == 41_943_040 and m["parameters"] == 8_030_261_248
+
+
+def test_a_relative_experiments_folder_renders(tmp_path, monkeypatch):
+    """make's default EXPERIMENTS=experiments is relative: Axolotl's check runs inside the stage folder."""
+    resolved(tmp_path, "sft", "model=sea-lion-v2.1-8b")
+    monkeypatch.chdir(tmp_path)
+    exp = plan.Experiment(Path("experiments") / names_for("sft", ["model=sea-lion-v2.1-8b"]))
+    res = render_check.run(exp, log=lambda m: None)
+    assert res["stages"]["sft"]["axolotl"] and (exp.folder / "rendered" / "sft" / "axolotl.yaml").is_file()
 
 
 @pytest.mark.parametrize("name", ["dpo", "sft_dpo", "orpo", "sft_simpo", "sft_bco", "sft_kto_s"])

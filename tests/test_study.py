@@ -177,6 +177,16 @@ def test_study_experiment_names_follow_the_makefile_rule():
     assert study.out_name(None, []) == "study-tiny-local"
 
 
+def test_methods_groups_stand_for_their_recipes_and_unknown_words_are_named():
+    assert study.select(None) is None and study.select([]) is None  # all thirteen
+    grid = study.select(["grid"])
+    assert grid == list(study.GRID.values()) and "sft_kto_iter" not in grid and len(grid) == 10
+    assert study.select(["online", "sft"]) == ["sft_kto_iter", "sft_dpo_iter", "sft_grpo", "sft"]
+    assert list(study.exp_names(None, [], study.select(["online"]))) == list(study.ONLINE)
+    with pytest.raises(ValueError, match=r"METHODS: grids, sft_kto_typo: not in the study .*a group: grid online"):
+        study.select(["sft", "grids", "sft_kto_typo"])
+
+
 def test_the_study_runs_each_method_on_the_models_data_route_then_the_users_set():
     runs = study.runs("smollm2-135m", ["kto.beta=0.2"], ["sft", "kto"])
     assert [(r, name) for r, name, _ in runs] == [

@@ -3,7 +3,7 @@
 kind (summed over the grid's experiments, each stage counted once: the store shares SFT and the
 base model's evaluation) and what the wrapper (resolving, Make, the study page) took beside them.
 
-    make bench-study [MODEL=smollm2-135m]          # ~65 minutes here; a fresh store under experiments/bench-study/
+    make bench-study [MODEL=smollm2-135m] [METHODS=grid] [SET=...]   # a fresh store under experiments/bench-study/
     python tools/bench_study.py --log study.log     # the same figures from a `make study` log already written
 """
 
@@ -72,6 +72,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--experiments", default=str(REPO / "experiments" / "bench-study" / time.strftime("%Y%m%d-%H%M%S")))
+    ap.add_argument("--methods", default="", help="make study's METHODS (e.g. grid: the seed's ten); all by default")
+    ap.add_argument("--set", default="", help="make study's SET")
     ap.add_argument("--log", help="read this `make study` log instead of running it (no wall time)")
     a = ap.parse_args()
     if a.log:
@@ -80,12 +82,14 @@ def main() -> int:
     out = Path(a.experiments)
     out.mkdir(parents=True, exist_ok=True)
     print(
-        f"bench-study: make study MODEL={a.model} into an empty store at {out} (log: {out / 'study.log'})", flush=True
+        f"bench-study: make study MODEL={a.model} METHODS={a.methods or 'all'} SET={a.set or '-'} into an empty store at {out} (log: {out / 'study.log'})",
+        flush=True,
     )
     t0 = time.time()
     with open(out / "study.log", "w") as f:
         rc = subprocess.run(
-            ["make", "--no-print-directory", "study", f"MODEL={a.model}", f"EXPERIMENTS={out}"],
+            ["make", "--no-print-directory", "study", f"MODEL={a.model}", f"METHODS={a.methods}", f"SET={a.set}"]
+            + [f"EXPERIMENTS={out}"],
             cwd=REPO,
             stdout=f,
             stderr=subprocess.STDOUT,

@@ -57,6 +57,24 @@ ONLINE = {
     "SFT+GRPO": "sft_grpo",
 }
 METHODS = {**GRID, **ONLINE}
+# METHODS="grid" (the seed's ten, #27's 60-minute budget) or "online" (the three above) in `make study`
+GROUPS = {"grid": GRID, "online": ONLINE}
+
+
+def select(only: list[str] | None) -> list[str] | None:
+    """METHODS words -> recipes and labels to run (None: all): a group name stands for its recipes;
+    a ValueError names every word that is none of a recipe, a label or a group."""
+    if not only:
+        return None
+    unknown = [m for m in only if m not in METHODS.values() and m not in METHODS and m not in GROUPS]
+    if unknown:
+        raise ValueError(
+            f"METHODS: {', '.join(unknown)}: not in the study "
+            f"(one of {' '.join(METHODS.values())}, or a group: {' '.join(GROUPS)})"
+        )
+    return [r for m in only for r in (GROUPS[m].values() if m in GROUPS else [m])]
+
+
 RATES = ("toxicity_rate", "refusal_rate", "false_refusal_rate")
 PROBES = "over_refusal"  # the held-out subset of safe prompts worded like unsafe ones (tools/make_sg_safety.py)
 # "behaves like", "similar": a paired 95% interval inside +-MARGIN counts as the same. 10 points:

@@ -267,7 +267,8 @@ def run(exp: Experiment, out: Path | None = None, log=print) -> dict:
     """Render and check every training stage of `exp` into `out` (default: <exp>/rendered/)."""
 
     r = exp.recipe
-    out = out or exp.folder / "rendered"
+    # absolute: Axolotl's check runs inside a stage folder (make's EXPERIMENTS=experiments is relative)
+    out = (out or exp.folder / "rendered").absolute()
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
