@@ -273,6 +273,34 @@ def test_bf16_native_trains_in_bf16_only_where_the_cpu_computes_it(monkeypatch, 
         recipe.load(REPO / "recipes" / "sft_kto.yaml", bad)
 
 
+def test_emulated_bf16_is_named_once_a_stage_not_once_a_round(tmp_path, monkeypatch, capsys):
+    """An online stage's rounds each call train_as: the warning that bf16 is emulated comes once."""
+    from safealign.run import training
+
+    exp = tmp_path / "e"
+    plan.resolve(str(REPO / "recipes" / "sft_kto.yaml"), exp, ["sft.bf16=true", "kto.bf16=true"])
+    e = plan.Experiment(exp)
+
+    class Stop(Exception):
+        pass
+
+    def preloaded(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(training, "_WARNED_BF16", set())
+    monkeypatch.setattr(models, "cpu_bf16", lambda: False)
+    monkeypatch.setattr(models, "runtime", lambda cfg, kind, gpu=None: {"bf16": True, "cuda": False})
+    monkeypatch.setattr(training.launcher, "preloaded", preloaded)
+    from safealign.config import kinds
+
+    for stage in ("kto", "kto", "sft"):
+        with pytest.raises(Stop):
+            training.train_as(e, stage, kinds.get(stage), tmp_path / stage, "base", lambda: {})
+    out = capsys.readouterr().out
+    assert out.count("kto.bf16: this CPU has no AVX512-BF16 or AMX") == 1
+    assert out.count("sft.bf16: this CPU has no AVX512-BF16 or AMX") == 1
+
+
 def test_a_bf16_run_from_an_fp32_base_merges_in_fp32(tmp_path):
     """A LoRA update below half a bf16 step would be rounded away in a bf16 merge: the merge takes
     the wider of the training dtype and the base's saved one."""

@@ -153,6 +153,9 @@ def finish_training(exp: Experiment, stage: str, tmp: Path, base: str, t0: float
     )
 
 
+_WARNED_BF16: set[str] = set()  # stages told that bf16 is emulated on this CPU
+
+
 def train_as(exp: Experiment, stage: str, kind, tmp: Path, base: str, prepare, judge: dict | None = None) -> None:
     """Train `stage`'s settings as `kind` (an online stage's round: its offline kind) from `base`
     in the folder `tmp`: `prepare()` writes tmp/train.jsonl and returns its counts while the
@@ -166,7 +169,8 @@ def train_as(exp: Experiment, stage: str, kind, tmp: Path, base: str, prepare, j
     problems = machine_problems(r)
     if problems:
         raise StageError(f"{stage}: " + "; ".join(problems))
-    if rt["bf16"] and not rt["cuda"] and not models.cpu_bf16():
+    if rt["bf16"] and not rt["cuda"] and not models.cpu_bf16() and stage not in _WARNED_BF16:
+        _WARNED_BF16.add(stage)  # once a stage: an online stage's rounds all call here
         print(
             f"  warning: {stage}.bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and "
             "slower than fp32 here (bf16: native trains in fp32 on such a CPU)",
