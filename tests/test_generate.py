@@ -480,3 +480,58 @@ def test_eval_safety_dtype_native_answers_in_bf16_where_the_machine_computes_it(
     assert load.inference_dtype(str(folder)) == torch.float32  # saved: the default
     with pytest.raises(recipe_mod.RecipeError, match=r"eval\.safety\.dtype.*expected one of saved, native, got 'bf16'"):
         recipe_mod.load(REPO / "recipes" / "sft_kto.yaml", ["eval.safety.dtype=bf16"])
+
+
+def test_data_generate_answers_dtype_is_checked_and_enters_identities_only_when_not_saved():
+    """data.generate.<role>.dtype: saved (the default, no identity change: existing stages keep their
+    names and caches) or native, which only a local model can honour; a bad value names its key."""
+    with pytest.raises(
+        recipe.RecipeError, match=r"data\.generate\.answers\.dtype.*expected one of saved, native, got 'bf16'"
+    ):
+        recipe.load(RECIPE, ["data.generate.answers.dtype=bf16"])
+    with pytest.raises(recipe.RecipeError, match=r"data\.generate\.answers\.dtype.*needs backend: local.*'openai'"):
+        recipe.load(RECIPE, ["data.generate.answers.dtype=native"])
+    local = ["data.generate.answers.backend=local"]
+    p = plan.plan(recipe.load(RECIPE, local))
+    same = plan.plan(recipe.load(RECIPE, [*local, "data.generate.answers.dtype=saved"]))
+    native = plan.plan(recipe.load(RECIPE, [*local, "data.generate.answers.dtype=native"]))
+    assert same["gen"]["dir"] == p["gen"]["dir"] and "dtype" not in p["gen"]["slice"]["config"]["answers"]
+    assert native["gen"]["slice"]["config"]["answers"]["dtype"] == "native"
+    assert native["gen"]["dir"] != p["gen"]["dir"] and native["sft"]["dir"] != p["sft"]["dir"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_local_model_answers_in_the_recipe_s_dtype_and_its_cache_keeps_them_apart(tmp_path, monkeypatch, native):
+    """backend local with dtype native: tiny-local (fp32 weights) answers in bf16 where this machine
+    computes bf16 natively, in fp32 elsewhere; a native answer is cached under its own key (and says
+    its dtype), so a saved-dtype run does not take it, nor the reverse."""
+    import torch
+
+    from safealign.models import load
+
+    if not (REPO / ".cache" / "models" / "tiny-local").is_dir():
+        pytest.skip("tiny-local not built yet (make tiny-model)")
+    monkeypatch.setattr(load, "cpu_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from safealign.models import generation
+
+    dtypes = []  # what the generation loop loads the model in (the real loader, watched)
+    monkeypatch.setattr(
+        generation, "load_model", lambda p, dtype=None: dtypes.append(dtype) or load.load_model(p, dtype)
+    )
+    path = write(tmp_path / "p.jsonl", [{**GOOD, "id": "a"}, {**GOOD, "id": "b", "split": "test"}])
+    cache = tmp_path / "cache.jsonl"
+    for dtype in ("native", "saved"):
+        g = GenerateCfg(
+            prompts=str(path),
+            answers=GenModelCfg(backend="local", dtype=dtype, max_new_tokens=4, batch_size=2),
+            refusals=RefusalModelCfg(backend="prompts"),
+        )
+        out = tmp_path / dtype
+        out.mkdir()
+        s = generate.run(g, "tiny-local", 42, path, out, cache, print)
+        assert s["answers"]["asked"] == 2 and s["answers"]["cached"] == 0  # the other dtype's answers are not taken
+    assert dtypes == [torch.bfloat16 if native else torch.float32, torch.float32]
+    entries = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert [e["settings"].get("dtype") for e in entries] == ["native", "native", None, None]
+    assert len({e["key"] for e in entries}) == 4

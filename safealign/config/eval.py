@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from safealign import REPO
-from safealign.config.kinds import since
+from safealign.config.kinds import ANSWER_DTYPES, since
 
 FIXTURES = REPO / "data" / "leaderboard_fixtures"
 HARD_CASES = REPO / "data" / "judge" / "hard_cases.jsonl"
@@ -23,7 +23,6 @@ EVAL_BACKENDS = (
     "vllm",
     "auto",
 )  # transformers, vLLM, or auto: vLLM where installed with a GPU, else transformers
-ANSWER_DTYPES = ("saved", "native")  # eval.safety.dtype, read by safealign/models/load.py's inference_dtype
 CLASSIFIER = "classifier:"
 GUARD = "guard:"  # a generative guard model (Llama Guard 3, ShieldGemma, WildGuard): safealign/models/guards.py
 ENDPOINT = "endpoint"  # an LLM judge behind an OpenAI-compatible endpoint, asked a rubric: safealign/models/rubric.py

@@ -28,6 +28,9 @@ from typing import Optional, Union
 
 AUTO = "auto"
 NATIVE = "native"  # bf16: where this machine computes it natively (a bf16 GPU, a CPU with AVX512-BF16 or AMX)
+# the dtype a model answers in (eval.safety.dtype, data.generate.<role>.dtype), read by
+# safealign/models/load.py's inference_dtype: saved (the weights' own) or native (bf16 where native)
+ANSWER_DTYPES = ("saved", NATIVE)
 ADAPTERS = ("lora", "qlora")
 ATTENTION = (AUTO, "eager", "sdpa", "flash_attention_2")
 

@@ -238,14 +238,15 @@ def _jobs(role: str, m, name: str, prompts: list[dict], seed: int) -> list[dict]
         if role == "refusals" and p["safe"]:
             continue
         msgs, sets, s = messages(m, p["prompt"]), data_cfg.settings(m), request_seed(seed, p["id"], role)
+        local = data_cfg.local_settings(m)  # the dtype a local model answers in, where not its own
         out.append(
             {
                 "role": role,
                 "id": p["id"],
                 "prompt": p["prompt"],
-                "key": request_key(name, msgs, sets, s, m.backend),
+                "key": request_key(name, msgs, {**sets, **local}, s, m.backend),
                 "model": name,
-                "settings": sets,
+                "settings": {**sets, **local},
                 "seed": s,
                 "body": {"model": served, "messages": msgs, "seed": s, "stream": False, **sets},
                 "what": f"{role} for prompt {p['id']}",
