@@ -35,6 +35,7 @@ def test_make_study_runs_part_of_the_grid_in_one_store_and_writes_its_verdicts(t
     out = root / study.out_name(None, sets.split())
     page = (out / "study.md").read_text()
     assert "| SFT+KTO |" in page and "| base |" in page and "## Findings" in page
+    assert "Each method is trained once (seed " in page and "make study SET=seed=N" in page  # what no interval covers
     assert len([p for p in (root / ".stages").glob("sft-*") if p.is_dir()]) == 1  # SFT trained once, shared
     got = {f["id"]: f for f in json.loads((out / "study.json").read_text())["findings"]}
     assert list(got) == [f"F{i}" for i in range(1, 11)] + ["O1", "O2", "O3"]  # the online questions, not run here

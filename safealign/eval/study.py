@@ -16,7 +16,9 @@ Verdicts (pure functions below, unit-tested on fixed differences):
     not run                      a method it needs is not in this study
 Safety findings read paired bootstrap intervals of the difference on the same held-out prompts
 (safety.paired_difference); training findings read the logged curves of single runs (no
-interval: a second seed would be needed for one, which the note of each says). A finding whose
+interval: a second seed would be needed for one, which the note of each says). Every method is
+trained once, so no interval covers training's own randomness: the page says so, and how to rerun
+with another seed (SET=seed=N: a study page of its own). A finding whose
 rates come from a detector that agrees with the labelled real answers below kappa 0.6
 (summary.KAPPA_MIN) is marked as such.
 
@@ -735,7 +737,11 @@ def write(experiments: Path, model: str | None, sets: list[str], only: list[str]
             f"Verdicts from paired bootstrap intervals of the difference on the same prompts (A − B, points; "
             f'95%); "same" means the interval lies inside ±{MARGIN * 100:.0f} points. Training findings '
             "read the logged curves of single runs. At these sample sizes a difference smaller than "
-            f"~{resolvable_difference(max(min(n_unsafe, n_safe), 1)) * 100:.0f} points is not resolvable.",
+            f"~{resolvable_difference(max(min(n_unsafe, n_safe), 1)) * 100:.0f} points is not resolvable. "
+            f"Each method is trained once (seed {first.seed}): the intervals cover the held-out prompts, not "
+            "training's own randomness (the seed, the rows' order, the base answers' low bits), so a verdict "
+            "whose interval ends near its boundary can move on another run; `make study SET=seed=N` is one "
+            "(its own study page), and a verdict that moves between them is unsettled.",
             "",
             summary.md_table(["", "claim (the study)", "verdict here", "evidence"], [f.row() for f in findings]),
             "",
